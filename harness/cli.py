@@ -1,0 +1,181 @@
+"""The `unitchaos` command: parse, call the library, print. No VM logic lives here."""
+import argparse
+import json
+import os
+import shutil
+import signal
+import sys
+
+from rich.console import Console
+from rich.table import Table
+
+from . import accel, experiments, image, units
+from .errors import GuestTimeout, UserError
+from .lab import Lab
+from .paths import cache_dir
+
+console = Console()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    # A killed CLI (SIGTERM from CI, a closed terminal) unwinds like Ctrl-C: VMs are torn down.
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    signal.signal(signal.SIGHUP, _raise_interrupt)
+    try:
+        return args.func(args) or 0
+    except UserError as exc:
+        print(f"unitchaos: error: {exc}", file=sys.stderr)
+        return 2
+    except GuestTimeout as exc:
+        print(f"unitchaos: the guest did not respond in time: {str(exc).splitlines()[0]} "
+              "(fix: rerun with UNITCHAOS_TIMEOUT_SCALE=2 on a slow host)", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("unitchaos: interrupted; every VM was stopped", file=sys.stderr)
+        return 130
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        # One line and exit 2, like every other bad input.
+        print(f"unitchaos: error: {message} (fix: see 'unitchaos --help')", file=sys.stderr)
+        sys.exit(2)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="unitchaos", description="Break a systemd unit chain's disk in a local VM "
+                     "and see what systemd, the kernel and the health check do.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    doctor = sub.add_parser("doctor", help="check QEMU, KVM, mmdebstrap and free disk")
+    doctor.set_defaults(func=cmd_doctor)
+
+    image_cmd = sub.add_parser("image", help="the guest image")
+    image_sub = image_cmd.add_subparsers(dest="image_command", required=True, parser_class=_Parser)
+    build = image_sub.add_parser("build", help="build (or reuse) the guest image and print its path")
+    build.add_argument("--release", default="bookworm")
+    build.add_argument("--rebuild", action="store_true", help="build anew even if cached")
+    build.set_defaults(func=cmd_image_build)
+
+    run = sub.add_parser("run", help="run one experiment and print its outcome")
+    run.add_argument("experiment", help=f"one of: {', '.join(experiments.EXPERIMENTS)}")
+    _variant_options(run)
+    run.add_argument("--json", action="store_true", help="print the outcome as one JSON object")
+    run.set_defaults(func=cmd_run)
+
+    demo = sub.add_parser("demo", help="run the incident end to end and print the findings")
+    demo.add_argument("--json", action="store_true")
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def _variant_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--chain", default="bindsto", help="how the agent depends on the mount: "
+                        f"{' or '.join(units.CHAINS)} (default bindsto)")
+    parser.add_argument("--fs", default="xfs", help=f"the volume's filesystem: {' or '.join(units.FILESYSTEMS)}")
+    parser.add_argument("--units", default=None, help="a directory of your own unit files (default: vm/units)")
+
+
+def cmd_doctor(args) -> int:
+    checks = []
+    for tool, package in [("qemu-system-x86_64", "qemu-system-x86"), ("qemu-img", "qemu-utils"),
+                          ("mmdebstrap", "mmdebstrap"), ("mke2fs", "e2fsprogs"), ("ssh", "openssh-client"),
+                          ("systemd-analyze", "systemd")]:
+        path = shutil.which(tool)
+        checks.append((tool, bool(path), path or f"missing: apt-get install {package}"))
+    if shutil.which("qemu-system-x86_64"):
+        checks.append(("QEMU version", True, accel.qemu_version()))
+    if os.path.exists("/dev/kvm"):
+        try:
+            kernel = next(image.images_dir().glob("*/vmlinuz"), None)
+        except OSError:
+            kernel = None
+        if kernel and shutil.which("qemu-system-x86_64"):
+            verdict = accel.kvm_verdict(kernel)
+            checks.append(("KVM", True, ("usable" if verdict["usable"] else "unusable, using TCG: ")
+                           + ("" if verdict["usable"] else verdict["reason"])))
+        else:
+            checks.append(("KVM", True, "/dev/kvm present; probed at first boot (build the image first)"))
+    else:
+        checks.append(("KVM", True, "no /dev/kvm: guests run under TCG (slower)"))
+    free_gib = shutil.disk_usage(cache_dir()).free / 2**30
+    checks.append(("free disk", free_gib >= 5, f"{free_gib:.1f} GiB free in {cache_dir()} (needs ~5 GiB)"))
+    table = Table("check", "ok", "detail")
+    for name, ok, detail in checks:
+        table.add_row(name, "yes" if ok else "[red]NO[/red]", detail)
+    console.print(table)
+    failed = [name for name, ok, _ in checks if not ok]
+    if failed:
+        raise UserError(f"not ready: {', '.join(failed)}", "install what the table says is missing")
+    return 0
+
+
+def cmd_image_build(args) -> int:
+    built = image.ensure_image(args.release, rebuild=args.rebuild)
+    print(built.path)
+    return 0
+
+
+def cmd_run(args) -> int:
+    experiments.get(args.experiment)
+    units.Variant(chain=args.chain, fs=args.fs)
+    if args.units:
+        units.render(units.Variant(chain=args.chain, fs=args.fs, units_dir=args.units))
+    with Lab() as lab:
+        outcome = experiments.run(lab, args.experiment, args.chain, args.fs, args.units)
+    if args.json:
+        print(json.dumps(outcome, indent=2))
+    else:
+        console.print(findings_table([outcome]))
+    return 0
+
+
+def cmd_demo(args) -> int:
+    outcomes = []
+    with Lab() as lab:
+        for name, chain, fs in experiments.INCIDENT_SUITE:
+            console.print(f"[bold]{name}[/bold] with {chain}, {fs} ...")
+            outcomes.append(experiments.run(lab, name, chain, fs))
+    if args.json:
+        print(json.dumps(outcomes, indent=2))
+    else:
+        console.print(findings_table(outcomes))
+        first = outcomes[0]
+        console.print(f"guest kernel {first['kernel']}, {first['systemd']}, accelerator {first['accel']}")
+    return 0
+
+
+def findings_table(outcomes: list[dict]) -> Table:
+    table = Table("experiment", "chain", "fs", "mount listed", "docker", "ecs-agent", "metadata",
+                  "container starts", "kernel said", "health check", "seconds",
+                  title="What systemd, the kernel and the health check did")
+    for out in outcomes:
+        kernel = _kernel_summary(out["kernel_events"])
+        lies = "[red]LIES[/red]" if out["health_check_lies"] else "truthful"
+        table.add_row(out["experiment"], out["chain"], out["fs"], _yes(out["mount_listed"]),
+                      out["units"]["docker.service"], out["units"]["ecs-agent.service"],
+                      str(out["metadata_status"]), _yes(out["container_start_ok"]), kernel, lies,
+                      f"{out['seconds']['total']:.0f}")
+    return table
+
+
+def _kernel_summary(lines: list[str]) -> str:
+    for key in ["shut down", "Shutting down", "EXT4-fs error", "Buffer I/O error", "I/O error"]:
+        for line in lines:
+            if key in line:
+                return line[:60]
+    return "-"
+
+
+def _yes(value: bool) -> str:
+    return "yes" if value else "no"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

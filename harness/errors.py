@@ -1,0 +1,17 @@
+"""The one exception the faces (CLI, pytest, API) turn into a one-line message."""
+
+
+class UserError(Exception):
+    """Bad input or a missing prerequisite: says what is wrong and how to fix it.
+
+    The CLI prints it as one line and exits 2, never with a traceback.
+    """
+
+    def __init__(self, problem: str, fix: str = ""):
+        self.problem = problem
+        self.fix = fix
+        super().__init__(f"{problem} (fix: {fix})" if fix else problem)
+
+
+class GuestTimeout(Exception):
+    """A wait on the guest ran out of time; the message names what was awaited."""

@@ -1,0 +1,107 @@
+"""Experiments: boot a healthy instance, break it one way, wait for the kernel's word and
+for systemd to finish reacting, then record what everything says.
+
+The outcome is a plain dict (the CLI prints it as JSON), one per experiment.
+"""
+import time
+from dataclasses import dataclass
+
+from . import faults, timeouts
+from .errors import GuestTimeout, UserError
+from .instance import Instance
+from .lab import Lab
+
+
+@dataclass(frozen=True)
+class Experiment:
+    name: str
+    fault: str | None
+    summary: str
+
+
+EXPERIMENTS = {exp.name: exp for exp in [
+    Experiment("healthy", None, "no fault: the chain as it boots"),
+    *[Experiment(f.name, f.name, f.summary) for f in faults.FAULTS.values()],
+]}
+
+# The incident, one row each: (experiment, chain, fs).
+INCIDENT_SUITE = [
+    ("healthy", "bindsto", "xfs"),
+    ("umount", "requires", "xfs"),
+    ("umount", "bindsto", "xfs"),
+    ("stop-mount", "bindsto", "xfs"),
+    ("yank", "bindsto", "xfs"),
+    ("unplug", "bindsto", "xfs"),
+    ("yank", "bindsto", "ext4"),
+]
+
+
+def get(name: str) -> Experiment:
+    try:
+        return EXPERIMENTS[name]
+    except KeyError:
+        raise UserError(f"unknown experiment {name!r}", f"use one of: {', '.join(EXPERIMENTS)}") from None
+
+
+def run(lab: Lab, name: str, chain: str = "bindsto", fs: str = "xfs", units_dir=None) -> dict:
+    experiment = get(name)
+    started = time.monotonic()
+    instance = lab.instance(chain=chain, fs=fs, units_dir=units_dir, boot=False)
+    try:
+        instance.boot()
+        outcome = {"experiment": name, "chain": chain, "fs": fs, "fault": experiment.fault,
+                   "units_dir": str(instance.variant.units_dir)}
+        fault_started = time.monotonic()
+        if experiment.fault:
+            outcome["fault_detail"] = _inject_and_wait(instance, experiment.fault, fs)
+        outcome.update(observe(instance))
+        now = time.monotonic()
+        outcome["seconds"] = {"boot": round(instance.boot_seconds, 1),
+                              "fault_to_verdict": round(now - fault_started, 1),
+                              "total": round(now - started, 1)}
+        return outcome
+    finally:
+        lab.release_instance(instance)
+
+
+def _inject_and_wait(instance: Instance, fault_name: str, fs: str) -> dict:
+    record = instance.inject(fault_name)
+    word = faults.get(fault_name).kernel_word.get(fs)
+    detail = {**record["detail"], "kernel_word": None}
+    if word:
+        try:
+            detail["kernel_word"] = instance.wait_for_kernel_message(word, timeout=60)
+        except GuestTimeout:
+            pass  # The outcome says the kernel stayed silent; that is a finding, not an error.
+    instance.wait_until_settled()
+    return _jsonable(detail)
+
+
+def observe(instance: Instance) -> dict:
+    """What systemd, the kernel, the mount table and the health check say right now."""
+    metadata = instance.metadata_status()
+    container = instance.start_container()
+    return {
+        "units": instance.unit_states(),
+        "volume_device": instance.machine.unit_state("dev-vdb.device"),
+        "mount_listed": instance.mount_listed(),
+        "mount": instance.mount_options(),
+        "metadata_status": metadata,
+        "container_start_ok": container["ok"],
+        "container_start": container,
+        "health_check_lies": metadata == 200 and not container["ok"],
+        "kernel_events": [event["line"] for event in instance.kernel_events()],
+        **instance.versions(),
+        "accel": instance.machine.accel,
+        "timeout_scale": timeouts.scale(),
+    }
+
+
+def _jsonable(value):
+    if isinstance(value, dict):
+        return {key: _jsonable(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(item) for item in value]
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)

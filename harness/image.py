@@ -1,0 +1,186 @@
+"""The guest image: built offline from Debian packages with mmdebstrap, cached by a hash
+of everything that goes into it, rebuilt only when that changes.
+
+An image is a directory holding root.img (ext4, raw), the kernel and initrd for direct
+kernel boot, the SSH key that opens the guest, and manifest.json.
+"""
+import errno
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import agent_image, progress
+from .errors import UserError
+from .paths import VM_DIR, cache_dir
+
+# Bump when the build steps below change in a way the hashed files do not show.
+RECIPE_VERSION = "1"
+RELEASES = {"bookworm": "bookworm"}
+ROOT_SIZE = "3G"
+RECIPE_INPUTS = [VM_DIR / "image", VM_DIR / "guest", VM_DIR / "agent"]
+
+
+@dataclass(frozen=True)
+class Image:
+    path: Path
+
+    @property
+    def root(self) -> Path:
+        return self.path / "root.img"
+
+    @property
+    def kernel(self) -> Path:
+        return self.path / "vmlinuz"
+
+    @property
+    def initrd(self) -> Path:
+        return self.path / "initrd.img"
+
+    @property
+    def ssh_key(self) -> Path:
+        return self.path / "id_ed25519"
+
+    @property
+    def manifest(self) -> dict:
+        return json.loads((self.path / "manifest.json").read_text())
+
+    @property
+    def key(self) -> str:
+        return self.path.name
+
+
+def packages() -> list[str]:
+    lines = (VM_DIR / "image" / "packages.txt").read_text().splitlines()
+    return [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+
+
+def recipe_key(release: str) -> str:
+    """Changes whenever a file of the recipe, the release or the builder changes."""
+    digest = hashlib.sha256(f"{RECIPE_VERSION}\n{release}\n{_mmdebstrap_version()}\n".encode())
+    for top in RECIPE_INPUTS:
+        for path in sorted(p for p in top.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
+            digest.update(str(path.relative_to(VM_DIR)).encode() + b"\0")
+            digest.update(oct(path.stat().st_mode & 0o111).encode())
+            digest.update(path.read_bytes())
+    return f"{release}-{digest.hexdigest()[:16]}"
+
+
+def _mmdebstrap_version() -> str:
+    if not shutil.which("mmdebstrap"):
+        return "missing"
+    out = subprocess.run(["mmdebstrap", "--version"], capture_output=True, text=True)
+    return out.stdout.strip()
+
+
+def images_dir() -> Path:
+    path = cache_dir() / "images"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def ensure_image(release: str = "bookworm", rebuild: bool = False) -> Image:
+    """The cached image for RELEASE, built first if the recipe changed or it is missing."""
+    if release not in RELEASES:
+        raise UserError(f"unknown release {release!r}", f"use one of: {', '.join(RELEASES)}")
+    key = recipe_key(release)
+    image = Image(images_dir() / key)
+    with open(images_dir() / f"{key}.lock", "w") as lock:
+        # Two pytest workers asking at once: one builds, the other waits and reuses.
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if rebuild and image.path.exists():
+            shutil.rmtree(image.path)
+        if not (image.path / "manifest.json").exists():
+            _build(release, image)
+    return image
+
+
+def _require_tools() -> None:
+    for tool, package in [("mmdebstrap", "mmdebstrap"), ("mke2fs", "e2fsprogs"),
+                          ("ssh-keygen", "openssh-client")]:
+        if not shutil.which(tool):
+            raise UserError(f"{tool} is not installed", f"apt-get install {package}")
+    if os.geteuid() != 0:
+        raise UserError("building the guest image needs root (mmdebstrap's root mode)",
+                        "run as root or with sudo")
+
+
+def _build(release: str, image: Image) -> None:
+    _require_tools()
+    staging = Path(tempfile.mkdtemp(prefix=f".{image.key}.", dir=images_dir()))
+    try:
+        with progress.step(f"Building guest image {image.key} (Debian {release})"):
+            _build_into(release, staging)
+        # Renaming a finished directory is atomic: a half-built image is never visible.
+        staging.rename(image.path)
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise UserError(f"disk full while building the image in {images_dir()}",
+                            "free some space or point UNITCHAOS_CACHE at a larger disk") from None
+        raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _build_into(release: str, out: Path) -> None:
+    rootfs = out / "rootfs"
+    log = out / "build.log"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "unitchaos",
+                    "-f", str(out / "id_ed25519")], check=True)
+    guest = VM_DIR / "guest"
+    customize = VM_DIR / "image" / "customize.sh"
+    cmd = [
+        "mmdebstrap", "--variant=apt", "--include=" + ",".join(packages()),
+        "--dpkgopt=path-exclude=/usr/share/man/*", "--dpkgopt=path-exclude=/usr/share/doc/*",
+        "--dpkgopt=path-exclude=/usr/share/locale/*",
+        f'--customize-hook=cp -a {guest}/. "$1"/ && rm -f "$1"/README.md',
+        f'--customize-hook=mkdir -p "$1"/root/.ssh && cp {out}/id_ed25519.pub "$1"/root/.ssh/authorized_keys',
+        f'--customize-hook=cp {customize} "$1"/tmp/customize.sh && chroot "$1" sh /tmp/customize.sh'
+        ' && rm "$1"/tmp/customize.sh',
+        RELEASES[release], str(rootfs),
+    ]
+    if os.environ.get("UNITCHAOS_MIRROR"):
+        cmd.append(os.environ["UNITCHAOS_MIRROR"])
+    progress.say(f"mmdebstrap: {len(packages())} packages from Debian {release}; log in {log}")
+    with open(log, "w") as logfile:
+        done = subprocess.run(cmd, stdout=logfile, stderr=subprocess.STDOUT)
+    if done.returncode != 0:
+        tail = [line for line in log.read_text().splitlines() if line.startswith("E:")][-1:] or \
+            log.read_text().splitlines()[-1:]
+        if any("No space left" in line for line in log.read_text().splitlines()):
+            raise OSError(errno.ENOSPC, "disk full")
+        raise UserError(f"mmdebstrap could not build Debian {release}: {' '.join(tail)}",
+                        "check that the Debian mirror is reachable (set UNITCHAOS_MIRROR to use another)")
+
+    kernel_version = _copy_boot_files(rootfs, out)
+    with progress.step("Packing the fake ECS agent's container image"):
+        agent_image.build(rootfs, rootfs / "usr/share/unitchaos/ecs-agent.tar")
+    systemd_version = _dpkg_version(rootfs, "systemd")
+    with progress.step("Writing the ext4 root filesystem"):
+        subprocess.run(["mke2fs", "-q", "-F", "-t", "ext4", "-L", "root", "-d", str(rootfs),
+                        str(out / "root.img"), ROOT_SIZE], check=True)
+    shutil.rmtree(rootfs)
+    manifest = {"release": release, "kernel": kernel_version, "systemd": systemd_version,
+                "packages": packages(), "key": out.name}
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+
+
+def _copy_boot_files(rootfs: Path, out: Path) -> str:
+    kernels = sorted((rootfs / "boot").glob("vmlinuz-*"))
+    if not kernels:
+        raise UserError("the guest image has no kernel", "check linux-image-cloud-amd64 in vm/image/packages.txt")
+    version = kernels[-1].name.removeprefix("vmlinuz-")
+    shutil.copy(kernels[-1], out / "vmlinuz")
+    shutil.copy(rootfs / "boot" / f"initrd.img-{version}", out / "initrd.img")
+    return version
+
+
+def _dpkg_version(rootfs: Path, package: str) -> str:
+    out = subprocess.run(["dpkg-query", f"--admindir={rootfs}/var/lib/dpkg", "-W", "-f=${Version}", package],
+                         capture_output=True, text=True)
+    return out.stdout.strip()

@@ -1,0 +1,134 @@
+"""A lab instance: one guest running the incident's unit chain for one variant, and the
+questions an experiment asks of it (what systemd says, what the load balancer's check
+gets, whether a container can still start)."""
+import http.client
+import json
+import time
+from pathlib import Path
+
+from . import faults, kernel_log, timeouts, units
+from .errors import GuestTimeout
+from .image import Image
+from .machine import AGENT_PORT, Machine
+
+UNITS_FW_CFG = "opt/unitchaos/units.tar"
+BOOTED = r"unitchaos: booted metadata=(\d+) agent=(\S+)"
+
+
+class Instance:
+    def __init__(self, image: Image, variant: units.Variant, run_dir: Path, memory_mb: int = 1024):
+        self.image = image
+        self.variant = variant
+        self.run_dir = run_dir
+        run_dir.mkdir(parents=True, exist_ok=True)
+        self.unit_files = units.pack(variant, run_dir / "units.tar")
+        self.machine = Machine(image, run_dir, memory_mb=memory_mb,
+                               fw_cfg={UNITS_FW_CFG: run_dir / "units.tar"})
+        self.boot_seconds: float | None = None
+        self.guest_versions: dict[str, str] = {}
+        self.fault_log: list[dict] = []
+
+    # -- life cycle ---------------------------------------------------------------
+
+    def boot(self, timeout: float = 240) -> "Instance":
+        """Boots and waits until the guest says boot is over, then until SSH answers."""
+        started = time.monotonic()
+        self.machine.start()
+        self.machine.wait_for_console(BOOTED, timeouts.scaled(timeout))
+        self.machine.wait_for_ssh()
+        self.boot_seconds = time.monotonic() - started
+        self.guest_versions = self.versions()
+        return self
+
+    def stop(self) -> None:
+        self.machine.stop()
+
+    # -- faults -------------------------------------------------------------------
+
+    def inject(self, name: str) -> dict:
+        fault = faults.get(name)
+        record = {"fault": name, "console_offset": self.machine.console_offset(),
+                  "at": time.time(), "monotonic": time.monotonic()}
+        record["detail"] = fault.inject(self.machine)
+        self.fault_log.append(record)
+        return record
+
+    @property
+    def last_fault(self) -> dict:
+        return self.fault_log[-1]
+
+    def wait_for_kernel_message(self, pattern: str, timeout: float = 60) -> str:
+        """The first kernel line matching PATTERN since the last fault was injected."""
+        since = self.fault_log[-1]["console_offset"] if self.fault_log else 0
+        return self.machine.wait_for_kernel_message(pattern, timeouts.scaled(timeout), since)
+
+    def kernel_events(self) -> list[dict]:
+        since = self.fault_log[-1]["console_offset"] if self.fault_log else 0
+        return kernel_log.events(self.machine.console_text()[since:])
+
+    def wait_until_settled(self, timeout: float = 90, quiet: float = 2.0) -> None:
+        """Waits until systemd has had no job queued for QUIET seconds (its reaction is over)."""
+        deadline = time.monotonic() + timeouts.scaled(timeout)
+        quiet_since = None
+        while True:
+            jobs = self.machine.run("systemctl list-jobs --no-legend | wc -l", timeout=30).stdout.strip()
+            now = time.monotonic()
+            if jobs == "0":
+                quiet_since = quiet_since or now
+                if now - quiet_since >= quiet:
+                    return
+            else:
+                quiet_since = None
+            if now > deadline:
+                raise GuestTimeout(f"systemd still had {jobs} job(s) queued after {timeout:.0f} s")
+            time.sleep(0.3)
+
+    # -- what the chain looks like ------------------------------------------------
+
+    def unit_states(self) -> dict[str, str]:
+        return self.machine.unit_states(units.CHAIN)
+
+    def mount_listed(self) -> bool:
+        """Is /var/lib/docker in /proc/self/mountinfo (what systemd goes by)?"""
+        result = self.machine.run("awk '$5 == \"/var/lib/docker\"' /proc/self/mountinfo")
+        return bool(result.stdout.strip())
+
+    def mount_options(self) -> str:
+        return self.machine.run("findmnt -no FSTYPE,OPTIONS /var/lib/docker || true").stdout.strip()
+
+    def metadata_status(self, timeout: float = 5.0) -> int | None:
+        """What the load balancer's health check gets: the HTTP status, or None."""
+        status, _ = self.machine.http_get(AGENT_PORT, "/v1/metadata", timeout)
+        return status
+
+    def start_container(self, timeout: float = 60) -> dict:
+        """Can this instance still start containers? Asks the agent to run a task, as ECS
+        would; if the agent is gone, asks Docker directly."""
+        if self.metadata_status() is not None:
+            return {"via": "agent", **self._agent_task(timeout)}
+        result = self.machine.run(
+            f"timeout {int(timeout)} docker run --rm --network none amazon/amazon-ecs-agent:latest "
+            "python3 -c 'print(\"task ran\")'", timeout=timeout + 10)
+        return {"via": "docker", "ok": result.ok and "task ran" in result.stdout,
+                "error": result.stderr.strip()[-500:] or None}
+
+    def can_start_container(self) -> bool:
+        return self.start_container()["ok"]
+
+    def _agent_task(self, timeout: float) -> dict:
+        conn = http.client.HTTPConnection("127.0.0.1", self.machine.ports[AGENT_PORT], timeout=timeout)
+        try:
+            conn.request("POST", "/v1/tasks", body=b"{}", headers={"Content-Type": "application/json"})
+            response = conn.getresponse()
+            body = json.loads(response.read() or b"{}")
+            return {"ok": response.status == 200 and body.get("ok", False),
+                    "error": None if body.get("ok") else f"{body.get('stage')}: {body.get('error')}"}
+        except (OSError, http.client.HTTPException, ValueError) as exc:
+            return {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+        finally:
+            conn.close()
+
+    def versions(self) -> dict[str, str]:
+        """The guest's running kernel and systemd: outcomes change with both."""
+        out = self.machine.succeed("uname -r; systemctl --version | head -1").splitlines()
+        return {"kernel": out[0].strip(), "systemd": out[1].strip()}

@@ -1,0 +1,106 @@
+"""The lab: hands out booted instances and makes sure none outlives its owner.
+
+Every instance gets a run directory under the cache, stamped with the owning process.
+QEMU dies with its owner (PR_SET_PDEATHSIG); a run directory whose owner is gone (a
+killed pytest, a CI runner that was stopped) is swept away by the next lab.
+"""
+import itertools
+import os
+import shutil
+import signal
+import time
+from pathlib import Path
+
+from . import image as image_mod
+from . import units
+from .instance import Instance
+from .paths import runs_dir
+
+_counter = itertools.count()
+
+
+class Lab:
+    def __init__(self, release: str = "bookworm", keep: bool = False, memory_mb: int = 1024):
+        sweep_stale_runs()
+        self.release = release
+        self.keep = keep
+        self.memory_mb = memory_mb
+        self.instances: list[Instance] = []
+        self._image: image_mod.Image | None = None
+
+    @property
+    def image(self) -> image_mod.Image:
+        if self._image is None:
+            self._image = image_mod.ensure_image(self.release)
+        return self._image
+
+    def new_run_dir(self, label: str) -> Path:
+        path = runs_dir() / f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{next(_counter)}-{label}"
+        path.mkdir(parents=True)
+        (path / "owner").write_text(str(os.getpid()))
+        return path
+
+    def instance(self, chain: str = "bindsto", fs: str = "xfs", units_dir: str | Path | None = None,
+                 boot: bool = True) -> Instance:
+        """A guest with the incident's chain (CHAIN: requires|bindsto, FS: xfs|ext4), booted and
+        healthy unless BOOT is false."""
+        variant = units.Variant(chain=chain, fs=fs, **({"units_dir": Path(units_dir)} if units_dir else {}))
+        instance = Instance(self.image, variant, self.new_run_dir(f"{chain}-{fs}"), self.memory_mb)
+        self.instances.append(instance)
+        if boot:
+            instance.boot()
+        return instance
+
+    def release_instance(self, instance: Instance) -> None:
+        instance.stop()
+        if not self.keep:
+            shutil.rmtree(instance.run_dir, ignore_errors=True)
+        self.instances.remove(instance)
+
+    def close(self) -> None:
+        for instance in list(self.instances):
+            self.release_instance(instance)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def sweep_stale_runs() -> list[Path]:
+    """Removes run directories whose owning process is gone, killing any QEMU left in them."""
+    removed = []
+    for run in runs_dir().iterdir():
+        try:
+            owner = int((run / "owner").read_text())
+        except (OSError, ValueError):
+            owner = None
+        if owner is not None and _alive(owner):
+            continue
+        if owner is None and time.time() - run.stat().st_mtime < 60:
+            continue  # Being created right now.
+        _kill_qemu(run)
+        shutil.rmtree(run, ignore_errors=True)
+        removed.append(run)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+
+
+def _kill_qemu(run: Path) -> None:
+    try:
+        pid = int((run / "qemu.pid").read_text())
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, ValueError):
+        return
+    if str(run).encode() in cmdline:  # The pid may have been reused by something else.
+        os.kill(pid, signal.SIGKILL)

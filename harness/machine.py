@@ -1,0 +1,343 @@
+"""One QEMU guest: boot it, talk to it (console, QMP, SSH), wait on it, tear it down.
+
+A Machine knows nothing of faults or experiments. Everything it creates lives in its
+run directory, and the QEMU process dies with the Python process that started it, even
+when that one is killed (PR_SET_PDEATHSIG), so nothing is left behind.
+"""
+import ctypes
+import http.client
+import json
+import os
+import re
+import shlex
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import testinfra
+
+from . import accel, timeouts
+from .errors import GuestTimeout, UserError
+from .image import Image
+from .qmp import Monitor
+
+SSH_ALIAS = "unitchaos-guest"
+AGENT_PORT = 51678
+_PR_SET_PDEATHSIG = 1
+
+
+@dataclass
+class Result:
+    command: str
+    status: int
+    stdout: str
+    stderr: str
+
+    @property
+    def ok(self) -> bool:
+        return self.status == 0
+
+
+class GuestCommandFailed(AssertionError):
+    def __init__(self, result: Result, expected_failure: bool = False):
+        self.result = result
+        verb = "succeeded but should have failed" if expected_failure else f"failed with status {result.status}"
+        super().__init__(f"guest command {result.command!r} {verb}\n"
+                         f"stdout: {result.stdout.strip()}\nstderr: {result.stderr.strip()}")
+
+
+@dataclass
+class Disk:
+    """A virtio disk: NAME is both QEMU's drive id and (with a 'disk' suffix) its device id."""
+    name: str
+    path: Path
+
+    @property
+    def device_id(self) -> str:
+        return f"{self.name}disk"
+
+
+class Machine:
+    def __init__(self, image: Image, run_dir: Path, *, memory_mb: int = 1024, cpus: int = 2,
+                 volume_size: str = "1G", fw_cfg: dict[str, Path] | None = None,
+                 extra_ports: tuple[int, ...] = (), name: str = "guest"):
+        self.image = image
+        self.run_dir = run_dir
+        self.memory_mb = memory_mb
+        self.cpus = cpus
+        self.volume_size = volume_size
+        self.fw_cfg = fw_cfg or {}
+        self.guest_ports = (22, AGENT_PORT, *extra_ports)
+        self.name = name
+        self.ports: dict[int, int] = {}
+        self.accel = ""
+        self.process: subprocess.Popen | None = None
+        self.monitor = Monitor(str(run_dir / "qmp.sock"))
+        self.console_path = run_dir / "console.log"
+        self.started_at = 0.0
+        self._host = None
+
+    # -- life cycle -------------------------------------------------------------
+
+    def start(self) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.accel = accel.choose(self.image.kernel)
+        self._create_disks()
+        for attempt in range(3):
+            self.ports = {guest: _free_port() for guest in self.guest_ports}
+            if self._launch():
+                return
+        raise UserError("QEMU could not forward a port to the guest: every port tried was taken",
+                        "free some loopback ports or stop other VMs")
+
+    def _create_disks(self) -> None:
+        self.root = Disk("root", self.run_dir / "root.qcow2")
+        self.volume = Disk("volume", self.run_dir / "volume.qcow2")
+        _qemu_img("create", "-q", "-f", "qcow2", "-F", "raw", "-b", str(self.image.root), str(self.root.path))
+        _qemu_img("create", "-q", "-f", "qcow2", str(self.volume.path), self.volume_size)
+
+    def qemu_argv(self) -> list[str]:
+        forwards = ",".join(f"hostfwd=tcp:127.0.0.1:{host}-:{guest}" for guest, host in self.ports.items())
+        if self.accel == "kvm":
+            cpu = ["-accel", "kvm", "-cpu", "host"]
+        else:
+            cpu = ["-accel", "tcg,thread=multi", "-cpu", "max"]
+        argv = [
+            accel.qemu_binary(), "-name", f"unitchaos-{self.name}", "-machine", "pc", *cpu,
+            "-smp", str(self.cpus), "-m", str(self.memory_mb),
+            "-nodefaults", "-no-user-config", "-display", "none",
+            "-kernel", str(self.image.kernel), "-initrd", str(self.image.initrd),
+            "-append", "root=/dev/vda rw console=ttyS0 net.ifnames=0 printk.time=1 apparmor=0",
+            "-netdev", f"user,id=net0,restrict=on,{forwards}",
+            "-device", "virtio-net-pci,netdev=net0,romfile=",
+            "-chardev", f"file,id=console,path={self.console_path}", "-serial", "chardev:console",
+            "-qmp", f"unix:{self.monitor.address},server=on,wait=off",
+        ]
+        for disk in (self.root, self.volume):
+            argv += ["-drive", f"file={disk.path},if=none,id={disk.name},format=qcow2,cache=unsafe",
+                     "-device", f"virtio-blk-pci,drive={disk.name},id={disk.device_id},serial={disk.name}"]
+        for name, path in self.fw_cfg.items():
+            argv += ["-fw_cfg", f"name={name},file={path}"]
+        return argv
+
+    def _launch(self) -> bool:
+        stderr_path = self.run_dir / "qemu.stderr"
+        self.console_path.write_bytes(b"")
+        with open(stderr_path, "w") as stderr:
+            self.process = subprocess.Popen(self.qemu_argv(), stdin=subprocess.DEVNULL, stdout=stderr,
+                                            stderr=stderr, start_new_session=True, preexec_fn=_die_with_parent)
+        (self.run_dir / "qemu.pid").write_text(str(self.process.pid))
+        self.started_at = time.monotonic()
+        deadline = time.monotonic() + timeouts.scaled(15)
+        while not os.path.exists(self.monitor.address):
+            if self.process.poll() is not None:
+                message = stderr_path.read_text().strip()
+                if "hostfwd" in message or "forwarding rule" in message:
+                    return False
+                raise UserError(f"QEMU failed to start: {message.splitlines()[-1] if message else 'no output'}",
+                                f"see {stderr_path}")
+            if time.monotonic() > deadline:
+                raise GuestTimeout("QEMU did not create its monitor socket")
+            time.sleep(0.02)
+        self.monitor.connect(deadline)
+        return True
+
+    def stop(self) -> None:
+        """Ends the guest at once (these guests are disposable) and closes every channel."""
+        if self._host is not None:
+            subprocess.run(["ssh", "-F", str(self.ssh_config), "-O", "exit", SSH_ALIAS],
+                           capture_output=True, timeout=5)
+            self._host = None
+        self.monitor.close()
+        if self.process and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+
+    def __enter__(self):
+        self.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    # -- the serial console -------------------------------------------------------
+
+    def console_text(self) -> str:
+        return self.console_path.read_text(errors="replace")
+
+    def wait_for_console(self, pattern: str, timeout: float, since: int = 0) -> re.Match:
+        """The first match of PATTERN on the console after offset SINCE, waiting for it."""
+        regex = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        while True:
+            text = self.console_text()
+            match = regex.search(text, since)
+            if match:
+                return match
+            if not self.running:
+                raise GuestTimeout(f"QEMU exited while waiting for {pattern!r} on the console")
+            if time.monotonic() > deadline:
+                tail = "\n".join(text.splitlines()[-5:])
+                raise GuestTimeout(f"{pattern!r} did not appear on the console within {timeout:.0f} s; "
+                                   f"last lines:\n{tail}")
+            time.sleep(0.05)
+
+    def console_offset(self) -> int:
+        return len(self.console_text())
+
+    def wait_for_kernel_message(self, pattern: str, timeout: float = 60, since: int = 0) -> str:
+        """The kernel line matching PATTERN (printed to the console with its timestamp)."""
+        match = self.wait_for_console(r"\[\s*\d+\.\d+\][^\n]*" + pattern + r"[^\n]*", timeout, since)
+        return match.group(0).strip()
+
+    # -- commands in the guest --------------------------------------------------
+
+    @property
+    def ssh_config(self) -> Path:
+        path = self.run_dir / "ssh_config"
+        if not path.exists():
+            path.write_text(
+                f"Host {SSH_ALIAS}\n  HostName 127.0.0.1\n  Port {self.ports[22]}\n  User root\n"
+                f"  IdentityFile {self.image.ssh_key}\n  IdentitiesOnly yes\n"
+                "  StrictHostKeyChecking no\n  UserKnownHostsFile /dev/null\n  LogLevel ERROR\n"
+                "  ConnectTimeout 10\n  ServerAliveInterval 5\n  ServerAliveCountMax 3\n"
+                f"  ControlMaster auto\n  ControlPath {self.run_dir}/ssh-mux\n  ControlPersist 60\n")
+        return path
+
+    def ssh_command(self) -> list[str]:
+        return ["ssh", "-F", str(self.ssh_config), SSH_ALIAS]
+
+    def run(self, command: str, timeout: float = 30) -> Result:
+        """Runs COMMAND in the guest with bash (-eo pipefail); never waits past TIMEOUT."""
+        wrapped = f"bash -eo pipefail -c {shlex.quote(command)}"
+        try:
+            done = subprocess.run([*self.ssh_command(), wrapped], capture_output=True, text=True,
+                                  timeout=timeouts.scaled(timeout), stdin=subprocess.DEVNULL)
+        except subprocess.TimeoutExpired as exc:
+            raise GuestTimeout(f"guest command {command!r} did not finish within {timeout:.0f} s") from exc
+        if done.returncode == 255 and not done.stdout:
+            raise GuestTimeout(f"SSH to the guest failed running {command!r}: {done.stderr.strip()}")
+        return Result(command, done.returncode, done.stdout, done.stderr)
+
+    def succeed(self, command: str, timeout: float = 30) -> str:
+        result = self.run(command, timeout)
+        if not result.ok:
+            raise GuestCommandFailed(result)
+        return result.stdout
+
+    def fail(self, command: str, timeout: float = 30) -> str:
+        result = self.run(command, timeout)
+        if result.ok:
+            raise GuestCommandFailed(result, expected_failure=True)
+        return result.stderr
+
+    def wait_until_succeeds(self, command: str, timeout: float = 60, interval: float = 0.5) -> str:
+        deadline = time.monotonic() + timeouts.scaled(timeout)
+        while True:
+            result = self.run(command, timeout=max(5.0, timeout))
+            if result.ok:
+                return result.stdout
+            if time.monotonic() > deadline:
+                raise GuestTimeout(f"{command!r} did not succeed within {timeout:.0f} s; "
+                                   f"last: {result.stderr.strip() or result.stdout.strip()}")
+            time.sleep(interval)
+
+    def wait_for_ssh(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeouts.scaled(timeout)
+        while True:
+            try:
+                if self.run("true", timeout=15).ok:
+                    return
+            except GuestTimeout:
+                pass
+            if not self.running:
+                raise GuestTimeout("QEMU exited before SSH came up")
+            if time.monotonic() > deadline:
+                raise GuestTimeout(f"SSH to the guest did not come up within {timeout:.0f} s")
+            time.sleep(0.3)
+
+    def wait_for_unit(self, unit: str, state: str = "active", timeout: float = 60) -> None:
+        """Waits until UNIT's ActiveState is STATE; fails at once if it failed instead."""
+        deadline = time.monotonic() + timeouts.scaled(timeout)
+        while True:
+            current = self.unit_state(unit)
+            if current == state:
+                return
+            if current == "failed" and state != "failed":
+                raise AssertionError(f"{unit} failed while waiting for it to be {state}:\n"
+                                     + self.run(f"journalctl -u {unit} -n 20 --no-pager").stdout)
+            if time.monotonic() > deadline:
+                raise GuestTimeout(f"{unit} is {current}, not {state}, after {timeout:.0f} s")
+            time.sleep(0.3)
+
+    def unit_state(self, unit: str) -> str:
+        return self.unit_states([unit])[unit]
+
+    def unit_states(self, units: list[str]) -> dict[str, str]:
+        """Each unit's ActiveState, from one systemctl call."""
+        out = self.succeed("systemctl show -p Id -p ActiveState " + " ".join(map(shlex.quote, units)))
+        states = {}
+        for block in out.strip().split("\n\n"):
+            fields = dict(line.split("=", 1) for line in block.splitlines() if "=" in line)
+            states[fields.get("Id", "")] = fields.get("ActiveState", "unknown")
+        return {unit: states.get(unit, "unknown") for unit in units}
+
+    def wait_for_port(self, guest_port: int, timeout: float = 60) -> None:
+        """Waits until something in the guest listens on GUEST_PORT."""
+        self.wait_until_succeeds(f"ss -Htln 'sport = :{guest_port}' | grep -q .", timeout)
+
+    @property
+    def host(self):
+        """testinfra's view of the guest: host.service(...), host.mount_point(...), host.file(...)."""
+        if self._host is None:
+            self._host = testinfra.get_host(f"ssh://{SSH_ALIAS}", ssh_config=str(self.ssh_config))
+        return self._host
+
+    # -- from the host, as a load balancer would see it ------------------------
+
+    def http_get(self, guest_port: int, path: str, timeout: float = 5.0) -> tuple[int | None, dict | str | None]:
+        """(status, body) of GET PATH on the guest's GUEST_PORT; (None, reason) if no answer."""
+        conn = http.client.HTTPConnection("127.0.0.1", self.ports[guest_port], timeout=timeout)
+        try:
+            conn.request("GET", path)
+            response = conn.getresponse()
+            body = response.read().decode(errors="replace")
+            try:
+                return response.status, json.loads(body)
+            except ValueError:
+                return response.status, body
+        except (OSError, http.client.HTTPException) as exc:
+            return None, f"{type(exc).__name__}: {exc}"
+        finally:
+            conn.close()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _qemu_img(*args: str) -> None:
+    try:
+        subprocess.run(["qemu-img", *args], check=True, capture_output=True, text=True)
+    except FileNotFoundError:
+        raise UserError("qemu-img is not installed", "apt-get install qemu-utils") from None
+    except subprocess.CalledProcessError as exc:
+        message = exc.stderr.strip()
+        if "No space left" in message:
+            raise UserError("disk full while creating a disk overlay",
+                            "free some space or point UNITCHAOS_CACHE at a larger disk") from None
+        raise UserError(f"qemu-img {args[0]} failed: {message}", "check the image cache (unitchaos image build --rebuild)") from None
+
+
+def _die_with_parent() -> None:
+    # Runs in the child before exec: the kernel kills QEMU if the harness dies, even by SIGKILL.
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)

@@ -1,0 +1,50 @@
+"""The pytest plugin: a `lab` fixture that hands out booted instances and tears them all
+down after the test, whatever happens; each test's report names the guest kernel and
+systemd it ran on.
+
+Under CI=true a missing QEMU fails the test: a skipped VM experiment must never pass
+for a green run.
+"""
+import os
+import shutil
+
+import pytest
+
+from .errors import UserError
+from .lab import Lab
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "vm: boots a QEMU guest (slow)")
+
+
+def _require_qemu():
+    missing = [tool for tool in ("qemu-system-x86_64", "qemu-img") if not shutil.which(tool)]
+    if not missing:
+        return
+    message = f"{', '.join(missing)} not installed (apt-get install qemu-system-x86 qemu-utils)"
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"CI must run the VM experiments, but {message}", pytrace=False)
+    pytest.skip(message)
+
+
+@pytest.fixture
+def lab(request):
+    _require_qemu()
+    lab = Lab()
+    try:
+        yield lab
+    except UserError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    finally:
+        for instance in lab.instances:
+            for key, value in instance.guest_versions.items():
+                request.node.user_properties.append((key, value))
+        lab.close()
+
+
+def pytest_runtest_makereport(item, call):
+    if call.when == "teardown":
+        versions = [f"{key}: {value}" for key, value in item.user_properties if key in ("kernel", "systemd")]
+        if versions:
+            item.add_report_section("call", "guest", "\n".join(versions))

@@ -1,0 +1,100 @@
+"""The QEMU monitor: commands and events over QMP, through the qemu.qmp library."""
+import asyncio
+import time
+
+from qemu.qmp import ExecuteError, QMPError
+from qemu.qmp.legacy import QEMUMonitorProtocol
+
+from .errors import GuestTimeout
+
+
+class MonitorError(Exception):
+    """QEMU refused a monitor command; the message is QEMU's own."""
+
+
+class Monitor:
+    """One QMP connection. Every event QEMU sends is kept in `events`, in order, each with
+    QEMU's own timestamp, so experiments can put them on a timeline."""
+
+    def __init__(self, address, timeout: float = 10.0):
+        self.address = address
+        self.timeout = timeout
+        self.events: list[dict] = []
+        self._qmp: QEMUMonitorProtocol | None = None
+
+    def connect(self, deadline: float) -> None:
+        """Connects, retrying until DEADLINE (time.monotonic()) while QEMU creates its socket."""
+        last_error: Exception | None = None
+        while time.monotonic() < deadline:
+            qmp = QEMUMonitorProtocol(self.address)
+            qmp.settimeout(self.timeout)
+            try:
+                qmp.connect(negotiate=True)
+                self._qmp = qmp
+                return
+            except (OSError, QMPError) as exc:
+                last_error = exc
+                time.sleep(0.05)
+        raise GuestTimeout(f"QEMU's monitor at {self.address} did not answer: {last_error}")
+
+    def command(self, name: str, **arguments):
+        self._drain()
+        try:
+            return self._client.cmd(name, **arguments)
+        except ExecuteError as exc:
+            raise MonitorError(f"{name}: {exc.error.desc}") from None
+
+    def hmp(self, command_line: str) -> str:
+        """A human-monitor command (some, like drive_del, exist only there)."""
+        output = self.command("human-monitor-command", **{"command-line": command_line})
+        if output.strip():
+            raise MonitorError(f"{command_line}: {output.strip()}")
+        return output
+
+    def wait_for_event(self, name: str, timeout: float, match: dict | None = None) -> dict:
+        """The first event NAME (whose data contains MATCH) seen since connecting, waiting
+        up to TIMEOUT seconds for it if it has not come yet."""
+        deadline = time.monotonic() + timeout
+        seen = 0
+        while True:
+            self._drain()
+            for event in self.events[seen:]:
+                if event["event"] == name and _matches(event.get("data", {}), match or {}):
+                    return event
+            seen = len(self.events)
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise GuestTimeout(f"no QMP event {name} {match or ''} within {timeout:.0f} s")
+            try:
+                event = self._client.pull_event(wait=float(min(left, 0.5)))
+            except asyncio.TimeoutError:
+                continue
+            if event:
+                self.events.append(event)
+
+    def close(self) -> None:
+        if self._qmp is not None:
+            try:
+                self._qmp.close()
+            except (OSError, QMPError, asyncio.TimeoutError, RuntimeError):
+                pass  # QEMU may already be gone: closing is best effort.
+            self._qmp = None
+
+    @property
+    def _client(self) -> QEMUMonitorProtocol:
+        if self._qmp is None:
+            raise MonitorError("not connected to QEMU's monitor")
+        return self._qmp
+
+    def _drain(self) -> None:
+        self.events.extend(self._client.get_events(wait=False))
+
+
+def _matches(data: dict, match: dict) -> bool:
+    return all(data.get(key) == value for key, value in match.items())
+
+
+def event_time(event: dict) -> float:
+    """An event's wall-clock time (seconds since the epoch), as QEMU stamped it."""
+    stamp = event.get("timestamp", {})
+    return stamp.get("seconds", 0) + stamp.get("microseconds", 0) / 1e6

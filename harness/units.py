@@ -1,0 +1,123 @@
+"""The incident's unit chain, rendered for one variant and packed for the guest.
+
+Unit files may hold placeholders ({{fs}}, {{mkfs}}, {{dependency}}, {{device}},
+{{device_unit}}) that the variant fills in; a user's own units directory may use them
+or not. The result is a tar that the guest's generator unpacks at boot (see
+vm/guest/usr/lib/systemd/system-generators/unitchaos-units).
+"""
+import io
+import re
+import shutil
+import subprocess
+import tarfile
+import tempfile
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from .errors import UserError
+from .paths import UNITS_DIR
+
+CHAINS = {"requires": "Requires", "bindsto": "BindsTo"}
+FILESYSTEMS = {"xfs": "/usr/sbin/mkfs.xfs -f", "ext4": "/usr/sbin/mkfs.ext4 -F -q"}
+REQUIRED = ["format-ephemeral.service", "var-lib-docker.mount", "ecs-agent.service"]
+CHAIN = ["format-ephemeral.service", "var-lib-docker.mount", "docker.service", "ecs-agent.service"]
+DEVICE = "/dev/vdb"
+# Complaints from systemd-analyze that are about the host, not the unit files.
+HOST_ONLY = re.compile(r"is not executable: No such file or directory|Failed to .*unit file.*not found|"
+                       r"Unit .* not found")
+
+
+@dataclass(frozen=True)
+class Variant:
+    chain: str = "bindsto"
+    fs: str = "xfs"
+    units_dir: Path = UNITS_DIR
+    mkfs: str | None = None  # overrides the filesystem's mkfs command (a fault may need that)
+
+    def __post_init__(self):
+        if self.chain not in CHAINS:
+            raise UserError(f"unknown chain {self.chain!r}", f"use one of: {', '.join(CHAINS)}")
+        if self.fs not in FILESYSTEMS:
+            raise UserError(f"unknown filesystem {self.fs!r}", f"use one of: {', '.join(FILESYSTEMS)}")
+
+    def with_(self, **changes) -> "Variant":
+        return replace(self, **changes)
+
+    @property
+    def values(self) -> dict[str, str]:
+        return {"fs": self.fs, "mkfs": self.mkfs or FILESYSTEMS[self.fs],
+                "dependency": CHAINS[self.chain], "device": DEVICE,
+                "device_unit": "dev-" + DEVICE.removeprefix("/dev/") + ".device"}
+
+
+def render(variant: Variant) -> dict[str, str]:
+    """Relative path -> text of every unit file and drop-in, placeholders filled."""
+    units_dir = Path(variant.units_dir)
+    if not units_dir.is_dir():
+        raise UserError(f"units directory {units_dir} does not exist", "pass --units a directory of unit files")
+    missing = [name for name in REQUIRED if not (units_dir / name).is_file()]
+    if missing:
+        raise UserError(f"{units_dir} lacks {', '.join(missing)}",
+                        f"add them (see {UNITS_DIR} for the incident's chain)")
+    rendered = {}
+    for path in sorted(p for p in units_dir.rglob("*") if p.is_file() and not p.name.startswith(".")):
+        text = path.read_text()
+        for key, value in variant.values.items():
+            text = text.replace("{{" + key + "}}", value)
+        leftover = re.search(r"\{\{(\w+)\}\}", text)
+        if leftover:
+            raise UserError(f"{path}: unknown placeholder {leftover.group(0)}",
+                            f"use one of: {', '.join('{{' + k + '}}' for k in variant.values)}")
+        rendered[str(path.relative_to(units_dir))] = text
+    return rendered
+
+
+def verify(rendered: dict[str, str]) -> None:
+    """Rejects unit files that systemd itself would complain about (unknown keys, bad values)."""
+    if not shutil.which("systemd-analyze"):
+        return  # Checked again by systemd in the guest; the host may lack systemd.
+    with tempfile.TemporaryDirectory(prefix="unitchaos-units.") as tmp:
+        top_level = []
+        for rel, text in rendered.items():
+            (Path(tmp) / rel).parent.mkdir(parents=True, exist_ok=True)
+            (Path(tmp) / rel).write_text(text)
+            if "/" not in rel:
+                top_level.append(str(Path(tmp) / rel))
+        done = subprocess.run(["systemd-analyze", "verify", "--man=no", "--generators=no", *top_level],
+                              capture_output=True, text=True, timeout=60)
+    problems = [line.replace(tmp + "/", "") for line in (done.stderr + done.stdout).splitlines()
+                if line.strip() and not HOST_ONLY.search(line)]
+    if problems:
+        raise UserError(f"systemd-analyze rejects the unit files: {problems[0]}",
+                        "correct the unit file (see systemd.unit(5))")
+
+
+def wanted_by(text: str) -> list[str]:
+    targets = []
+    for match in re.finditer(r"^\s*(?:WantedBy|RequiredBy)\s*=\s*(.+)$", text, re.MULTILINE):
+        targets += match.group(1).split()
+    return targets
+
+
+def pack(variant: Variant, out: Path) -> dict[str, str]:
+    """Writes the tar the guest unpacks at boot; returns the rendered files."""
+    rendered = render(variant)
+    verify(rendered)
+    with tarfile.open(out, "w") as tar:
+        for rel, text in rendered.items():
+            _add(tar, rel, text.encode())
+            # A generator's output is not "enabled" by [Install]: link the .wants ourselves.
+            if "/" not in rel:
+                for target in wanted_by(text):
+                    link = tarfile.TarInfo(f"{target}.wants/{rel}")
+                    link.type = tarfile.SYMTYPE
+                    link.linkname = f"../{rel}"
+                    tar.addfile(link)
+    return rendered
+
+
+def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    info.mode = 0o644
+    tar.addfile(info, io.BytesIO(data))
