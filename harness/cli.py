@@ -9,7 +9,7 @@ import sys
 from rich.console import Console
 from rich.table import Table
 
-from . import accel, experiments, image, units
+from . import accel, experiments, image, progress, snapshots, units
 from .errors import GuestTimeout, UserError
 from .lab import Lab
 from .paths import cache_dir
@@ -67,11 +67,18 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("experiment", help=f"one of: {', '.join(experiments.EXPERIMENTS)}")
     _variant_options(run)
     run.add_argument("--json", action="store_true", help="print the outcome as one JSON object")
+    _start_options(run)
     run.set_defaults(func=cmd_run)
 
     demo = sub.add_parser("demo", help="run the incident end to end and print the findings")
     demo.add_argument("--json", action="store_true")
+    _start_options(demo)
     demo.set_defaults(func=cmd_demo)
+
+    snapshot = sub.add_parser("snapshot", help="the warm snapshots experiments start from")
+    snapshot_sub = snapshot.add_subparsers(dest="snapshot_command", required=True, parser_class=_Parser)
+    snapshot_sub.add_parser("list", help="list saved snapshots").set_defaults(func=cmd_snapshot_list)
+    snapshot_sub.add_parser("clear", help="remove every snapshot").set_defaults(func=cmd_snapshot_clear)
     return parser
 
 
@@ -80,6 +87,26 @@ def _variant_options(parser: argparse.ArgumentParser) -> None:
                         f"{' or '.join(units.CHAINS)} (default bindsto)")
     parser.add_argument("--fs", default="xfs", help=f"the volume's filesystem: {' or '.join(units.FILESYSTEMS)}")
     parser.add_argument("--units", default=None, help="a directory of your own unit files (default: vm/units)")
+
+
+def _start_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--cold", action="store_true",
+                        help="boot every instance instead of starting it from a warm snapshot")
+
+
+def cmd_snapshot_list(args) -> int:
+    table = Table("snapshot", "kernel", "systemd", "state MB", "cold boot s", "created")
+    for meta_path in sorted(snapshots.snapshots_dir().glob("*/meta.json")):
+        meta = json.loads(meta_path.read_text())
+        table.add_row(meta_path.parent.name, meta.get("kernel", "?"), meta.get("systemd", "?"),
+                      f"{meta['state_bytes'] / 1e6:.0f}", str(meta.get("boot_seconds")), meta.get("created", "?"))
+    console.print(table)
+    return 0
+
+
+def cmd_snapshot_clear(args) -> int:
+    print(f"removed {snapshots.clear()} snapshot(s)")
+    return 0
 
 
 def cmd_doctor(args) -> int:
@@ -127,7 +154,7 @@ def cmd_run(args) -> int:
     units.Variant(chain=args.chain, fs=args.fs)
     if args.units:
         units.render(units.Variant(chain=args.chain, fs=args.fs, units_dir=args.units))
-    with Lab() as lab:
+    with Lab(cold=args.cold or None) as lab:
         outcome = experiments.run(lab, args.experiment, args.chain, args.fs, args.units)
     if args.json:
         print(json.dumps(outcome, indent=2))
@@ -138,9 +165,9 @@ def cmd_run(args) -> int:
 
 def cmd_demo(args) -> int:
     outcomes = []
-    with Lab() as lab:
+    with Lab(cold=args.cold or None) as lab:
         for name, chain, fs in experiments.INCIDENT_SUITE:
-            console.print(f"[bold]{name}[/bold] with {chain}, {fs} ...")
+            progress.say(f"experiment {name} with {chain}, {fs}")
             outcomes.append(experiments.run(lab, name, chain, fs))
     if args.json:
         print(json.dumps(outcomes, indent=2))

@@ -46,9 +46,8 @@ def get(name: str) -> Experiment:
 def run(lab: Lab, name: str, chain: str = "bindsto", fs: str = "xfs", units_dir=None) -> dict:
     experiment = get(name)
     started = time.monotonic()
-    instance = lab.instance(chain=chain, fs=fs, units_dir=units_dir, boot=False)
+    instance = lab.instance(chain=chain, fs=fs, units_dir=units_dir)
     try:
-        instance.boot()
         outcome = {"experiment": name, "chain": chain, "fs": fs, "fault": experiment.fault,
                    "units_dir": str(instance.variant.units_dir)}
         fault_started = time.monotonic()
@@ -56,6 +55,7 @@ def run(lab: Lab, name: str, chain: str = "bindsto", fs: str = "xfs", units_dir=
             outcome["fault_detail"] = _inject_and_wait(instance, experiment.fault, fs)
         outcome.update(observe(instance))
         now = time.monotonic()
+        outcome["start"] = "warm snapshot" if instance.restored else "cold boot"
         outcome["seconds"] = {"boot": round(instance.boot_seconds, 1),
                               "fault_to_verdict": round(now - fault_started, 1),
                               "total": round(now - started, 1)}

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from . import faults, kernel_log, timeouts, units
-from .errors import GuestTimeout
+from .errors import GuestTimeout, UserError
 from .image import Image
 from .machine import AGENT_PORT, Machine
 
@@ -26,6 +26,7 @@ class Instance:
                                fw_cfg={UNITS_FW_CFG: run_dir / "units.tar"})
         self.boot_seconds: float | None = None
         self.guest_versions: dict[str, str] = {}
+        self.restored = False
         self.fault_log: list[dict] = []
 
     # -- life cycle ---------------------------------------------------------------
@@ -35,10 +36,33 @@ class Instance:
         started = time.monotonic()
         self.machine.start()
         self.machine.wait_for_console(BOOTED, timeouts.scaled(timeout))
-        self.machine.wait_for_ssh()
+        self.machine.wait_until_responsive()
         self.boot_seconds = time.monotonic() - started
         self.guest_versions = self.versions()
         return self
+
+    def restore(self, saved) -> "Instance":
+        """Resumes a saved healthy guest (see snapshots.py) on fresh overlays of its disks."""
+        started = time.monotonic()
+        self.machine.start(restore=saved)
+        # The guest's clock stopped when it was saved: set it to now, so timestamps and
+        # time-based checks in the guest agree with the host's.
+        self.machine.succeed(f"date -s @{time.time():.3f} >/dev/null", timeout=10)
+        self.boot_seconds = time.monotonic() - started
+        self.restored = True
+        self.guest_versions = self.versions()
+        return self
+
+    def require_healthy(self) -> None:
+        """All four units active and metadata 200, or a UserError saying what is not."""
+        states = self.unit_states()
+        bad = {unit: state for unit, state in states.items() if state != "active"}
+        status = self.metadata_status()
+        if bad or status != 200:
+            journal = self.machine.run("journalctl -b --no-pager -p warning -n 5 -o cat").stdout.strip()
+            raise UserError(f"the unit chain did not come up healthy ({bad or 'units active'}, "
+                            f"metadata {status}); last warnings: {' | '.join(journal.splitlines())}",
+                            "check the unit files (unitchaos run healthy --cold shows the boot)")
 
     def stop(self) -> None:
         self.machine.stop()
@@ -107,7 +131,7 @@ class Instance:
         if self.metadata_status() is not None:
             return {"via": "agent", **self._agent_task(timeout)}
         result = self.machine.run(
-            f"timeout {int(timeout)} docker run --rm --network none amazon/amazon-ecs-agent:latest "
+            f"timeout {int(timeout)} docker run --rm --pull never --network none amazon/amazon-ecs-agent:latest "
             "python3 -c 'print(\"task ran\")'", timeout=timeout + 10)
         return {"via": "docker", "ok": result.ok and "task ran" in result.stdout,
                 "error": result.stderr.strip()[-500:] or None}

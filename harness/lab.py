@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from . import image as image_mod
-from . import units
+from . import snapshots, units
 from .instance import Instance
 from .paths import runs_dir
 
@@ -20,8 +20,10 @@ _counter = itertools.count()
 
 
 class Lab:
-    def __init__(self, release: str = "bookworm", keep: bool = False, memory_mb: int = 1024):
+    def __init__(self, release: str = "bookworm", keep: bool = False, memory_mb: int = 1024,
+                 cold: bool | None = None):
         sweep_stale_runs()
+        self.cold = os.environ.get("UNITCHAOS_COLD") == "1" if cold is None else cold
         self.release = release
         self.keep = keep
         self.memory_mb = memory_mb
@@ -40,16 +42,23 @@ class Lab:
         (path / "owner").write_text(str(os.getpid()))
         return path
 
-    def instance(self, chain: str = "bindsto", fs: str = "xfs", units_dir: str | Path | None = None,
-                 boot: bool = True) -> Instance:
-        """A guest with the incident's chain (CHAIN: requires|bindsto, FS: xfs|ext4), booted and
-        healthy unless BOOT is false."""
-        variant = units.Variant(chain=chain, fs=fs, **({"units_dir": Path(units_dir)} if units_dir else {}))
-        instance = Instance(self.image, variant, self.new_run_dir(f"{chain}-{fs}"), self.memory_mb)
+    def new_instance(self, variant: units.Variant, label: str) -> Instance:
+        """An instance not yet started, with a run directory of its own."""
+        instance = Instance(self.image, variant, self.new_run_dir(f"{label}-{variant.chain}-{variant.fs}"),
+                            self.memory_mb)
         self.instances.append(instance)
-        if boot:
-            instance.boot()
         return instance
+
+    def instance(self, chain: str = "bindsto", fs: str = "xfs", units_dir: str | Path | None = None,
+                 cold: bool | None = None) -> Instance:
+        """A healthy guest running the incident's chain (CHAIN: requires|bindsto, FS: xfs|ext4).
+        It starts from a warm snapshot unless COLD (or UNITCHAOS_COLD=1): then it boots."""
+        variant = units.Variant(chain=chain, fs=fs, **({"units_dir": Path(units_dir)} if units_dir else {}))
+        cold = self.cold if cold is None else cold
+        if cold:
+            return self.new_instance(variant, "cold").boot()
+        saved = snapshots.ensure(self, variant)
+        return self.new_instance(variant, "warm").restore(saved)
 
     def release_instance(self, instance: Instance) -> None:
         instance.stop()

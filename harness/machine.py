@@ -22,6 +22,7 @@ import testinfra
 from . import accel, timeouts
 from .errors import GuestTimeout, UserError
 from .image import Image
+from .channel import GuestChannel
 from .qmp import Monitor
 
 SSH_ALIAS = "unitchaos-guest"
@@ -60,6 +61,15 @@ class Disk:
         return f"{self.name}disk"
 
 
+@dataclass(frozen=True)
+class SavedState:
+    """A paused guest written to disk: RAM and devices, plus its disks at that moment."""
+    state: Path
+    root: Path
+    volume: Path
+    accel: str
+
+
 class Machine:
     def __init__(self, image: Image, run_dir: Path, *, memory_mb: int = 1024, cpus: int = 2,
                  volume_size: str = "1G", fw_cfg: dict[str, Path] | None = None,
@@ -76,28 +86,78 @@ class Machine:
         self.accel = ""
         self.process: subprocess.Popen | None = None
         self.monitor = Monitor(str(run_dir / "qmp.sock"))
+        self.channel = GuestChannel(str(run_dir / "cmd.sock"))
         self.console_path = run_dir / "console.log"
         self.started_at = 0.0
         self._host = None
+        self.root = Disk("root", run_dir / "root.qcow2")
+        self.volume = Disk("volume", run_dir / "volume.qcow2")
 
     # -- life cycle -------------------------------------------------------------
 
-    def start(self) -> None:
+    def start(self, restore: "SavedState | None" = None) -> None:
+        """Boots the kernel, or with RESTORE resumes a saved guest on fresh overlays of its disks."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.accel = accel.choose(self.image.kernel)
-        self._create_disks()
+        self.accel = restore.accel if restore else accel.choose(self.image.kernel)
+        self._create_disks(restore)
         for attempt in range(3):
             self.ports = {guest: _free_port() for guest in self.guest_ports}
-            if self._launch():
-                return
-        raise UserError("QEMU could not forward a port to the guest: every port tried was taken",
-                        "free some loopback ports or stop other VMs")
+            if self._launch(incoming=restore is not None):
+                break
+        else:
+            raise UserError("QEMU could not forward a port to the guest: every port tried was taken",
+                            "free some loopback ports or stop other VMs")
+        if restore:
+            self._load_state(restore.state)
 
-    def _create_disks(self) -> None:
-        self.root = Disk("root", self.run_dir / "root.qcow2")
-        self.volume = Disk("volume", self.run_dir / "volume.qcow2")
+    def _create_disks(self, restore: "SavedState | None") -> None:
+        if restore:
+            # Copy-on-write over the saved disks: a restore never changes the snapshot.
+            for disk, base in ((self.root, restore.root), (self.volume, restore.volume)):
+                _qemu_img("create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", str(base), str(disk.path))
+            return
         _qemu_img("create", "-q", "-f", "qcow2", "-F", "raw", "-b", str(self.image.root), str(self.root.path))
         _qemu_img("create", "-q", "-f", "qcow2", str(self.volume.path), self.volume_size)
+
+    def _load_state(self, state: Path) -> None:
+        self.monitor.command("migrate-incoming", uri=f"exec:cat {shlex.quote(str(state))}")
+        # The guest was paused when saved, so it stays paused once loaded: then resume it.
+        deadline = time.monotonic() + timeouts.scaled(120)
+        while (status := self.monitor.command("query-status")["status"]) != "paused":
+            if status == "running":
+                return
+            if not self.running:
+                message = (self.run_dir / "qemu.stderr").read_text().strip().splitlines()
+                raise UserError(f"QEMU could not load the saved guest: {message[-1] if message else 'no output'}",
+                                "remove the snapshot cache (unitchaos snapshot clear) and retry")
+            if time.monotonic() > deadline:
+                raise GuestTimeout(f"QEMU did not finish loading the saved guest (status {status})")
+            time.sleep(0.01)
+        self.monitor.command("cont")
+
+    def save_state(self, state: Path) -> None:
+        """Pauses the guest and writes its RAM and device state to STATE. The guest stays
+        paused; its disks, as they are now, belong with the state."""
+        self.channel.close()
+        self.monitor.command("stop")
+        # Fast: the state file is local, so let the migration use all the bandwidth it likes.
+        self.monitor.command("migrate-set-parameters", **{"max-bandwidth": 8 << 30})
+        self.monitor.command("migrate", uri=f"exec:cat > {shlex.quote(str(state))}")
+        self._wait_for_migration()
+
+    def _wait_for_migration(self) -> None:
+        deadline = time.monotonic() + timeouts.scaled(120)
+        while True:
+            info = self.monitor.command("query-migrate")
+            status = info.get("status", "none")
+            if status == "completed":
+                return
+            if status in ("failed", "cancelled"):
+                raise UserError(f"QEMU could not save the guest's state: {info.get('error-desc', status)}",
+                                "check free disk space in the cache directory")
+            if time.monotonic() > deadline:
+                raise GuestTimeout(f"saving the guest's state did not finish (status {status})")
+            time.sleep(0.02)
 
     def qemu_argv(self) -> list[str]:
         forwards = ",".join(f"hostfwd=tcp:127.0.0.1:{host}-:{guest}" for guest, host in self.ports.items())
@@ -115,6 +175,9 @@ class Machine:
             "-device", "virtio-net-pci,netdev=net0,romfile=",
             "-chardev", f"file,id=console,path={self.console_path}", "-serial", "chardev:console",
             "-qmp", f"unix:{self.monitor.address},server=on,wait=off",
+            "-chardev", f"socket,id=cmd,path={self.channel.path},server=on,wait=off",
+            "-device", "virtio-serial-pci,id=serial0",
+            "-device", "virtserialport,bus=serial0.0,chardev=cmd,name=org.unitchaos.cmd",
         ]
         for disk in (self.root, self.volume):
             argv += ["-drive", f"file={disk.path},if=none,id={disk.name},format=qcow2,cache=unsafe",
@@ -123,11 +186,12 @@ class Machine:
             argv += ["-fw_cfg", f"name={name},file={path}"]
         return argv
 
-    def _launch(self) -> bool:
+    def _launch(self, incoming: bool = False) -> bool:
         stderr_path = self.run_dir / "qemu.stderr"
         self.console_path.write_bytes(b"")
         with open(stderr_path, "w") as stderr:
-            self.process = subprocess.Popen(self.qemu_argv(), stdin=subprocess.DEVNULL, stdout=stderr,
+            argv = self.qemu_argv() + (["-incoming", "defer"] if incoming else [])
+            self.process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=stderr,
                                             stderr=stderr, start_new_session=True, preexec_fn=_die_with_parent)
         (self.run_dir / "qemu.pid").write_text(str(self.process.pid))
         self.started_at = time.monotonic()
@@ -143,6 +207,7 @@ class Machine:
                 raise GuestTimeout("QEMU did not create its monitor socket")
             time.sleep(0.02)
         self.monitor.connect(deadline)
+        self.channel.connect(deadline)
         return True
 
     def stop(self) -> None:
@@ -151,6 +216,7 @@ class Machine:
             subprocess.run(["ssh", "-F", str(self.ssh_config), "-O", "exit", SSH_ALIAS],
                            capture_output=True, timeout=5)
             self._host = None
+        self.channel.close()
         self.monitor.close()
         if self.process and self.process.poll() is None:
             self.process.kill()
@@ -216,15 +282,11 @@ class Machine:
 
     def run(self, command: str, timeout: float = 30) -> Result:
         """Runs COMMAND in the guest with bash (-eo pipefail); never waits past TIMEOUT."""
-        wrapped = f"bash -eo pipefail -c {shlex.quote(command)}"
-        try:
-            done = subprocess.run([*self.ssh_command(), wrapped], capture_output=True, text=True,
-                                  timeout=timeouts.scaled(timeout), stdin=subprocess.DEVNULL)
-        except subprocess.TimeoutExpired as exc:
-            raise GuestTimeout(f"guest command {command!r} did not finish within {timeout:.0f} s") from exc
-        if done.returncode == 255 and not done.stdout:
-            raise GuestTimeout(f"SSH to the guest failed running {command!r}: {done.stderr.strip()}")
-        return Result(command, done.returncode, done.stdout, done.stderr)
+        wrapped = f"set -eo pipefail\n{command}"
+        status, stdout, stderr = self.channel.run(wrapped, timeouts.scaled(timeout))
+        if status == -1:
+            raise GuestTimeout(f"guest command {command!r} did not finish within {timeout:.0f} s")
+        return Result(command, status, stdout, stderr)
 
     def succeed(self, command: str, timeout: float = 30) -> str:
         result = self.run(command, timeout)
@@ -249,19 +311,20 @@ class Machine:
                                    f"last: {result.stderr.strip() or result.stdout.strip()}")
             time.sleep(interval)
 
-    def wait_for_ssh(self, timeout: float = 60) -> None:
+    def wait_until_responsive(self, timeout: float = 60) -> None:
+        """Waits until the guest runs commands (its command port answers)."""
         deadline = time.monotonic() + timeouts.scaled(timeout)
         while True:
             try:
-                if self.run("true", timeout=15).ok:
+                if self.run("true", timeout=5).ok:
                     return
             except GuestTimeout:
                 pass
             if not self.running:
-                raise GuestTimeout("QEMU exited before SSH came up")
+                raise GuestTimeout("QEMU exited before the guest answered commands")
             if time.monotonic() > deadline:
-                raise GuestTimeout(f"SSH to the guest did not come up within {timeout:.0f} s")
-            time.sleep(0.3)
+                raise GuestTimeout(f"the guest did not answer commands within {timeout:.0f} s")
+            time.sleep(0.2)
 
     def wait_for_unit(self, unit: str, state: str = "active", timeout: float = 60) -> None:
         """Waits until UNIT's ActiveState is STATE; fails at once if it failed instead."""

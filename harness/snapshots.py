@@ -1,0 +1,130 @@
+"""Warm snapshots: boot a configuration once to healthy, save the paused guest (RAM,
+devices and both disks), and start every later experiment from there in about a second.
+
+A snapshot is keyed by everything that must match for QEMU to load it: the image, the
+rendered unit files, memory, CPUs, the QEMU version, the accelerator and the device
+layout. It is written to a temporary directory and renamed into place only when whole,
+so a half-written snapshot is never used; one whose files went missing is rebuilt.
+"""
+import errno
+import fcntl
+import hashlib
+import json
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from . import accel, progress
+from .errors import UserError
+from .image import Image
+from .instance import UNITS_FW_CFG
+from .machine import Machine, SavedState
+from .paths import cache_dir
+from .units import Variant, render
+
+# Bump when the saved layout or the way a guest is brought to healthy changes.
+SNAPSHOT_VERSION = "1"
+
+
+def snapshots_dir() -> Path:
+    path = cache_dir() / "snapshots"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def snapshot_key(image: Image, variant: Variant, memory_mb: int, accel_name: str, argv_shape: str) -> str:
+    parts = [SNAPSHOT_VERSION, image.key, json.dumps(render(variant), sort_keys=True), str(memory_mb),
+             accel_name, accel.qemu_version(), argv_shape]
+    digest = hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
+    return f"{variant.chain}-{variant.fs}-{digest}"
+
+
+def ensure(lab, variant: Variant) -> SavedState:
+    """The saved healthy guest for VARIANT in LAB's image, made first if needed."""
+    accel_name = accel.choose(lab.image.kernel)
+    key = snapshot_key(lab.image, variant, lab.memory_mb, accel_name,
+                       _argv_shape(lab.image, lab.memory_mb, accel_name))
+    path = snapshots_dir() / key
+    with open(snapshots_dir() / f"{key}.lock", "w") as lock:
+        # Two workers asking at once: one saves, the other waits and then loads it.
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        saved = _load(path, lab.image)
+        if saved is None:
+            shutil.rmtree(path, ignore_errors=True)
+            _create(path, lab, variant, accel_name)
+            saved = _load(path, lab.image)
+    return saved
+
+
+def _argv_shape(image: Image, memory_mb: int, accel_name: str) -> str:
+    """QEMU's command line with the per-run paths and ports left out: what must match."""
+    machine = Machine(image, Path("/RUN"), memory_mb=memory_mb, fw_cfg={UNITS_FW_CFG: Path("/RUN/units.tar")})
+    machine.accel = accel_name
+    machine.ports = {guest: 0 for guest in machine.guest_ports}
+    return " ".join(machine.qemu_argv())
+
+
+def _load(path: Path, image: Image) -> SavedState | None:
+    try:
+        meta = json.loads((path / "meta.json").read_text())
+    except (OSError, ValueError):
+        return None
+    saved = SavedState(state=path / "state", root=path / "root.qcow2", volume=path / "volume.qcow2",
+                       accel=meta["accel"])
+    if not all(p.exists() for p in (saved.state, saved.root, saved.volume)) or not image.root.exists():
+        return None
+    if saved.state.stat().st_size != meta.get("state_bytes"):
+        return None
+    # The root disk's backing file is the image: gone or replaced means this snapshot is stale.
+    info = subprocess.run(["qemu-img", "info", "-U", "--output=json", str(saved.root)],
+                          capture_output=True, text=True)
+    try:
+        backing = json.loads(info.stdout).get("backing-filename")
+    except ValueError:
+        return None
+    if backing != str(image.root):
+        return None
+    return saved
+
+
+def _create(path: Path, lab, variant: Variant, accel_name: str) -> None:
+    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=snapshots_dir()))
+    instance = lab.new_instance(variant, "snapshot")
+    try:
+        with progress.step(f"Making warm snapshot {path.name} (cold boot to healthy, then save)"):
+            instance.boot()
+            instance.require_healthy()
+            started = time.monotonic()
+            instance.machine.save_state(staging / "state")
+            save_seconds = time.monotonic() - started
+            instance.stop()
+            for disk in ("root.qcow2", "volume.qcow2"):
+                shutil.move(str(instance.run_dir / disk), staging / disk)
+            meta = {"accel": accel_name, "state_bytes": (staging / "state").stat().st_size,
+                    "boot_seconds": round(instance.boot_seconds, 2), "save_seconds": round(save_seconds, 2),
+                    "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                    **instance.guest_versions}
+            (staging / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+        staging.rename(path)
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise UserError(f"disk full while saving a snapshot in {snapshots_dir()}",
+                            "free some space or point UNITCHAOS_CACHE at a larger disk") from None
+        raise
+    finally:
+        lab.release_instance(instance)
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def clear() -> int:
+    """Removes every snapshot; returns how many there were."""
+    count = 0
+    for entry in snapshots_dir().iterdir():
+        if entry.is_dir():
+            count += not entry.name.startswith(".")
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+    return count

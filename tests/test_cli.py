@@ -1,0 +1,184 @@
+"""Tests for harness/cli.py: bad input is one line on stderr and exit 2, never a traceback;
+the findings table says when the health check lies.
+
+No test here may build an image or boot a guest: the cache points at tmp_path, and
+image building and machine creation are replaced by stand-ins that fail the test.
+"""
+import io
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from harness import cli, experiments
+from harness.image import Image
+from harness.paths import REPO, UNITS_DIR
+
+
+@pytest.fixture(autouse=True)
+def hermetic(tmp_path, monkeypatch):
+    """No real cache, no image build, no KVM probe, no QEMU; main()'s signal handlers are undone."""
+    monkeypatch.setenv("UNITCHAOS_CACHE", str(tmp_path / "cache"))
+
+    def forbidden(what):
+        def fail(*args, **kwargs):
+            raise AssertionError(f"the CLI tried to {what}")
+        return fail
+
+    monkeypatch.setattr("harness.image.ensure_image", forbidden("build or look up the guest image"))
+    monkeypatch.setattr("harness.accel.choose", forbidden("choose an accelerator (a KVM probe boots QEMU)"))
+    monkeypatch.setattr("harness.accel.kvm_verdict", forbidden("probe KVM"))
+    monkeypatch.setattr("harness.machine.Machine.start", forbidden("start QEMU"))
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    yield
+    for sig, handler in saved.items():
+        signal.signal(sig, handler)
+
+
+def run_cli(argv: list[str]) -> int:
+    """main() in-process; argparse errors exit via SystemExit, the rest return a code."""
+    try:
+        return cli.main(argv)
+    except SystemExit as exc:
+        return exc.code
+
+
+def assert_one_line_error(capsys, code: int) -> str:
+    out, err = capsys.readouterr()
+    assert code == 2
+    assert out == ""
+    assert "Traceback" not in err
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("unitchaos: error:")
+    assert "fix:" in lines[0]
+    return lines[0]
+
+
+@pytest.fixture
+def units_with_unknown_key(tmp_path):
+    path = tmp_path / "units"
+    shutil.copytree(UNITS_DIR, path)
+    agent = path / "ecs-agent.service"
+    agent.write_text(agent.read_text().replace("[Unit]\n", "[Unit]\nRequiress=foo\n", 1))
+    return path
+
+
+@pytest.mark.parametrize("argv, problem", [
+    (["run", "nope"], "unknown experiment 'nope'"),
+    (["run", "yank", "--chain", "wants"], "unknown chain 'wants'"),
+    (["run", "yank", "--fs", "btrfs"], "unknown filesystem 'btrfs'"),
+    (["run", "yank", "--units", "/nonexistent/unitchaos-units"],
+     "units directory /nonexistent/unitchaos-units does not exist"),
+    (["frobnicate"], "invalid choice: 'frobnicate'"),
+    (["run"], "the following arguments are required: experiment"),
+    (["run", "yank", "--bogus"], "unrecognized arguments: --bogus"),
+])
+def test_bad_input_is_one_line_and_exit_2(capsys, argv, problem):
+    line = assert_one_line_error(capsys, run_cli(argv))
+    assert problem in line
+
+
+def test_units_dir_lacking_units_names_them(capsys, tmp_path):
+    (tmp_path / "partial").mkdir()
+    shutil.copy(UNITS_DIR / "ecs-agent.service", tmp_path / "partial")
+    line = assert_one_line_error(capsys, run_cli(["run", "yank", "--units", str(tmp_path / "partial")]))
+    assert "format-ephemeral.service" in line and "var-lib-docker.mount" in line
+
+
+@pytest.mark.skipif(not shutil.which("systemd-analyze"), reason="systemd-analyze is not installed")
+def test_run_with_a_unit_systemd_rejects_is_one_line_and_exit_2(capsys, monkeypatch, tmp_path,
+                                                                 units_with_unknown_key):
+    # A cached image and a cold boot: today the units are verified only when an instance is made.
+    monkeypatch.setattr("harness.image.ensure_image", lambda *a, **k: Image(tmp_path / "image"))
+    monkeypatch.setenv("UNITCHAOS_COLD", "1")
+    line = assert_one_line_error(capsys, run_cli(["run", "yank", "--units", str(units_with_unknown_key)]))
+    assert "Unknown key 'Requiress'" in line
+
+
+@pytest.mark.skipif(not shutil.which("systemd-analyze"), reason="systemd-analyze is not installed")
+@pytest.mark.xfail(strict=True, reason="harness bug: cmd_run only render()s --units; verify() runs in "
+                   "units.pack() from Instance(), after the Lab has built or looked up the guest image "
+                   "(and, warm, after accel.choose() probed KVM)")
+def test_run_rejects_bad_units_before_any_image_work(capsys, units_with_unknown_key):
+    # The hermetic fixture fails the test if the image, the accelerator or QEMU is touched.
+    line = assert_one_line_error(capsys, run_cli(["run", "yank", "--units", str(units_with_unknown_key)]))
+    assert "Unknown key 'Requiress'" in line
+
+
+@pytest.mark.parametrize("argv, problem", [
+    (["run", "nope"], "unknown experiment 'nope'"),
+    (["frobnicate"], "invalid choice: 'frobnicate'"),
+])
+def test_module_entry_point_exits_2_without_traceback(tmp_path, argv, problem):
+    env = {**os.environ, "UNITCHAOS_CACHE": str(tmp_path / "cache")}
+    done = subprocess.run([sys.executable, "-m", "harness", *argv], capture_output=True, text=True,
+                          env=env, cwd=REPO, timeout=30)
+    assert done.returncode == 2
+    assert done.stdout == ""
+    assert "Traceback" not in done.stderr
+    assert done.stderr.startswith("unitchaos: error:") and done.stderr.count("\n") == 1
+    assert problem in done.stderr and "fix:" in done.stderr
+
+
+def outcome(experiment: str, lies: bool, kernel_events: list[str]) -> dict:
+    """An outcome shaped like experiments.run()'s."""
+    return {
+        "experiment": experiment, "chain": "bindsto", "fs": "xfs",
+        "fault": None if experiment == "healthy" else experiment,
+        "units": {"format-ephemeral.service": "active", "var-lib-docker.mount": "active",
+                  "docker.service": "active", "ecs-agent.service": "active"},
+        "mount_listed": True, "metadata_status": 200, "container_start_ok": not lies,
+        "health_check_lies": lies, "kernel_events": kernel_events,
+        "seconds": {"boot": 21.3, "fault_to_verdict": 9.6, "total": 47.4},
+        "kernel": "6.1.0-27-cloud-amd64", "systemd": "systemd 252 (252.30-1~deb12u2)",
+    }
+
+
+HEALTHY = outcome("healthy", False, [])
+YANK = outcome("yank", True, ["I/O error, dev vdb, sector 192 op 0x1:(WRITE) flags 0x800 phys_seg 1 prio class 2",
+                              "XFS (vdb): Filesystem has been shut down due to log error (0x2)."])
+
+
+def render(outcomes: list[dict]) -> str:
+    console = Console(record=True, width=200, file=io.StringIO())
+    console.print(cli.findings_table(outcomes))
+    return console.export_text()
+
+
+def test_findings_table_says_the_yanked_health_check_lies():
+    text = render([YANK])
+    assert "LIES" in text
+    assert "truthful" not in text
+    assert "Filesystem has been shut down" in text  # the kernel's word wins over the I/O error
+    assert "47" in text
+
+
+def test_findings_table_says_the_healthy_health_check_is_truthful():
+    text = render([HEALTHY])
+    assert "truthful" in text
+    assert "LIES" not in text
+
+
+def test_findings_table_has_one_row_per_outcome():
+    text = render([HEALTHY, YANK])
+    assert text.count("LIES") == 1
+    assert text.count("truthful") == 1
+    assert text.index("healthy") < text.index("yank")
+
+
+def test_jsonable_makes_nested_values_json_safe():
+    detail = {"disk": Path("/var/cache/unitchaos/runs/x/volume.qcow2"),
+              "event": {"data": {"device": "volumedisk"}, "args": ("drive_del", Path("/dev/vdb"))},
+              "status": 5, "ok": False, "none": None}
+    safe = experiments._jsonable(detail)
+    assert json.loads(json.dumps(safe)) == {
+        "disk": "/var/cache/unitchaos/runs/x/volume.qcow2",
+        "event": {"data": {"device": "volumedisk"}, "args": ["drive_del", "/dev/vdb"]},
+        "status": 5, "ok": False, "none": None}
