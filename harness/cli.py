@@ -5,6 +5,7 @@ import os
 import shutil
 import signal
 import sys
+from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
@@ -151,9 +152,8 @@ def cmd_image_build(args) -> int:
 
 def cmd_run(args) -> int:
     experiments.get(args.experiment)
-    units.Variant(chain=args.chain, fs=args.fs)
-    if args.units:
-        units.render(units.Variant(chain=args.chain, fs=args.fs, units_dir=args.units))
+    units.check(units.Variant(chain=args.chain, fs=args.fs,
+                              **({"units_dir": Path(args.units)} if args.units else {})))
     with Lab(cold=args.cold or None) as lab:
         outcome = experiments.run(lab, args.experiment, args.chain, args.fs, args.units)
     if args.json:

@@ -99,7 +99,7 @@ def observe(instance: Instance) -> dict:
 
 def _jsonable(value):
     if isinstance(value, dict):
-        return {key: _jsonable(item) for key, item in value.items()}
+        return {str(key): _jsonable(item) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
         return [_jsonable(item) for item in value]
     if isinstance(value, (str, int, float, bool)) or value is None:

@@ -87,8 +87,11 @@ def sweep_stale_runs() -> list[Path]:
             owner = None
         if owner is not None and _alive(owner):
             continue
-        if owner is None and time.time() - run.stat().st_mtime < 60:
-            continue  # Being created right now.
+        try:
+            if owner is None and time.time() - run.stat().st_mtime < 60:
+                continue  # Being created right now.
+        except FileNotFoundError:
+            continue  # Another lab swept it first.
         _kill_qemu(run)
         shutil.rmtree(run, ignore_errors=True)
         removed.append(run)

@@ -29,11 +29,14 @@ class Monitor:
             qmp = QEMUMonitorProtocol(self.address)
             qmp.settimeout(self.timeout)
             try:
-                qmp.connect(negotiate=True)
+                # The legacy wrapper's connect() has no timeout of its own, and a peer that
+                # accepts but never greets would hang it: bound each attempt by the deadline.
+                qmp._sync(qmp._qmp.connect(self.address), max(0.05, deadline - time.monotonic()))
                 self._qmp = qmp
                 return
-            except (OSError, QMPError) as exc:
+            except (OSError, QMPError, asyncio.TimeoutError) as exc:
                 last_error = exc
+                qmp._sync(qmp._qmp.disconnect())
                 time.sleep(0.05)
         raise GuestTimeout(f"QEMU's monitor at {self.address} did not answer: {last_error}")
 
@@ -42,7 +45,7 @@ class Monitor:
         try:
             return self._client.cmd(name, **arguments)
         except ExecuteError as exc:
-            raise MonitorError(f"{name}: {exc.error.desc}") from None
+            raise MonitorError(f"{name}: {exc.error.error.desc}") from None
 
     def hmp(self, command_line: str) -> str:
         """A human-monitor command (some, like drive_del, exist only there)."""
@@ -64,7 +67,7 @@ class Monitor:
             seen = len(self.events)
             left = deadline - time.monotonic()
             if left <= 0:
-                raise GuestTimeout(f"no QMP event {name} {match or ''} within {timeout:.0f} s")
+                raise GuestTimeout(f"no QMP event {name} {match or ''} within {timeout:.1f} s")
             try:
                 event = self._client.pull_event(wait=float(min(left, 0.5)))
             except asyncio.TimeoutError:

@@ -6,6 +6,7 @@ or not. The result is a tar that the guest's generator unpacks at boot (see
 vm/guest/usr/lib/systemd/system-generators/unitchaos-units).
 """
 import io
+import os
 import re
 import shutil
 import subprocess
@@ -60,15 +61,21 @@ def render(variant: Variant) -> dict[str, str]:
         raise UserError(f"{units_dir} lacks {', '.join(missing)}",
                         f"add them (see {UNITS_DIR} for the incident's chain)")
     rendered = {}
-    for path in sorted(p for p in units_dir.rglob("*") if p.is_file() and not p.name.startswith(".")):
-        text = path.read_text()
+    for path in sorted(p for p in units_dir.rglob("*") if p.is_file()):
+        rel = path.relative_to(units_dir)
+        if any(part.startswith(".") for part in rel.parts):
+            continue  # Editor swap files, a .git directory: not units.
+        try:
+            text = path.read_text()
+        except UnicodeDecodeError:
+            raise UserError(f"{path} is not a text file", "keep only unit files and drop-ins in the units directory") from None
         for key, value in variant.values.items():
             text = text.replace("{{" + key + "}}", value)
         leftover = re.search(r"\{\{(\w+)\}\}", text)
         if leftover:
             raise UserError(f"{path}: unknown placeholder {leftover.group(0)}",
                             f"use one of: {', '.join('{{' + k + '}}' for k in variant.values)}")
-        rendered[str(path.relative_to(units_dir))] = text
+        rendered[str(rel)] = text
     return rendered
 
 
@@ -77,19 +84,30 @@ def verify(rendered: dict[str, str]) -> None:
     if not shutil.which("systemd-analyze"):
         return  # Checked again by systemd in the guest; the host may lack systemd.
     with tempfile.TemporaryDirectory(prefix="unitchaos-units.") as tmp:
-        top_level = []
         for rel, text in rendered.items():
             (Path(tmp) / rel).parent.mkdir(parents=True, exist_ok=True)
             (Path(tmp) / rel).write_text(text)
-            if "/" not in rel:
-                top_level.append(str(Path(tmp) / rel))
+        # A drop-in for a unit only the guest has (docker.service.d/): verify it on a stub.
+        for dropin_dir in Path(tmp).glob("*.d"):
+            unit = Path(tmp) / dropin_dir.name.removesuffix(".d")
+            if not unit.exists():
+                unit.write_text("[Service]\nExecStart=/bin/true\n")
+        top_level = sorted(str(p) for p in Path(tmp).iterdir() if p.is_file())
+        env = {**os.environ, "SYSTEMD_UNIT_PATH": f"{tmp}:"}
         done = subprocess.run(["systemd-analyze", "verify", "--man=no", "--generators=no", *top_level],
-                              capture_output=True, text=True, timeout=60)
+                              capture_output=True, text=True, timeout=60, env=env)
     problems = [line.replace(tmp + "/", "") for line in (done.stderr + done.stdout).splitlines()
                 if line.strip() and not HOST_ONLY.search(line)]
     if problems:
         raise UserError(f"systemd-analyze rejects the unit files: {problems[0]}",
                         "correct the unit file (see systemd.unit(5))")
+
+
+def check(variant: Variant) -> dict[str, str]:
+    """Renders and verifies VARIANT's units: bad unit files fail before any VM starts."""
+    rendered = render(variant)
+    verify(rendered)
+    return rendered
 
 
 def wanted_by(text: str) -> list[str]:
@@ -101,8 +119,7 @@ def wanted_by(text: str) -> list[str]:
 
 def pack(variant: Variant, out: Path) -> dict[str, str]:
     """Writes the tar the guest unpacks at boot; returns the rendered files."""
-    rendered = render(variant)
-    verify(rendered)
+    rendered = check(variant)
     with tarfile.open(out, "w") as tar:
         for rel, text in rendered.items():
             _add(tar, rel, text.encode())

@@ -103,9 +103,6 @@ def test_run_with_a_unit_systemd_rejects_is_one_line_and_exit_2(capsys, monkeypa
 
 
 @pytest.mark.skipif(not shutil.which("systemd-analyze"), reason="systemd-analyze is not installed")
-@pytest.mark.xfail(strict=True, reason="harness bug: cmd_run only render()s --units; verify() runs in "
-                   "units.pack() from Instance(), after the Lab has built or looked up the guest image "
-                   "(and, warm, after accel.choose() probed KVM)")
 def test_run_rejects_bad_units_before_any_image_work(capsys, units_with_unknown_key):
     # The hermetic fixture fails the test if the image, the accelerator or QEMU is touched.
     line = assert_one_line_error(capsys, run_cli(["run", "yank", "--units", str(units_with_unknown_key)]))

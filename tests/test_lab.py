@@ -103,9 +103,6 @@ def test_sweep_kills_the_runs_leftover_qemu(cache, dead_pid, spawn):
     assert qemu.wait(timeout=5) == -9
 
 
-@pytest.mark.xfail(strict=True, raises=FileNotFoundError,
-                   reason="harness bug: sweep_stale_runs() stats a run directory that a concurrent "
-                   "sweeper (another pytest-xdist worker's Lab) may just have removed")
 def test_sweep_tolerates_a_run_removed_by_another_sweeper(cache, monkeypatch, dead_pid):
     real = runs_dir()
     stale = make_run("stale", dead_pid)

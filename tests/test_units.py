@@ -171,18 +171,12 @@ def test_hidden_files_are_not_rendered(user_units):
     assert set(units.render(units.Variant(units_dir=user_units))) == SHIPPED
 
 
-@pytest.mark.xfail(strict=True, raises=UnicodeDecodeError,
-                   reason="harness bug: render() skips dot-files but not files inside dot-directories, "
-                   "so a units dir that is a git checkout has .git/* read as text (and packed)")
 def test_files_in_hidden_directories_are_not_rendered(user_units):
     (user_units / ".git").mkdir()
     (user_units / ".git" / "index").write_bytes(b"DIRC\x00\x00\x00\x02\xff\xfe")
     assert set(units.render(units.Variant(units_dir=user_units))) == SHIPPED
 
 
-@pytest.mark.xfail(strict=True, raises=UnicodeDecodeError,
-                   reason="harness bug: render() reads every file as UTF-8 text; a binary file in a user's "
-                   "units dir escapes as UnicodeDecodeError (a traceback from the CLI), not a UserError")
 def test_a_binary_file_in_the_units_dir_is_a_user_error_or_ignored(user_units):
     (user_units / "diagram.png").write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe")
     try:
@@ -223,8 +217,6 @@ def test_pack_rejects_an_unknown_key_and_writes_nothing(user_units, tmp_path):
 
 
 @needs_systemd_analyze
-@pytest.mark.xfail(strict=True, reason="harness bug: verify() passes only top-level units to systemd-analyze; "
-                   "drop-ins of a unit the host lacks (docker.service.d/) are never checked")
 def test_unknown_key_in_a_drop_in_is_rejected_by_verify(user_units):
     drop_in = user_units / "docker.service.d" / "10-volume.conf"
     drop_in.write_text(drop_in.read_text() + "Requiress=foo\n")
