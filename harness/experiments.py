@@ -79,19 +79,23 @@ def _inject_and_wait(instance: Instance, fault_name: str, fs: str) -> dict:
 
 def observe(instance: Instance) -> dict:
     """What systemd, the kernel, the mount table and the health check say right now."""
-    metadata = instance.metadata_status()
-    container = instance.start_container()
-    return {
+    seen = {
         "units": instance.unit_states(),
         "volume_device": instance.machine.unit_state("dev-vdb.device"),
         "mount_listed": instance.mount_listed(),
         "mount": instance.mount_options(),
-        "metadata_status": metadata,
+        "metadata_status": instance.metadata_status(),
+    }
+    # Last, because it changes what it looks at: with the agent gone, asking Docker wakes
+    # docker.socket, which starts docker.service, which pulls the mount back in.
+    container = instance.start_container()
+    return {
+        **seen,
         "container_start_ok": container["ok"],
         "container_start": container,
-        "health_check_lies": metadata == 200 and not container["ok"],
+        "health_check_lies": seen["metadata_status"] == 200 and not container["ok"],
         "kernel_events": [event["line"] for event in instance.kernel_events()],
-        **instance.versions(),
+        **instance.guest_versions,
         "accel": instance.machine.accel,
         "timeout_scale": timeouts.scale(),
     }

@@ -67,6 +67,11 @@ class Instance:
     def stop(self) -> None:
         self.machine.stop()
 
+    @property
+    def host(self):
+        """testinfra's view of the guest (over SSH): host.service(...), host.mount_point(...)."""
+        return self.machine.host
+
     # -- faults -------------------------------------------------------------------
 
     def inject(self, name: str) -> dict:

@@ -65,6 +65,7 @@ class Disk:
 class SavedState:
     """A paused guest written to disk: RAM and devices, plus its disks at that moment."""
     state: Path
+    ram: Path
     root: Path
     volume: Path
     accel: str
@@ -90,6 +91,8 @@ class Machine:
         self.console_path = run_dir / "console.log"
         self.started_at = 0.0
         self._host = None
+        self.ram_file: Path | None = None
+        self.restoring = False
         self.root = Disk("root", run_dir / "root.qcow2")
         self.volume = Disk("volume", run_dir / "volume.qcow2")
 
@@ -99,6 +102,8 @@ class Machine:
         """Boots the kernel, or with RESTORE resumes a saved guest on fresh overlays of its disks."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.accel = restore.accel if restore else accel.choose(self.image.kernel)
+        if restore:
+            self.ram_file, self.restoring = restore.ram, True
         self._create_disks(restore)
         for attempt in range(3):
             self.ports = {guest: _free_port() for guest in self.guest_ports}
@@ -120,6 +125,7 @@ class Machine:
         _qemu_img("create", "-q", "-f", "qcow2", str(self.volume.path), self.volume_size)
 
     def _load_state(self, state: Path) -> None:
+        self._ignore_shared_ram()
         self.monitor.command("migrate-incoming", uri=f"exec:cat {shlex.quote(str(state))}")
         # The guest was paused when saved, so it stays paused once loaded: then resume it.
         deadline = time.monotonic() + timeouts.scaled(120)
@@ -142,8 +148,15 @@ class Machine:
         self.monitor.command("stop")
         # Fast: the state file is local, so let the migration use all the bandwidth it likes.
         self.monitor.command("migrate-set-parameters", **{"max-bandwidth": 8 << 30})
+        self._ignore_shared_ram()
         self.monitor.command("migrate", uri=f"exec:cat > {shlex.quote(str(state))}")
         self._wait_for_migration()
+
+    def _ignore_shared_ram(self) -> None:
+        # The RAM is in its file already: keep it out of the migration stream.
+        if self.ram_file is not None:
+            self.monitor.command("migrate-set-capabilities",
+                                 capabilities=[{"capability": "x-ignore-shared", "state": True}])
 
     def _wait_for_migration(self) -> None:
         deadline = time.monotonic() + timeouts.scaled(120)
@@ -166,8 +179,8 @@ class Machine:
         else:
             cpu = ["-accel", "tcg,thread=multi", "-cpu", "max"]
         argv = [
-            accel.qemu_binary(), "-name", f"unitchaos-{self.name}", "-machine", "pc", *cpu,
-            "-smp", str(self.cpus), "-m", str(self.memory_mb),
+            accel.qemu_binary(), "-name", f"unitchaos-{self.name}", *cpu,
+            "-smp", str(self.cpus), "-m", f"{self.memory_mb}M", *self._memory_args(),
             "-nodefaults", "-no-user-config", "-display", "none",
             "-kernel", str(self.image.kernel), "-initrd", str(self.image.initrd),
             "-append", "root=/dev/vda rw console=ttyS0 net.ifnames=0 printk.time=1 apparmor=0",
@@ -185,6 +198,17 @@ class Machine:
         for name, path in self.fw_cfg.items():
             argv += ["-fw_cfg", f"name={name},file={path}"]
         return argv
+
+    def _memory_args(self) -> list[str]:
+        """Guests that are saved or restored keep their RAM in a file: saved by mapping it
+        shared (QEMU writes the RAM there, not into the migration stream), restored by
+        mapping it private (pages are read on first touch and copied on write, so the
+        snapshot never changes and restoring reads almost nothing up front)."""
+        if self.ram_file is None:
+            return ["-machine", "pc"]
+        share = "off" if self.restoring else "on"
+        return ["-object", f"memory-backend-file,id=ram,size={self.memory_mb}M,mem-path={self.ram_file},share={share}",
+                "-machine", "pc,memory-backend=ram"]
 
     def _launch(self, incoming: bool = False) -> bool:
         stderr_path = self.run_dir / "qemu.stderr"

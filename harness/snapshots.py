@@ -25,7 +25,7 @@ from .paths import cache_dir
 from .units import Variant, render
 
 # Bump when the saved layout or the way a guest is brought to healthy changes.
-SNAPSHOT_VERSION = "1"
+SNAPSHOT_VERSION = "2"
 
 
 def snapshots_dir() -> Path:
@@ -62,6 +62,7 @@ def _argv_shape(image: Image, memory_mb: int, accel_name: str) -> str:
     """QEMU's command line with the per-run paths and ports left out: what must match."""
     machine = Machine(image, Path("/RUN"), memory_mb=memory_mb, fw_cfg={UNITS_FW_CFG: Path("/RUN/units.tar")})
     machine.accel = accel_name
+    machine.ram_file = Path("/RUN/ram")
     machine.ports = {guest: 0 for guest in machine.guest_ports}
     return " ".join(machine.qemu_argv())
 
@@ -71,11 +72,11 @@ def _load(path: Path, image: Image) -> SavedState | None:
         meta = json.loads((path / "meta.json").read_text())
     except (OSError, ValueError):
         return None
-    saved = SavedState(state=path / "state", root=path / "root.qcow2", volume=path / "volume.qcow2",
-                       accel=meta["accel"])
-    if not all(p.exists() for p in (saved.state, saved.root, saved.volume)) or not image.root.exists():
+    saved = SavedState(state=path / "state", ram=path / "ram", root=path / "root.qcow2",
+                       volume=path / "volume.qcow2", accel=meta["accel"])
+    if not all(p.exists() for p in (saved.state, saved.ram, saved.root, saved.volume)) or not image.root.exists():
         return None
-    if saved.state.stat().st_size != meta.get("state_bytes"):
+    if saved.state.stat().st_size != meta.get("state_bytes") or saved.ram.stat().st_size != meta.get("ram_bytes"):
         return None
     # The root disk's backing file is the image: gone or replaced means this snapshot is stale.
     info = subprocess.run(["qemu-img", "info", "-U", "--output=json", str(saved.root)],
@@ -92,6 +93,7 @@ def _load(path: Path, image: Image) -> SavedState | None:
 def _create(path: Path, lab, variant: Variant, accel_name: str) -> None:
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=snapshots_dir()))
     instance = lab.new_instance(variant, "snapshot")
+    instance.machine.ram_file = staging / "ram"
     try:
         with progress.step(f"Making warm snapshot {path.name} (cold boot to healthy, then save)"):
             instance.boot()
@@ -103,6 +105,7 @@ def _create(path: Path, lab, variant: Variant, accel_name: str) -> None:
             for disk in ("root.qcow2", "volume.qcow2"):
                 shutil.move(str(instance.run_dir / disk), staging / disk)
             meta = {"accel": accel_name, "state_bytes": (staging / "state").stat().st_size,
+                    "ram_bytes": (staging / "ram").stat().st_size,
                     "boot_seconds": round(instance.boot_seconds, 2), "save_seconds": round(save_seconds, 2),
                     "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                     **instance.guest_versions}
