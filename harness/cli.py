@@ -10,12 +10,13 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from . import accel, experiments, image, progress, snapshots, units
+from . import accel, bench, kernel_log, experiments, image, progress, snapshots, units
 from .errors import GuestTimeout, UserError
 from .lab import Lab
 from .paths import cache_dir
 
-console = Console()
+# Wide enough for the findings table when output goes to a log rather than a terminal.
+console = Console(width=None if sys.stdout.isatty() else 160)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -76,6 +77,12 @@ def _parser() -> argparse.ArgumentParser:
     _start_options(demo)
     demo.set_defaults(func=cmd_demo)
 
+    bench = sub.add_parser("bench", help="measure cold boot vs warm restore and the incident suite")
+    bench.add_argument("--runs", type=int, default=3, help="runs per figure (median, min, max)")
+    bench.add_argument("--workers", type=int, default=None, help="parallel VMs (default: cores, memory allowing)")
+    bench.add_argument("--json", action="store_true")
+    bench.set_defaults(func=cmd_bench)
+
     snapshot = sub.add_parser("snapshot", help="the warm snapshots experiments start from")
     snapshot_sub = snapshot.add_subparsers(dest="snapshot_command", required=True, parser_class=_Parser)
     snapshot_sub.add_parser("list", help="list saved snapshots").set_defaults(func=cmd_snapshot_list)
@@ -93,6 +100,14 @@ def _variant_options(parser: argparse.ArgumentParser) -> None:
 def _start_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cold", action="store_true",
                         help="boot every instance instead of starting it from a warm snapshot")
+
+
+def cmd_bench(args) -> int:
+    if args.runs < 1:
+        raise UserError(f"--runs {args.runs} is not a number of runs", "use --runs 1 or more")
+    figures = bench.run(runs=args.runs, workers=args.workers)
+    print(json.dumps(figures, indent=2) if args.json else bench.render(figures))
+    return 0
 
 
 def cmd_snapshot_list(args) -> int:
@@ -193,10 +208,12 @@ def findings_table(outcomes: list[dict]) -> Table:
 
 
 def _kernel_summary(lines: list[str]) -> str:
-    for key in ["shut down", "Shutting down", "EXT4-fs error", "Buffer I/O error", "I/O error"]:
-        for line in lines:
-            if key in line:
-                return line[:60]
+    """The most telling kind of kernel message seen (see kernel_log.PATTERNS)."""
+    kinds = {kind for line in lines for kind in kernel_log.classify(line)}
+    for kind in ["xfs-shutdown", "ext4-abort-journal", "ext4-remount-ro", "ext4-error", "buffer-io-error",
+                 "block-io-error", "xfs-unmount"]:
+        if kind in kinds:
+            return kind
     return "-"
 
 

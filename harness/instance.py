@@ -130,7 +130,7 @@ class Instance:
         status, _ = self.machine.http_get(AGENT_PORT, "/v1/metadata", timeout)
         return status
 
-    def start_container(self, timeout: float = 60) -> dict:
+    def start_container(self, timeout: float = 30) -> dict:
         """Can this instance still start containers? Asks the agent to run a task, as ECS
         would; if the agent is gone, asks Docker directly."""
         if self.metadata_status() is not None:

@@ -48,3 +48,9 @@ def pytest_runtest_makereport(item, call):
         versions = [f"{key}: {value}" for key, value in item.user_properties if key in ("kernel", "systemd")]
         if versions:
             item.add_report_section("call", "guest", "\n".join(versions))
+
+
+def pytest_xdist_auto_num_workers(config):
+    """`-n auto`: one worker per core, but no more VMs than free memory holds."""
+    from .capacity import max_parallel_vms
+    return max_parallel_vms()

@@ -1,0 +1,123 @@
+"""`unitchaos bench`: what a warm snapshot buys, measured in one run on this machine.
+
+Figures (medians, with min and max): image lookup from cache, cold boot to healthy,
+snapshot restore to healthy and the ratio; each incident experiment's wall time cold and
+warm; the whole incident suite cold and warm, serial and in parallel. Each experiment
+in a suite run is a separate `unitchaos run --json` process, as a user would run it.
+"""
+import json
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from . import image, progress, snapshots, units
+from .capacity import max_parallel_vms
+from .experiments import INCIDENT_SUITE
+from .lab import Lab
+
+
+def summary(samples: list[float]) -> dict:
+    return {"median": round(statistics.median(samples), 3), "min": round(min(samples), 3),
+            "max": round(max(samples), 3), "runs": len(samples)}
+
+
+def measure_image_cached(runs: int) -> list[float]:
+    image.ensure_image()
+    samples = []
+    for _ in range(runs):
+        started = time.monotonic()
+        image.ensure_image()
+        samples.append(time.monotonic() - started)
+    return samples
+
+
+def measure_start(lab: Lab, cold: bool, runs: int) -> list[float]:
+    """Seconds from nothing running to healthy: units active, metadata 200, commands answered."""
+    if not cold:
+        snapshots.ensure(lab, units.Variant())  # Made once, outside the measurement.
+    samples = []
+    for _ in range(runs):
+        started = time.monotonic()
+        instance = lab.instance(cold=cold)
+        instance.require_healthy()
+        samples.append(time.monotonic() - started)
+        lab.release_instance(instance)
+    return samples
+
+
+def run_suite(cold: bool, workers: int) -> tuple[float, dict[str, float]]:
+    """Wall time of the whole incident suite, and each experiment's own wall time."""
+    def one(row):
+        name, chain, fs = row
+        argv = [sys.executable, "-m", "harness", "run", name, "--chain", chain, "--fs", fs, "--json"]
+        started = time.monotonic()
+        done = subprocess.run(argv + (["--cold"] if cold else []), capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"{' '.join(argv)} failed: {done.stderr.strip()}")
+        json.loads(done.stdout)
+        return f"{name}/{chain}/{fs}", time.monotonic() - started
+
+    started = time.monotonic()
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        per_experiment = dict(pool.map(one, INCIDENT_SUITE))
+    return time.monotonic() - started, per_experiment
+
+
+def run(runs: int = 3, workers: int | None = None) -> dict:
+    workers = workers or max_parallel_vms()
+    figures: dict = {"machine": _machine()}
+    with progress.step("bench: image lookup from cache"):
+        figures["image_cached_s"] = summary(measure_image_cached(max(runs, 5)))
+    with Lab() as lab:
+        with progress.step(f"bench: restore from snapshot to healthy x{max(runs, 5)}"):
+            restore = measure_start(lab, cold=False, runs=max(runs, 5))
+        with progress.step(f"bench: cold boot to healthy x{runs}"):
+            cold = measure_start(lab, cold=True, runs=runs)
+    figures["cold_boot"] = summary(cold)
+    figures["restore"] = summary(restore)
+    figures["cold_boot_s"] = figures["cold_boot"]["median"]
+    figures["restore_s"] = figures["restore"]["median"]
+    figures["restore_speedup"] = round(figures["cold_boot_s"] / figures["restore_s"], 1)
+    suites = {}
+    for cold_run in (False, True):
+        for parallel in (1, workers):
+            label = f"{'cold' if cold_run else 'warm'}_{'serial' if parallel == 1 else f'parallel_{parallel}'}"
+            with progress.step(f"bench: incident suite, {label}"):
+                suites[label] = run_suite(cold_run, parallel)
+    figures["suite_s"] = {label: round(wall, 1) for label, (wall, _) in suites.items()}
+    figures["experiment_s"] = {
+        name: {"cold": round(suites["cold_serial"][1][name], 1), "warm": round(suites["warm_serial"][1][name], 1)}
+        for name in suites["warm_serial"][1]}
+    figures["suite_speedup_warm_vs_cold_serial"] = round(
+        figures["suite_s"]["cold_serial"] / figures["suite_s"]["warm_serial"], 1)
+    return figures
+
+
+def _machine() -> dict:
+    import os
+    from . import accel
+    built = image.ensure_image()
+    return {"cores": os.cpu_count(), "qemu": accel.qemu_version(), "accel": accel.choose(built.kernel),
+            "kernel": built.manifest.get("kernel"), "systemd": built.manifest.get("systemd")}
+
+
+def render(figures: dict) -> str:
+    def line(label, s):
+        return f"  {label:<34} {s['median']:>8.2f} s   (min {s['min']:.2f}, max {s['max']:.2f}, {s['runs']} runs)"
+    m = figures["machine"]
+    out = [f"unitchaos bench on {m['cores']} cores, {m['qemu']}, accel {m['accel']}, "
+           f"guest kernel {m['kernel']}",
+           line("image lookup from cache", figures["image_cached_s"]),
+           line("cold boot to healthy", figures["cold_boot"]),
+           line("snapshot restore to healthy", figures["restore"]),
+           f"  {'restore speedup (cold / restore)':<34} {figures['restore_speedup']:>8.1f} x",
+           "  incident experiments, wall time (cold / warm):"]
+    for name, pair in figures["experiment_s"].items():
+        out.append(f"    {name:<32} {pair['cold']:>6.1f} s / {pair['warm']:>5.1f} s")
+    out.append("  whole incident suite:")
+    for label, seconds in figures["suite_s"].items():
+        out.append(f"    {label:<32} {seconds:>6.1f} s")
+    out.append(f"  {'suite speedup (cold / warm serial)':<34} {figures['suite_speedup_warm_vs_cold_serial']:>8.1f} x")
+    return "\n".join(out)
