@@ -5,26 +5,44 @@ is written in `docker save` format (loaded in the guest with `docker load`): one
 holding Python from the guest's packages and the agent program.
 """
 import hashlib
+import http.client
 import io
 import json
 import os
 import shutil
+import signal
+import socket
 import subprocess
 import tarfile
 import tempfile
+import time
 from pathlib import Path
 
 from .paths import VM_DIR
 
 TAG = "amazon/amazon-ecs-agent:latest"
 PACKAGES = ["python3-minimal", "python3.11-minimal", "libpython3.11-minimal",
-            "libpython3.11-stdlib", "libc6", "zlib1g", "libexpat1", "libffi8", "libssl3",
+            "libpython3.11-stdlib", "libc6", "zlib1g", "libexpat1", "libffi8",
             "libbz2-1.0", "liblzma5"]
 AGENT = VM_DIR / "agent" / "fake_ecs_agent.py"
 # Big parts of these packages that the agent never touches.
-SKIP_PREFIXES = ("usr/lib/x86_64-linux-gnu/gconv/", "usr/share/", "usr/lib/python3.11/test/",
+# (No libssl: the agent speaks plain HTTP, and http.client does without ssl.)
+SKIP_PREFIXES = ("usr/lib/x86_64-linux-gnu/gconv/", "usr/lib/x86_64-linux-gnu/libmvec", "usr/share/", "usr/lib/python3.11/test/",
                  "usr/lib/python3.11/ensurepip/", "usr/lib/python3.11/idlelib/",
                  "usr/lib/python3.11/lib2to3/", "usr/lib/python3.11/pydoc_data/")
+
+
+# Prints the file of every module named on the command line.
+MODULE_FILES = """
+import importlib.util, sys
+for name in sys.argv[1:]:
+    try:
+        spec = importlib.util.find_spec(name)
+    except (ImportError, ValueError):
+        continue
+    if spec and spec.origin and spec.origin.startswith("/"):
+        print(spec.origin)
+"""
 
 
 def build(rootfs: Path, out: Path) -> None:
@@ -33,15 +51,70 @@ def build(rootfs: Path, out: Path) -> None:
         _copy_packages(rootfs, layer_root)
         (layer_root / "agent").mkdir()
         shutil.copy(AGENT, layer_root / "agent" / "fake_ecs_agent.py")
-        # Compiled once here: under emulation, compiling the stdlib at every start costs seconds.
+        # Compiled once here: under emulation, compiling at every start costs seconds.
         subprocess.run(["chroot", str(layer_root), "/usr/bin/python3", "-m", "compileall", "-q",
                         "/usr/lib/python3.11", "/agent"],
                        check=True, stdout=subprocess.DEVNULL)
+        _keep_only_imported_modules(layer_root)
         layer = Path(tmp) / "layer.tar"
         with tarfile.open(layer, "w") as tar:
             for entry in sorted(layer_root.iterdir()):
                 tar.add(entry, arcname=entry.name)
         _write_archive(layer, out)
+
+
+def _keep_only_imported_modules(layer_root: Path) -> None:
+    """Drops the standard library modules the agent never imports. `docker load` hashes and
+    unpacks every byte at each boot, which under emulation costs about a second per 4 MB.
+    The agent is run for real (bind, serve each endpoint, stop) so that the standard
+    library's own lazy imports (idna when binding, say) are seen too."""
+    names = _imported_while_serving(layer_root)
+    listed = subprocess.run(["chroot", str(layer_root), "/usr/bin/python3", "-c", MODULE_FILES, *names],
+                            capture_output=True, text=True, check=True).stdout.split()
+    stdlib = layer_root / "usr/lib/python3.11"
+    # os is frozen into the interpreter, but os.py is the landmark Python finds its prefix by.
+    keep = {layer_root / path.lstrip("/") for path in listed} | {stdlib / "os.py"}
+    for path in sorted(stdlib.rglob("*"), reverse=True):
+        if path.is_file() and path.suffix in (".py", ".so") and path not in keep:
+            path.unlink()
+            for compiled in path.parent.glob(f"__pycache__/{path.stem}.cpython-*.pyc"):
+                compiled.unlink()
+        elif path.is_dir() and not any(path.iterdir()):
+            path.rmdir()
+
+
+def _imported_while_serving(layer_root: Path) -> list[str]:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    agent = subprocess.Popen(
+        ["chroot", str(layer_root), "/usr/bin/python3", "-X", "importtime", "/agent/fake_ecs_agent.py",
+         "--host", "127.0.0.1", "--port", str(port), "--docker-socket", "/nonexistent.sock"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        env={"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin"), "UNITCHAOS_DOCKER_TIMEOUT": "2"})
+    try:
+        deadline = time.monotonic() + 30
+        for method, path in [("GET", "/v1/metadata"), ("GET", "/v1/tasks"), ("POST", "/v1/tasks"),
+                             ("GET", "/unitchaos/agent"), ("POST", "/unitchaos/disconnect"), ("GET", "/nope")]:
+            while True:
+                try:
+                    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+                    conn.request(method, path, body=b"{}" if method == "POST" else None)
+                    conn.getresponse().read()
+                    conn.close()
+                    break
+                except OSError:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.1)
+        agent.send_signal(signal.SIGTERM)
+        _, stderr = agent.communicate(timeout=30)
+    finally:
+        if agent.poll() is None:
+            agent.kill()
+            agent.wait()
+    names = [line.split("|")[-1].strip() for line in stderr.splitlines() if line.startswith("import time:")]
+    return sorted({name for name in names if name and name != "package"} | {"encodings.idna"})
 
 
 def _copy_packages(rootfs: Path, dest: Path) -> None:

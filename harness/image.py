@@ -23,7 +23,9 @@ from .paths import VM_DIR, cache_dir
 RECIPE_VERSION = "1"
 RELEASES = {"bookworm": "bookworm"}
 ROOT_SIZE = "3G"
-RECIPE_INPUTS = [VM_DIR / "image", VM_DIR / "guest", VM_DIR / "agent"]
+# Everything that goes into an image: the guest-side files and the code that builds it.
+RECIPE_INPUTS = [VM_DIR / "image", VM_DIR / "guest", VM_DIR / "agent",
+                 Path(__file__), Path(__file__).with_name("agent_image.py")]
 
 
 @dataclass(frozen=True)
@@ -64,8 +66,9 @@ def recipe_key(release: str) -> str:
     """Changes whenever a file of the recipe, the release or the builder changes."""
     digest = hashlib.sha256(f"{RECIPE_VERSION}\n{release}\n{_mmdebstrap_version()}\n".encode())
     for top in RECIPE_INPUTS:
-        for path in sorted(p for p in top.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
-            digest.update(str(path.relative_to(VM_DIR)).encode() + b"\0")
+        files = [top] if top.is_file() else sorted(p for p in top.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
+        for path in files:
+            digest.update(path.name.encode() + b"\0")
             digest.update(oct(path.stat().st_mode & 0o111).encode())
             digest.update(path.read_bytes())
     return f"{release}-{digest.hexdigest()[:16]}"
@@ -118,6 +121,10 @@ def _build(release: str, image: Image) -> None:
             _build_into(release, staging)
         # Renaming a finished directory is atomic: a half-built image is never visible.
         staging.rename(image.path)
+    except subprocess.CalledProcessError as exc:
+        command = " ".join(str(part).splitlines()[0] for part in exc.cmd[:4])
+        raise UserError(f"building the image failed: {command} ... exited {exc.returncode}",
+                        "run 'unitchaos image build --rebuild'; if it fails again, report it with the output") from None
     except OSError as exc:
         if exc.errno == errno.ENOSPC:
             raise UserError(f"disk full while building the image in {images_dir()}",
