@@ -6,7 +6,7 @@ The outcome is a plain dict (the CLI prints it as JSON), one per experiment.
 import time
 from dataclasses import dataclass
 
-from . import faults, timeouts
+from . import faults, timeouts, units
 from .errors import GuestTimeout, UserError
 from .instance import Instance
 from .lab import Lab
@@ -53,7 +53,7 @@ def run(lab: Lab, name: str, chain: str = "bindsto", fs: str = "xfs", units_dir=
         fault_started = time.monotonic()
         if experiment.fault:
             outcome["fault_detail"] = _inject_and_wait(instance, experiment.fault, fs)
-        outcome.update(observe(instance))
+        outcome.update(observe(instance) if instance.machine.running else terminated(instance))
         now = time.monotonic()
         outcome["start"] = "warm snapshot" if instance.restored else "cold boot"
         outcome["seconds"] = {"boot": round(instance.boot_seconds, 1),
@@ -67,14 +67,30 @@ def run(lab: Lab, name: str, chain: str = "bindsto", fs: str = "xfs", units_dir=
 def _inject_and_wait(instance: Instance, fault_name: str, fs: str) -> dict:
     record = instance.inject(fault_name)
     word = faults.get(fault_name).kernel_word.get(fs)
-    detail = {**record["detail"], "kernel_word": None}
+    detail = {**record["detail"], "kernel_word": None, "settled": None}
+    if not instance.machine.running:
+        return _jsonable(detail)
     if word:
         try:
             detail["kernel_word"] = instance.wait_for_kernel_message(word, timeout=60)
         except GuestTimeout:
             pass  # The outcome says the kernel stayed silent; that is a finding, not an error.
-    instance.wait_until_settled()
+    try:
+        instance.wait_until_settled(timeout=60)
+        detail["settled"] = True
+    except GuestTimeout:
+        detail["settled"] = False  # systemd keeps restarting something: also a finding.
     return _jsonable(detail)
+
+
+def terminated(instance: Instance) -> dict:
+    """What is left to see of an instance whose QEMU is gone: only what the network says."""
+    return {"units": {unit: "terminated" for unit in units.CHAIN}, "volume_device": "terminated",
+            "mount_listed": False, "mount": "", "metadata_status": None, "container_start_ok": False,
+            "container_start": {"via": None, "ok": False, "error": "instance terminated"},
+            "health_check_lies": False,
+            "kernel_events": [event["line"] for event in instance.kernel_events()],
+            **instance.guest_versions, "accel": instance.machine.accel, "timeout_scale": timeouts.scale()}
 
 
 def observe(instance: Instance) -> dict:

@@ -91,6 +91,14 @@ class Instance:
         since = self.fault_log[-1]["console_offset"] if self.fault_log else 0
         return self.machine.wait_for_kernel_message(pattern, timeouts.scaled(timeout), since)
 
+    def heal(self, name: str) -> dict:
+        """Undoes fault NAME (where that makes sense); a heal with no such fault is refused."""
+        fault = faults.get(name)
+        if not any(record["fault"] == name for record in self.fault_log):
+            raise UserError(f"cannot heal {name}: it was not injected on this instance",
+                            f"inject it first ({', '.join(r['fault'] for r in self.fault_log) or 'nothing injected'})")
+        return fault.heal(self.machine)
+
     def kernel_events(self) -> list[dict]:
         since = self.fault_log[-1]["console_offset"] if self.fault_log else 0
         return kernel_log.events(self.machine.console_text()[since:])
@@ -129,6 +137,14 @@ class Instance:
         """What the load balancer's health check gets: the HTTP status, or None."""
         status, _ = self.machine.http_get(AGENT_PORT, "/v1/metadata", timeout)
         return status
+
+    def wait_for_metadata(self, status: int | None = 200, timeout: float = 30) -> None:
+        """Waits until the health check gets STATUS (None: no answer at all)."""
+        deadline = time.monotonic() + timeouts.scaled(timeout)
+        while (current := self.metadata_status(timeout=3)) != status:
+            if time.monotonic() > deadline:
+                raise GuestTimeout(f"the metadata check answers {current}, not {status}, after {timeout:.0f} s")
+            time.sleep(0.3)
 
     def start_container(self, timeout: float = 30) -> dict:
         """Can this instance still start containers? Asks the agent to run a task, as ECS

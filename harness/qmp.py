@@ -40,12 +40,13 @@ class Monitor:
                 time.sleep(0.05)
         raise GuestTimeout(f"QEMU's monitor at {self.address} did not answer: {last_error}")
 
-    def command(self, name: str, **arguments):
+    def command(self, command: str, /, **arguments):
+        # Positional-only: QMP commands take arguments called "name" and "command" too.
         self._drain()
         try:
-            return self._client.cmd(name, **arguments)
+            return self._client.cmd(command, **arguments)
         except ExecuteError as exc:
-            raise MonitorError(f"{name}: {exc.error.error.desc}") from None
+            raise MonitorError(f"{command}: {exc.error.error.desc}") from None
 
     def hmp(self, command_line: str) -> str:
         """A human-monitor command (some, like drive_del, exist only there)."""
