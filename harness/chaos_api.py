@@ -87,7 +87,7 @@ class ChaosServer:
             # Half a credential would leave the API open while its owner thinks it is guarded.
             raise UserError("a username without a password (or the reverse) guards nothing",
                             "give both a username and a password, or neither")
-        self.credentials = (username, password) if username else None
+        self._credentials = (username, password) if username else None
         self.region = region
         self._backend = backend
         self._rng = rng or random.Random()
@@ -282,7 +282,7 @@ class _Handler(BaseHTTPRequestHandler):
         return self.rfile.read(length) if length > 0 else b""
 
     def _authorize(self) -> None:
-        expected = self.server.chaos.credentials
+        expected = self.server.chaos._credentials
         if expected is None:
             return
         given = _basic_credentials(self.headers.get("Authorization", ""))

@@ -10,7 +10,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from . import accel, bench, kernel_log, experiments, image, progress, snapshots, units
+from . import accel, bench, chaos_api, chaos_client, groups, kernel_log, experiments, image, progress, snapshots, units
 from .errors import GuestTimeout, UserError
 from .lab import Lab
 from .paths import cache_dir
@@ -37,6 +37,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("unitchaos: interrupted; every VM was stopped", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # Output piped into head(1) and the like: stop quietly.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 def _raise_interrupt(signum, frame):
@@ -83,6 +87,21 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", action="store_true")
     bench.set_defaults(func=cmd_bench)
 
+    serve = sub.add_parser("serve", help="boot groups of instances and serve the Chaos Monkey API on them")
+    serve.add_argument("--group", action="append", required=True, metavar="NAME:SIZE",
+                       help="a group of SIZE instances called NAME (repeatable)")
+    serve.add_argument("--port", type=int, default=8080)
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--username", default=None)
+    serve.add_argument("--password", default=None)
+    serve.add_argument("--detach-fault", default="yank", help="what DetachVolumes does: yank or unplug")
+    _variant_options(serve)
+    serve.set_defaults(func=cmd_serve)
+
+    chaos = sub.add_parser("chaos", help="Chaos Monkey client (the Go chaosmonkey CLI's flags)")
+    chaos_client.add_arguments(chaos)
+    chaos.set_defaults(func=chaos_client.run)
+
     snapshot = sub.add_parser("snapshot", help="the warm snapshots experiments start from")
     snapshot_sub = snapshot.add_subparsers(dest="snapshot_command", required=True, parser_class=_Parser)
     snapshot_sub.add_parser("list", help="list saved snapshots").set_defaults(func=cmd_snapshot_list)
@@ -100,6 +119,27 @@ def _variant_options(parser: argparse.ArgumentParser) -> None:
 def _start_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cold", action="store_true",
                         help="boot every instance instead of starting it from a warm snapshot")
+
+
+def cmd_serve(args) -> int:
+    units.check(units.Variant(chain=args.chain, fs=args.fs, **({"units_dir": Path(args.units)} if args.units else {})))
+    for spec in args.group:
+        groups.parse_group(spec)
+    with Lab() as lab:
+        backend_groups: dict = {}
+        backend = groups.LabBackend(backend_groups, args.detach_fault)
+        # Bound before any VM boots: a port in use fails at once.
+        server = chaos_api.ChaosServer(backend, host=args.host, port=args.port,
+                                       username=args.username, password=args.password)
+        try:
+            backend_groups.update(groups.start_groups(lab, args.group, args.chain, args.fs))
+            for name, group in backend_groups.items():
+                progress.say(f"group {name}: {', '.join(group.instances)}")
+            print(f"Chaos Monkey API on {server.url}{chaos_api.API_PATH} (Ctrl-C to stop and tear down)", flush=True)
+            server.serve_forever()
+        finally:
+            server.stop()
+    return 0
 
 
 def cmd_bench(args) -> int:
