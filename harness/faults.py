@@ -90,7 +90,7 @@ def _exhaust_inodes(machine: Machine) -> dict:
     script = (f"mkdir -p {MOUNT_POINT}/.unitchaos-inodes && cd {MOUNT_POINT}/.unitchaos-inodes && "
               "python3 - <<'EOF'\n"
               "import errno, os, time\n"
-              "made, stop, error = 0, time.monotonic() + 90, 'time limit'\n"
+              "made, stop, error = 0, time.monotonic() + 90, 'time-limit'\n"
               "while time.monotonic() < stop:\n"
               "    try:\n"
               "        for _ in range(1000):\n"
