@@ -73,6 +73,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("experiment", help=f"one of: {', '.join(experiments.EXPERIMENTS)}")
     _variant_options(run)
     run.add_argument("--json", action="store_true", help="print the outcome as one JSON object")
+    run.add_argument("--keep-artifacts", action="store_true",
+                     help="keep console, journal, dmesg, QMP events and unit files (the outcome names the directory)")
     _start_options(run)
     run.set_defaults(func=cmd_run)
 
@@ -80,6 +82,13 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--json", action="store_true")
     _start_options(demo)
     demo.set_defaults(func=cmd_demo)
+
+    matrix = sub.add_parser("matrix", help="every fault against the stock and the deep health check")
+    matrix.add_argument("faults", nargs="*", help="faults to run (default: all)")
+    matrix.add_argument("--json", action="store_true")
+    _variant_options(matrix)
+    _start_options(matrix)
+    matrix.set_defaults(func=cmd_matrix)
 
     bench = sub.add_parser("bench", help="measure cold boot vs warm restore and the incident suite")
     bench.add_argument("--runs", type=int, default=3, help="runs per figure (median, min, max)")
@@ -140,6 +149,39 @@ def cmd_serve(args) -> int:
         finally:
             server.stop()
     return 0
+
+
+def cmd_matrix(args) -> int:
+    names = args.faults or [name for name in experiments.EXPERIMENTS if name != "healthy"]
+    for name in names:
+        experiments.get(name)
+    units.check(units.Variant(chain=args.chain, fs=args.fs, **({"units_dir": Path(args.units)} if args.units else {})))
+    outcomes = []
+    with Lab(cold=args.cold or None) as lab:
+        for name in names:
+            progress.say(f"matrix: {name}")
+            outcomes.append(experiments.run(lab, name, args.chain, args.fs, args.units))
+    if args.json:
+        print(json.dumps(outcomes, indent=2))
+        return 0
+    table = Table("fault", "stock check", "stock s", "stock LB s", "deep check", "deep s", "deep LB s",
+                  "containers start", title=f"Which health check notices what ({args.chain}, {args.fs}; "
+                  "LB: ALB thresholds, 1 s interval)")
+    for out in outcomes:
+        stock, deep = out["health"]["stock"], out["health"]["deep"]
+        table.add_row(out["experiment"], _detected(stock), _secs(stock["seconds"]), _secs(stock["lb_seconds"]),
+                      _detected(deep), _secs(deep["seconds"]), _secs(deep["lb_seconds"]), _yes(out["container_start_ok"]))
+    console.print(table)
+    console.print(f"guest kernel {outcomes[0]['kernel']}, {outcomes[0]['systemd']}" if outcomes else "")
+    return 0
+
+
+def _detected(check: dict) -> str:
+    return "[green]detected[/green]" if check["detected"] else "[red]missed[/red]"
+
+
+def _secs(value) -> str:
+    return "-" if value is None else f"{value:.1f}"
 
 
 def cmd_bench(args) -> int:
@@ -209,7 +251,7 @@ def cmd_run(args) -> int:
     experiments.get(args.experiment)
     units.check(units.Variant(chain=args.chain, fs=args.fs,
                               **({"units_dir": Path(args.units)} if args.units else {})))
-    with Lab(cold=args.cold or None) as lab:
+    with Lab(cold=args.cold or None, keep=args.keep_artifacts) as lab:
         outcome = experiments.run(lab, args.experiment, args.chain, args.fs, args.units)
     if args.json:
         print(json.dumps(outcome, indent=2))
@@ -235,14 +277,16 @@ def cmd_demo(args) -> int:
 
 def findings_table(outcomes: list[dict]) -> Table:
     table = Table("experiment", "chain", "fs", "mount listed", "docker", "ecs-agent", "metadata",
-                  "container starts", "kernel said", "health check", "seconds",
-                  title="What systemd, the kernel and the health check did")
+                  "container starts", "kernel said", "stock check", "deep check", "seconds",
+                  title="What systemd, the kernel and the health checks did")
     for out in outcomes:
         kernel = _kernel_summary(out["kernel_events"])
         lies = "[red]LIES[/red]" if out["health_check_lies"] else "truthful"
+        deep = out.get("health", {}).get("deep", {})
+        deep_said = f"failed after {deep['seconds']:.1f} s" if deep.get("seconds") is not None else "passes"
         table.add_row(out["experiment"], out["chain"], out["fs"], _yes(out["mount_listed"]),
                       out["units"]["docker.service"], out["units"]["ecs-agent.service"],
-                      str(out["metadata_status"]), _yes(out["container_start_ok"]), kernel, lies,
+                      str(out["metadata_status"]), _yes(out["container_start_ok"]), kernel, lies, deep_said,
                       f"{out['seconds']['total']:.0f}")
     return table
 

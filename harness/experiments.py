@@ -3,13 +3,16 @@ for systemd to finish reacting, then record what everything says.
 
 The outcome is a plain dict (the CLI prints it as JSON), one per experiment.
 """
+import json
 import time
 from dataclasses import dataclass
 
 from . import faults, timeouts, units
 from .errors import GuestTimeout, UserError
+from .health_watch import HealthWatch
 from .instance import Instance
 from .lab import Lab
+from .paths import artifacts_dir
 
 
 @dataclass(frozen=True)
@@ -43,24 +46,37 @@ def get(name: str) -> Experiment:
         raise UserError(f"unknown experiment {name!r}", f"use one of: {', '.join(EXPERIMENTS)}") from None
 
 
-def run(lab: Lab, name: str, chain: str = "bindsto", fs: str = "xfs", units_dir=None) -> dict:
+def run(lab: Lab, name: str, chain: str = "bindsto", fs: str = "xfs", units_dir=None,
+        health_window: float = 20.0) -> dict:
+    """Runs experiment NAME on a fresh instance. The stock and the deep health checks are
+    watched by a load balancer from just before the fault until both have given their
+    verdict or HEALTH_WINDOW seconds have passed."""
     experiment = get(name)
     started = time.monotonic()
     instance = lab.instance(chain=chain, fs=fs, units_dir=units_dir)
+    watch = HealthWatch(instance).start()
     try:
         outcome = {"experiment": name, "chain": chain, "fs": fs, "fault": experiment.fault,
                    "units_dir": str(instance.variant.units_dir)}
         fault_started = time.monotonic()
+        watch.mark_fault(time.time())
         if experiment.fault:
             outcome["fault_detail"] = _inject_and_wait(instance, experiment.fault, fs)
+        watch.wait(health_window)
+        watch.stop()
+        outcome["health"] = watch.result()
         outcome.update(observe(instance) if instance.machine.running else terminated(instance))
         now = time.monotonic()
         outcome["start"] = "warm snapshot" if instance.restored else "cold boot"
         outcome["seconds"] = {"boot": round(instance.boot_seconds, 1),
                               "fault_to_verdict": round(now - fault_started, 1),
                               "total": round(now - started, 1)}
+        if lab.keep:
+            (instance.run_dir / "outcome.json").write_text(json.dumps(_jsonable(outcome), indent=2))
+            outcome["artifacts"] = str(artifacts_dir() / instance.run_dir.name)
         return outcome
     finally:
+        watch.stop()
         lab.release_instance(instance)
 
 

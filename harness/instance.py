@@ -64,6 +64,25 @@ class Instance:
                             f"metadata {status}); last warnings: {' | '.join(journal.splitlines())}",
                             "check the unit files (unitchaos run healthy --cold shows the boot)")
 
+    def save_artifacts(self) -> Path:
+        """Writes what is needed to understand a run without rerunning it into the run
+        directory (the console log is there already): journal, kernel log, QMP events,
+        faults injected, unit files used."""
+        out = self.run_dir
+        (out / "qmp-events.json").write_text(json.dumps(self.machine.monitor.events, indent=1))
+        (out / "faults.json").write_text(json.dumps(self.fault_log, indent=1, default=str))
+        for rel, text in self.unit_files.items():
+            (out / "units" / rel).parent.mkdir(parents=True, exist_ok=True)
+            (out / "units" / rel).write_text(text)
+        if self.machine.running:
+            for name, command in [("journal.json", "journalctl -b -o json --no-pager"),
+                                  ("dmesg.txt", "dmesg -T"), ("units.txt", "systemctl list-units --all --no-pager")]:
+                try:
+                    (out / name).write_text(self.machine.run(command, timeout=60).stdout)
+                except GuestTimeout as exc:
+                    (out / name).write_text(f"not collected: {exc}\n")
+        return out
+
     def stop(self) -> None:
         self.machine.stop()
 

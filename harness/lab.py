@@ -14,7 +14,7 @@ from pathlib import Path
 from . import image as image_mod
 from . import snapshots, units
 from .instance import Instance
-from .paths import runs_dir
+from .paths import artifacts_dir, runs_dir
 
 _counter = itertools.count()
 
@@ -60,15 +60,26 @@ class Lab:
         saved = snapshots.ensure(self, variant)
         return self.new_instance(variant, "warm").restore(saved)
 
-    def release_instance(self, instance: Instance) -> None:
+    def release_instance(self, instance: Instance, keep: bool = False) -> Path | None:
+        """Stops INSTANCE. With KEEP (or a keeping lab) its artifacts stay in its run
+        directory, which is returned; otherwise the directory goes."""
+        kept = None
+        if keep or self.keep:
+            instance.save_artifacts()
         instance.stop()
-        if not self.keep:
+        if keep or self.keep:
+            (instance.run_dir / "owner").unlink(missing_ok=True)
+            for leftover in ("root.qcow2", "volume.qcow2", "qmp.sock", "cmd.sock", "ssh-mux"):
+                (instance.run_dir / leftover).unlink(missing_ok=True)  # big or dead: not evidence
+            kept = instance.run_dir.rename(artifacts_dir() / instance.run_dir.name)
+        else:
             shutil.rmtree(instance.run_dir, ignore_errors=True)
-        self.instances.remove(instance)
+        if instance in self.instances:
+            self.instances.remove(instance)
+        return kept
 
-    def close(self) -> None:
-        for instance in list(self.instances):
-            self.release_instance(instance)
+    def close(self, keep: bool = False) -> list[Path]:
+        return [kept for instance in list(self.instances) if (kept := self.release_instance(instance, keep))]
 
     def __enter__(self):
         return self

@@ -27,6 +27,7 @@ from .qmp import Monitor
 
 SSH_ALIAS = "unitchaos-guest"
 AGENT_PORT = 51678
+HEALTH_PORT = 51680  # the deep health daemon (vm/guest/usr/local/sbin/unitchaos-health)
 _PR_SET_PDEATHSIG = 1
 
 
@@ -81,7 +82,7 @@ class Machine:
         self.cpus = cpus
         self.volume_size = volume_size
         self.fw_cfg = fw_cfg or {}
-        self.guest_ports = (22, AGENT_PORT, *extra_ports)
+        self.guest_ports = (22, AGENT_PORT, HEALTH_PORT, *extra_ports)
         self.name = name
         self.ports: dict[int, int] = {}
         self.accel = ""

@@ -20,3 +20,10 @@ def runs_dir() -> Path:
     path = cache_dir() / "runs"
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def artifacts_dir() -> Path:
+    """Kept runs (failed tests, --keep-artifacts): never swept, cleared by hand."""
+    path = cache_dir() / "artifacts"
+    path.mkdir(parents=True, exist_ok=True)
+    return path

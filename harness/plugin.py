@@ -30,6 +30,9 @@ def _require_qemu():
 
 @pytest.fixture
 def lab(request):
+    """Hands out instances (lab.instance(chain=..., fs=...)) and tears them all down after
+    the test. A failed test keeps each instance's artifacts (console, journal, dmesg, QMP
+    events, unit files) and names the directory in the report."""
     _require_qemu()
     lab = Lab()
     try:
@@ -40,14 +43,22 @@ def lab(request):
         for instance in lab.instances:
             for key, value in instance.guest_versions.items():
                 request.node.user_properties.append((key, value))
-        lab.close()
+        report = getattr(request.node, "unitchaos_call_report", None)
+        kept = lab.close(keep=bool(report and report.failed))
+        for path in kept:
+            request.node.user_properties.append(("artifacts", str(path)))
 
 
+@pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item, call):
-    if call.when == "teardown":
-        versions = [f"{key}: {value}" for key, value in item.user_properties if key in ("kernel", "systemd")]
-        if versions:
-            item.add_report_section("call", "guest", "\n".join(versions))
+    report = yield
+    if report.when == "call":
+        item.unitchaos_call_report = report
+    if report.when == "teardown":
+        lines = [f"{key}: {value}" for key, value in item.user_properties if key in ("kernel", "systemd", "artifacts")]
+        if lines:
+            report.sections.append(("guest", "\n".join(lines)))
+    return report
 
 
 def pytest_xdist_auto_num_workers(config):

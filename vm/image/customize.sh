@@ -12,7 +12,7 @@ echo 5ad7e3c0a3f14b0d9c6c0f1e2d3c4b5a > /etc/machine-id
 mkdir -p /etc/systemd/journald.conf.d
 printf '[Journal]\nStorage=volatile\nRuntimeMaxUse=32M\n' > /etc/systemd/journald.conf.d/unitchaos.conf
 
-systemctl enable systemd-networkd.service unitchaos-ready.service unitchaos-cmdd.service docker.service
+systemctl enable systemd-networkd.service unitchaos-ready.service unitchaos-cmdd.service unitchaos-health.service docker.service
 # Nothing in the experiments needs these, and under emulation every unit costs time.
 systemctl mask apt-daily.timer apt-daily-upgrade.timer e2scrub_all.timer e2scrub_reap.service \
     fstrim.timer systemd-networkd-wait-online.service getty@tty1.service serial-getty@ttyS0.service \

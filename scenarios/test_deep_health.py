@@ -1,0 +1,67 @@
+"""The deep health check the incident called for, against the stock one, and the self-
+healing loop around it: load balancer verdict, auto scaling replacement."""
+import time
+
+import pytest
+
+from harness import experiments
+from harness.autoscaling import AutoScalingGroup
+from harness.health_watch import EXPERIMENT_CHECK, probe
+from harness.loadbalancer import LoadBalancer
+from harness.machine import AGENT_PORT, HEALTH_PORT
+
+
+def test_yank_goes_unnoticed_by_the_stock_check_and_the_deep_check_fails_within_5_s(lab):
+    outcome = experiments.run(lab, "yank", chain="bindsto", fs="xfs")
+    stock, deep = outcome["health"]["stock"], outcome["health"]["deep"]
+    assert not stock["detected"] and stock["seconds"] is None
+    assert deep["detected"] and deep["seconds"] <= 5.0
+    assert deep["lb_seconds"] is not None
+
+
+@pytest.mark.parametrize("fault, fs", [("xfs-shutdown", "xfs"), ("xfs-shutdown", "ext4"), ("yank", "ext4"),
+                                       ("fill-volume", "xfs"), ("hang-docker", "xfs"),
+                                       ("agent-disconnect", "xfs"), ("exhaust-inodes", "ext4")])
+def test_the_deep_check_notices_what_the_stock_check_misses(lab, fault, fs):
+    outcome = experiments.run(lab, fault, fs=fs)
+    assert outcome["metadata_status"] == 200
+    assert not outcome["health"]["stock"]["detected"]
+    assert outcome["health"]["deep"]["detected"]
+
+
+def test_the_deep_check_explains_why(lab):
+    vm = lab.instance()
+    vm.inject("yank")
+    deadline = time.monotonic() + 15
+    while (answer := vm.machine.http_get(HEALTH_PORT, "/health"))[0] != 503:
+        assert time.monotonic() < deadline, f"deep check still says {answer}"
+        time.sleep(0.5)
+    checks = answer[1]["checks"]
+    assert checks["io"]["status"] == "fail" and "EIO" in checks["io"]["reason"]
+    assert checks["kernel"]["status"] == "fail"
+    assert checks["volume"]["status"] == "ok"  # still mounted, as systemd believes
+
+
+def test_the_group_replaces_the_broken_instance_and_the_replacement_serves_200(lab):
+    lb = LoadBalancer(EXPERIMENT_CHECK)
+    group = AutoScalingGroup(lab, "ecs", 1, lb, probe_for=lambda vm: probe(vm, HEALTH_PORT, "/health"),
+                             grace_period=0)
+    group.start()
+    lb.start()
+    try:
+        deadline = time.monotonic() + 60
+        while len(group.in_service()) < 1:
+            assert time.monotonic() < deadline, "the first instance never came into service"
+            time.sleep(0.5)
+        (broken_id, broken), = group.instances.items()
+        broken.inject("yank")
+        while broken_id in group.instances or len(group.in_service()) < 1:
+            assert time.monotonic() < deadline + 90, f"no healthy replacement: {group.events}"
+            time.sleep(0.5)
+        (replacement,) = group.instances.values()
+        assert replacement.metadata_status() == 200
+        assert replacement.machine.http_get(HEALTH_PORT, "/health")[0] == 200
+        assert [e["action"] for e in group.events] == ["Launch", "Terminate", "Launch"]
+    finally:
+        lb.stop()
+        group.stop()
