@@ -5,6 +5,7 @@ virtualization gone wrong). The probe boots the guest kernel with no root disk: 
 panics and QEMU exits within a second or two under working KVM. No exit in a few
 seconds means KVM is unusable here. The verdict is cached until the host reboots.
 """
+import functools
 import json
 import os
 import shutil
@@ -28,6 +29,7 @@ def qemu_binary() -> str:
     return path
 
 
+@functools.lru_cache(maxsize=None)
 def qemu_version() -> str:
     out = subprocess.run([qemu_binary(), "--version"], capture_output=True, text=True)
     return out.stdout.splitlines()[0] if out.stdout else "unknown"

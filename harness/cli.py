@@ -10,7 +10,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from . import accel, bench, chaos_api, chaos_client, groups, kernel_log, experiments, image, progress, snapshots, units
+from . import accel, bench, chaos_api, chaos_client, groups, kernel_log, timeline, experiments, image, progress, snapshots, units
 from .errors import GuestTimeout, UserError
 from .lab import Lab
 from .paths import cache_dir
@@ -257,6 +257,13 @@ def cmd_run(args) -> int:
         print(json.dumps(outcome, indent=2))
     else:
         console.print(findings_table([outcome]))
+        if outcome.get("timeline"):
+            console.print("Timeline (seconds from the fault):", style="bold")
+            console.print(timeline.render(outcome["timeline"]), highlight=False, markup=False)
+        for line in outcome.get("badness", []):
+            console.print(f"badness on the console: {line}", style="red", markup=False)
+        if outcome.get("artifacts"):
+            console.print(f"artifacts: {outcome['artifacts']}")
     return 0
 
 

@@ -7,7 +7,7 @@ import json
 import time
 from dataclasses import dataclass
 
-from . import faults, timeouts, units
+from . import faults, timeline, timeouts, units
 from .errors import GuestTimeout, UserError
 from .health_watch import HealthWatch
 from .instance import Instance
@@ -47,7 +47,7 @@ def get(name: str) -> Experiment:
 
 
 def run(lab: Lab, name: str, chain: str = "bindsto", fs: str = "xfs", units_dir=None,
-        health_window: float = 20.0) -> dict:
+        health_window: float = 12.0) -> dict:
     """Runs experiment NAME on a fresh instance. The stock and the deep health checks are
     watched by a load balancer from just before the fault until both have given their
     verdict or HEALTH_WINDOW seconds have passed."""
@@ -62,9 +62,11 @@ def run(lab: Lab, name: str, chain: str = "bindsto", fs: str = "xfs", units_dir=
         watch.mark_fault(time.time())
         if experiment.fault:
             outcome["fault_detail"] = _inject_and_wait(instance, experiment.fault, fs)
-        watch.wait(health_window)
+        watch.wait(health_window if experiment.fault else 3.0)
         watch.stop()
         outcome["health"] = watch.result()
+        outcome["timeline"] = timeline.build(instance, watch.lb)
+        outcome["badness"] = timeline.badness(instance)
         outcome.update(observe(instance) if instance.machine.running else terminated(instance))
         now = time.monotonic()
         outcome["start"] = "warm snapshot" if instance.restored else "cold boot"

@@ -9,7 +9,7 @@ from pathlib import Path
 from . import faults, kernel_log, timeouts, units
 from .errors import GuestTimeout, UserError
 from .image import Image
-from .machine import AGENT_PORT, Machine
+from .machine import AGENT_PORT, HEALTH_PORT, Machine
 
 UNITS_FW_CFG = "opt/unitchaos/units.tar"
 BOOTED = r"unitchaos: booted metadata=(\d+) agent=(\S+)"
@@ -50,7 +50,7 @@ class Instance:
         self.machine.succeed(f"date -s @{time.time():.3f} >/dev/null", timeout=10)
         self.boot_seconds = time.monotonic() - started
         self.restored = True
-        self.guest_versions = self.versions()
+        self.guest_versions = dict(saved.guest_versions)
         return self
 
     def require_healthy(self) -> None:
@@ -83,6 +83,21 @@ class Instance:
                     (out / name).write_text(f"not collected: {exc}\n")
         return out
 
+    def deep_health(self, timeout: float = 5.0) -> tuple[int | None, dict | str | None]:
+        """The deep health daemon's answer: (status, {"healthy", "checks": {...}})."""
+        return self.machine.http_get(HEALTH_PORT, "/health", timeout)
+
+    def wait_for_deep_health(self, timeout: float = 90) -> None:
+        """Waits until the deep check passes (its first container test takes a while)."""
+        deadline = time.monotonic() + timeouts.scaled(timeout)
+        while (answer := self.deep_health())[0] != 200:
+            if time.monotonic() > deadline:
+                failing = {name: check["reason"] for name, check in answer[1]["checks"].items()
+                           if check["status"] != "ok"} if isinstance(answer[1], dict) else answer[1]
+                raise UserError(f"the deep health check did not pass within {timeout:.0f} s: {failing}",
+                                "check the unit chain (unitchaos run healthy --cold --keep-artifacts)")
+            time.sleep(0.5)
+
     def stop(self) -> None:
         self.machine.stop()
 
@@ -95,8 +110,10 @@ class Instance:
 
     def inject(self, name: str) -> dict:
         fault = faults.get(name)
+        # The guest's uptime now puts its kernel lines on the host's clock (see timeline.py).
+        uptime = float(self.machine.succeed("cut -d' ' -f1 /proc/uptime", timeout=10))
         record = {"fault": name, "console_offset": self.machine.console_offset(),
-                  "at": time.time(), "monotonic": time.monotonic()}
+                  "at": time.time(), "monotonic": time.monotonic(), "guest_uptime": uptime}
         record["detail"] = fault.inject(self.machine)
         self.fault_log.append(record)
         return record

@@ -5,26 +5,15 @@ shutdown is "Shutting down filesystem" on old and 6.x metadata errors, but
 "Filesystem has been shut down due to log error" on the log path, which
 node-problem-detector's XfsShutdown pattern misses.
 """
+import json
 import re
 
-# name -> pattern; matched case-insensitively against one kernel line.
-PATTERNS = {
-    "xfs-shutdown": r"XFS \([^)]+\):.*(Shutting down filesystem|Filesystem has been shut down|"
-                    r"Log I/O Error Detected|Corruption of in-memory data)",
-    "xfs-metadata-io-error": r"XFS \([^)]+\):.*metadata I/O error",
-    "xfs-log-io-error": r"XFS \([^)]+\):.*log I/O error",
-    "xfs-please-unmount": r"XFS \([^)]+\): Please unmount the filesystem",
-    "xfs-device-removed": r"XFS \([^)]+\):.*Block device removal",
-    "xfs-unmount": r"XFS \([^)]+\): Unmounting Filesystem",
-    "block-io-error": r"I/O error, dev \w+",
-    "buffer-io-error": r"Buffer I/O error on dev",
-    "lost-page-write": r"lost (async )?page write",
-    "ext4-error": r"EXT4-fs (error|warning)",
-    "ext4-remount-ro": r"Remounting filesystem read-only",
-    "ext4-abort-journal": r"Aborting journal",
-    "jbd2-error": r"JBD2: .*(error|Error)",
-    "hung-task": r"blocked for more than \d+ seconds",
-}
+from .paths import VM_DIR
+
+# name -> pattern, shared with the guest's deep health daemon so that host and guest agree
+# on what counts; matched case-insensitively against one kernel line.
+PATTERNS_FILE = VM_DIR / "guest/usr/local/share/unitchaos/kernel-patterns.json"
+PATTERNS = {name: spec["regex"] for name, spec in json.loads(PATTERNS_FILE.read_text())["patterns"].items()}
 _COMPILED = {name: re.compile(pattern, re.IGNORECASE) for name, pattern in PATTERNS.items()}
 # The kernel's console lines: "[   12.345678] text".
 KERNEL_LINE = re.compile(r"^\[\s*(\d+\.\d+)\]\s?(.*)$")

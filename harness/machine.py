@@ -70,6 +70,7 @@ class SavedState:
     root: Path
     volume: Path
     accel: str
+    guest_versions: dict  # kernel and systemd the saved guest runs
 
 
 class Machine:

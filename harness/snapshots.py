@@ -25,7 +25,7 @@ from .paths import cache_dir
 from .units import Variant, render
 
 # Bump when the saved layout or the way a guest is brought to healthy changes.
-SNAPSHOT_VERSION = "2"
+SNAPSHOT_VERSION = "3"
 
 
 def snapshots_dir() -> Path:
@@ -73,7 +73,8 @@ def _load(path: Path, image: Image) -> SavedState | None:
     except (OSError, ValueError):
         return None
     saved = SavedState(state=path / "state", ram=path / "ram", root=path / "root.qcow2",
-                       volume=path / "volume.qcow2", accel=meta["accel"])
+                       volume=path / "volume.qcow2", accel=meta["accel"],
+                       guest_versions={key: meta.get(key, "?") for key in ("kernel", "systemd")})
     if not all(p.exists() for p in (saved.state, saved.ram, saved.root, saved.volume)) or not image.root.exists():
         return None
     if saved.state.stat().st_size != meta.get("state_bytes") or saved.ram.stat().st_size != meta.get("ram_bytes"):
@@ -98,6 +99,7 @@ def _create(path: Path, lab, variant: Variant, accel_name: str) -> None:
         with progress.step(f"Making warm snapshot {path.name} (cold boot to healthy, then save)"):
             instance.boot()
             instance.require_healthy()
+            instance.wait_for_deep_health()
             started = time.monotonic()
             instance.machine.save_state(staging / "state")
             save_seconds = time.monotonic() - started
