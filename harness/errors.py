@@ -1,4 +1,6 @@
 """The one exception the faces (CLI, pytest, API) turn into a one-line message."""
+import contextlib
+import errno
 
 
 class UserError(Exception):
@@ -15,3 +17,15 @@ class UserError(Exception):
 
 class GuestTimeout(Exception):
     """A wait on the guest ran out of time; the message names what was awaited."""
+
+
+@contextlib.contextmanager
+def disk_full_means(doing: str):
+    """Turns ENOSPC inside the block into a UserError saying what was being done."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise UserError(f"disk full while {doing}",
+                            "free some space or point UNITCHAOS_CACHE at a larger disk") from None
+        raise

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import agent_image, progress
-from .errors import UserError
+from .errors import UserError, disk_full_means
 from .paths import VM_DIR, cache_dir
 
 # Bump when the build steps below change in a way the hashed files do not show.
@@ -117,19 +117,15 @@ def _build(release: str, image: Image) -> None:
     _require_tools()
     staging = Path(tempfile.mkdtemp(prefix=f".{image.key}.", dir=images_dir()))
     try:
-        with progress.step(f"Building guest image {image.key} (Debian {release})"):
+        with disk_full_means(f"building the image in {images_dir()}"), \
+                progress.step(f"Building guest image {image.key} (Debian {release})"):
             _build_into(release, staging)
-        # Renaming a finished directory is atomic: a half-built image is never visible.
-        staging.rename(image.path)
+            # Renaming a finished directory is atomic: a half-built image is never visible.
+            staging.rename(image.path)
     except subprocess.CalledProcessError as exc:
         command = " ".join(str(part).splitlines()[0] for part in exc.cmd[:4])
         raise UserError(f"building the image failed: {command} ... exited {exc.returncode}",
                         "run 'unitchaos image build --rebuild'; if it fails again, report it with the output") from None
-    except OSError as exc:
-        if exc.errno == errno.ENOSPC:
-            raise UserError(f"disk full while building the image in {images_dir()}",
-                            "free some space or point UNITCHAOS_CACHE at a larger disk") from None
-        raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 

@@ -6,7 +6,6 @@ rendered unit files, memory, CPUs, the QEMU version, the accelerator and the dev
 layout. It is written to a temporary directory and renamed into place only when whole,
 so a half-written snapshot is never used; one whose files went missing is rebuilt.
 """
-import errno
 import fcntl
 import hashlib
 import json
@@ -17,7 +16,7 @@ import time
 from pathlib import Path
 
 from . import accel, progress
-from .errors import UserError
+from .errors import disk_full_means
 from .image import Image
 from .instance import UNITS_FW_CFG
 from .machine import Machine, SavedState
@@ -96,7 +95,8 @@ def _create(path: Path, lab, variant: Variant, accel_name: str) -> None:
     instance = lab.new_instance(variant, "snapshot")
     instance.machine.ram_file = staging / "ram"
     try:
-        with progress.step(f"Making warm snapshot {path.name} (cold boot to healthy, then save)"):
+        with disk_full_means(f"saving a snapshot in {snapshots_dir()}"), \
+                progress.step(f"Making warm snapshot {path.name} (cold boot to healthy, then save)"):
             instance.boot()
             instance.require_healthy()
             instance.wait_for_deep_health()
@@ -112,12 +112,7 @@ def _create(path: Path, lab, variant: Variant, accel_name: str) -> None:
                     "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                     **instance.guest_versions}
             (staging / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
-        staging.rename(path)
-    except OSError as exc:
-        if exc.errno == errno.ENOSPC:
-            raise UserError(f"disk full while saving a snapshot in {snapshots_dir()}",
-                            "free some space or point UNITCHAOS_CACHE at a larger disk") from None
-        raise
+            staging.rename(path)
     finally:
         lab.release_instance(instance)
         shutil.rmtree(staging, ignore_errors=True)

@@ -1,7 +1,5 @@
 """The incident, one experiment at a time: break the volume, wait for the kernel's word,
 then assert what systemd, the mount table and the load balancer's health check say."""
-import pytest
-
 ALL_ACTIVE = {"format-ephemeral.service": "active", "var-lib-docker.mount": "active",
               "docker.service": "active", "ecs-agent.service": "active"}
 STOPPED = ("inactive", "failed")

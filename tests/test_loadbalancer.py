@@ -1,7 +1,6 @@
 """The load balancer's threshold semantics and the auto scaling group's replacement loop,
 with fake probes and a fake lab (no VM)."""
 import itertools
-import threading
 import time
 
 import pytest
