@@ -160,7 +160,11 @@ def cmd_matrix(args) -> int:
     with Lab(cold=args.cold or None) as lab:
         for name in names:
             progress.say(f"matrix: {name}")
-            outcomes.append(experiments.run(lab, name, args.chain, args.fs, args.units))
+            try:
+                outcomes.append(experiments.run(lab, name, args.chain, args.fs, args.units))
+            except GuestTimeout as exc:
+                # One experiment that hangs is a finding; the rest of the matrix still runs.
+                progress.say(f"matrix: {name} did not finish: {str(exc).splitlines()[0]}")
     if args.json:
         print(json.dumps(outcomes, indent=2))
         return 0

@@ -80,7 +80,7 @@ class Monitor:
         if self._qmp is not None:
             try:
                 self._qmp.close()
-            except (OSError, QMPError, asyncio.TimeoutError, RuntimeError):
+            except (OSError, EOFError, QMPError, asyncio.TimeoutError, RuntimeError):
                 pass  # QEMU may already be gone: closing is best effort.
             self._qmp = None
 
