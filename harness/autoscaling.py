@@ -42,6 +42,10 @@ class AutoScalingGroup:
         if self._worker:
             self._worker.join(timeout=60)
 
+    def running(self) -> list[str]:
+        """Instances whose VM is up (what the Chaos Monkey API may pick from)."""
+        return [iid for iid, instance in list(self.instances.items()) if instance.machine.running]
+
     def in_service(self) -> list[str]:
         return [iid for iid in self.instances if self.lb.targets.get(iid) and self.lb.state(iid) == "healthy"]
 

@@ -104,6 +104,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--username", default=None)
     serve.add_argument("--password", default=None)
     serve.add_argument("--detach-fault", default="yank", help="what DetachVolumes does: yank or unplug")
+    serve.add_argument("--health-check", default="deep",
+                       help="what each group's load balancer checks: deep (:51680/health) or stock (:51678/v1/metadata)")
     _variant_options(serve)
     serve.set_defaults(func=cmd_serve)
 
@@ -141,13 +143,18 @@ def cmd_serve(args) -> int:
         server = chaos_api.ChaosServer(backend, host=args.host, port=args.port,
                                        username=args.username, password=args.password)
         try:
-            backend_groups.update(groups.start_groups(lab, args.group, args.chain, args.fs))
+            backend_groups.update(groups.start_groups(lab, args.group, args.chain, args.fs, args.health_check))
             for name, group in backend_groups.items():
-                progress.say(f"group {name}: {', '.join(group.instances)}")
+                progress.say(f"auto scaling group {name}: {', '.join(group.instances)}")
             print(f"Chaos Monkey API on {server.url}{chaos_api.API_PATH} (Ctrl-C to stop and tear down)", flush=True)
             server.serve_forever()
         finally:
             server.stop()
+            for group in backend_groups.values():
+                group.lb.stop()
+                group.stop()
+                for event in group.events:
+                    progress.say(f"{group.name}: {event['action']} {event['instance'] or ''} {event.get('reason', '')}")
     return 0
 
 

@@ -1,13 +1,16 @@
 """Named groups of lab instances (an auto scaling group in the story), and the backend that
 lets the Chaos Monkey API act on them."""
 import secrets
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from . import faults
+from .autoscaling import AutoScalingGroup
 from .capacity import max_parallel_vms
+from .health_watch import CHECKS, probe
 from .errors import UserError
 from .instance import Instance
 from .lab import Lab
+from .loadbalancer import LoadBalancer, preset
 
 
 def parse_group(spec: str) -> tuple[str, int]:
@@ -38,7 +41,8 @@ class Group:
 class LabBackend:
     """Applies SimianArmy chaos types to lab instances (see faults.STRATEGIES)."""
 
-    def __init__(self, groups: dict[str, Group], detach_fault: str = "yank"):
+    def __init__(self, groups: dict, detach_fault: str = "yank"):
+        """GROUPS: name -> a Group or an AutoScalingGroup (anything with .instances, .running())."""
         if detach_fault not in ("yank", "unplug"):
             raise UserError(f"DetachVolumes cannot map to {detach_fault!r}", "use yank or unplug")
         self._groups = groups
@@ -53,17 +57,30 @@ class LabBackend:
         return {"fault": record["fault"], "detail": str(record["detail"])[:500]}
 
 
-def start_groups(lab: Lab, specs: list[str], chain: str, fs: str) -> dict[str, Group]:
-    groups: dict[str, Group] = {}
+def start_groups(lab: Lab, specs: list[str], chain: str, fs: str, check: str = "deep",
+                 lb_scale: float = 1 / 30, grace_period: float = 10.0) -> dict[str, AutoScalingGroup]:
+    """One auto scaling group per spec, each behind its own load balancer (ALB thresholds,
+    durations times LB_SCALE) health-checking the CHECK ("stock" or "deep") endpoint, so
+    that an instance Chaos Monkey breaks is replaced when that check notices."""
+    if check not in CHECKS:
+        raise UserError(f"unknown health check {check!r}", f"use one of: {', '.join(CHECKS)}")
+    sizes: dict[str, int] = {}
     for spec in specs:
         name, size = parse_group(spec)
-        if name in groups:
+        if name in sizes:
             raise UserError(f"group {name!r} is given twice", "give each group once")
-        groups[name] = Group(name, size, chain, fs)
-    total = sum(group.size for group in groups.values())
+        sizes[name] = size
+    total = sum(sizes.values())
     if total > max_parallel_vms(lab.memory_mb, wanted=total):
         raise UserError(f"{total} instances need more memory than this host has free",
                         "ask for fewer instances (--group NAME:SIZE)")
-    for group in groups.values():
-        group.start(lab)
+    port, path = CHECKS[check]
+    groups = {}
+    for name, size in sizes.items():
+        check_config = preset("alb", lb_scale)
+        # A scaled-down timeout below 2 s would fail healthy guests that are merely busy (TCG).
+        lb = LoadBalancer(replace(check_config, timeout=max(check_config.timeout, 2.0)))
+        groups[name] = AutoScalingGroup(lab, name, size, lb, lambda vm: probe(vm, port, path),
+                                        chain=chain, fs=fs, grace_period=grace_period).start()
+        lb.start()
     return groups
