@@ -166,7 +166,7 @@ def _build_into(release: str, out: Path) -> None:
     systemd_version = _dpkg_version(rootfs, "systemd")
     with progress.step("Writing the ext4 root filesystem"):
         subprocess.run(["mke2fs", "-q", "-F", "-t", "ext4", "-L", "root", "-d", str(rootfs),
-                        str(out / "root.img"), ROOT_SIZE], check=True)
+                        str(out / "root.img"), ROOT_SIZE], check=True, stdout=subprocess.DEVNULL)
     shutil.rmtree(rootfs)
     manifest = {"release": release, "kernel": kernel_version, "systemd": systemd_version,
                 "packages": packages(), "key": out.name}
