@@ -223,6 +223,8 @@ class Env:
         self.kmsg.touch()
         self.seq = 1000
         self.docker = FakeDocker(root / "docker.sock")
+        self.docker_pidfile = root / "docker.pid"
+        self.docker_pidfile.write_text(f"{os.getpid()}\n")  # a live process stands in for dockerd
         self.agent = FakeAgent()
         self.daemons = []
         self.set_mount()
@@ -251,7 +253,8 @@ class Env:
         flags = {"--host": "127.0.0.1", "--port": port, "--interval": 0.1,
                  "--mount-point": self.mount, "--device": "/dev/vdb", "--mountinfo": self.mountinfo,
                  "--sysfs-block": self.block, "--kmsg": self.kmsg, "--kernel-patterns": PATTERNS_JSON,
-                 "--docker-socket": self.docker.server.server_address, "--docker-timeout": 0.5,
+                 "--docker-socket": self.docker.server.server_address, "--docker-pidfile": self.docker_pidfile,
+                 "--docker-timeout": 0.5,
                  "--container-every": 0, "--container-timeout": 2, "--agent-url": self.agent.url,
                  "--agent-timeout": 0.5, "--io-timeout": 1, "--min-free-space": 0, "--min-free-inodes": 0}
         if "UNITCHAOS_HEALTH_PORT" in env:
@@ -576,6 +579,16 @@ def test_docker_ping_error_and_missing_socket(env):
     assert "answered 500: daemon is shutting down" in daemon.wait_failing("docker", timeout=2)
     daemon = env.start("--docker-socket", str(env.root / "nosuch.sock"))
     assert "cannot reach Docker" in daemon.wait_failing("docker", timeout=2)
+
+
+def test_a_stopped_dockerd_is_reported_without_touching_its_socket(env):
+    # Touching docker.sock would make systemd socket-activate Docker (and remount its volume).
+    daemon = env.healthy()
+    env.docker_pidfile.write_text("999999999\n")
+    assert "dockerd is not running" in daemon.wait_failing("docker", timeout=2)
+    calls_before = len(env.docker.calls)
+    time.sleep(0.5)  # several check intervals
+    assert len(env.docker.calls) == calls_before
 
 
 def test_docker_starts_a_container(env):
