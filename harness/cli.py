@@ -127,13 +127,18 @@ def _variant_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--units", default=None, help="a directory of your own unit files (default: vm/units)")
 
 
+def _check_units(args) -> None:
+    """Bad unit files (or chain, or fs) fail here, before any image or VM work."""
+    units.check(units.Variant(chain=args.chain, fs=args.fs, **({"units_dir": Path(args.units)} if args.units else {})))
+
+
 def _start_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cold", action="store_true",
                         help="boot every instance instead of starting it from a warm snapshot")
 
 
 def cmd_serve(args) -> int:
-    units.check(units.Variant(chain=args.chain, fs=args.fs, **({"units_dir": Path(args.units)} if args.units else {})))
+    _check_units(args)
     for spec in args.group:
         groups.parse_group(spec)
     with Lab() as lab:
@@ -162,7 +167,7 @@ def cmd_matrix(args) -> int:
     names = args.faults or [name for name in experiments.EXPERIMENTS if name != "healthy"]
     for name in names:
         experiments.get(name)
-    units.check(units.Variant(chain=args.chain, fs=args.fs, **({"units_dir": Path(args.units)} if args.units else {})))
+    _check_units(args)
     outcomes = []
     with Lab(cold=args.cold or None) as lab:
         for name in names:
@@ -260,8 +265,7 @@ def cmd_image_build(args) -> int:
 
 def cmd_run(args) -> int:
     experiments.get(args.experiment)
-    units.check(units.Variant(chain=args.chain, fs=args.fs,
-                              **({"units_dir": Path(args.units)} if args.units else {})))
+    _check_units(args)
     with Lab(cold=args.cold or None, keep=args.keep_artifacts) as lab:
         outcome = experiments.run(lab, args.experiment, args.chain, args.fs, args.units)
     if args.json:
