@@ -65,7 +65,7 @@ def run_suite(cold: bool, workers: int) -> tuple[float, dict[str, float]]:
     return time.monotonic() - started, per_experiment
 
 
-def run(runs: int = 3, workers: int | None = None) -> dict:
+def run(runs: int = 3, workers: int | None = None, suites: bool = True) -> dict:
     workers = workers or max_parallel_vms()
     figures: dict = {"machine": _machine()}
     with progress.step("bench: image lookup from cache"):
@@ -80,16 +80,18 @@ def run(runs: int = 3, workers: int | None = None) -> dict:
     figures["cold_boot_s"] = figures["cold_boot"]["median"]
     figures["restore_s"] = figures["restore"]["median"]
     figures["restore_speedup"] = round(figures["cold_boot_s"] / figures["restore_s"], 1)
-    suites = {}
+    if not suites:
+        return figures
+    suite_runs = {}
     for cold_run in (False, True):
         for parallel in (1, workers):
             label = f"{'cold' if cold_run else 'warm'}_{'serial' if parallel == 1 else f'parallel_{parallel}'}"
             with progress.step(f"bench: incident suite, {label}"):
-                suites[label] = run_suite(cold_run, parallel)
-    figures["suite_s"] = {label: round(wall, 1) for label, (wall, _) in suites.items()}
+                suite_runs[label] = run_suite(cold_run, parallel)
+    figures["suite_s"] = {label: round(wall, 1) for label, (wall, _) in suite_runs.items()}
     figures["experiment_s"] = {
-        name: {"cold": round(suites["cold_serial"][1][name], 1), "warm": round(suites["warm_serial"][1][name], 1)}
-        for name in suites["warm_serial"][1]}
+        name: {"cold": round(suite_runs["cold_serial"][1][name], 1), "warm": round(suite_runs["warm_serial"][1][name], 1)}
+        for name in suite_runs["warm_serial"][1]}
     figures["suite_speedup_warm_vs_cold_serial"] = round(
         figures["suite_s"]["cold_serial"] / figures["suite_s"]["warm_serial"], 1)
     return figures
@@ -112,8 +114,10 @@ def render(figures: dict) -> str:
            line("image lookup from cache", figures["image_cached_s"]),
            line("cold boot to healthy", figures["cold_boot"]),
            line("snapshot restore to healthy", figures["restore"]),
-           f"  {'restore speedup (cold / restore)':<34} {figures['restore_speedup']:>8.1f} x",
-           "  incident experiments, wall time (cold / warm):"]
+           f"  {'restore speedup (cold / restore)':<34} {figures['restore_speedup']:>8.1f} x"]
+    if "suite_s" not in figures:
+        return "\n".join(out)
+    out.append("  incident experiments, wall time (cold / warm):")
     for name, pair in figures["experiment_s"].items():
         out.append(f"    {name:<32} {pair['cold']:>6.1f} s / {pair['warm']:>5.1f} s")
     out.append("  whole incident suite:")
