@@ -303,9 +303,6 @@ class Machine:
                 f"  ControlMaster auto\n  ControlPath {self.run_dir}/ssh-mux\n  ControlPersist 60\n")
         return path
 
-    def ssh_command(self) -> list[str]:
-        return ["ssh", "-F", str(self.ssh_config), SSH_ALIAS]
-
     def run(self, command: str, timeout: float = 30) -> Result:
         """Runs COMMAND in the guest with bash (-eo pipefail); never waits past TIMEOUT."""
         wrapped = f"set -eo pipefail\n{command}"
@@ -380,7 +377,7 @@ class Machine:
 
     def wait_for_port(self, guest_port: int, timeout: float = 60) -> None:
         """Waits until something in the guest listens on GUEST_PORT."""
-        self.wait_until_succeeds(f"ss -Htln 'sport = :{guest_port}' | grep -q .", timeout)
+        self.wait_until_succeeds(f"test -n \"$(ss -Htln 'sport = :{guest_port}')\"", timeout)
 
     @property
     def host(self):

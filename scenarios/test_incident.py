@@ -7,6 +7,8 @@ STOPPED = ("inactive", "failed")
 
 def test_healthy_chain_serves_metadata_and_starts_containers(lab):
     vm = lab.instance(chain="bindsto", fs="xfs")
+    vm.machine.wait_for_unit("ecs-agent.service", timeout=30)
+    vm.machine.wait_for_port(51678, timeout=30)
     assert vm.unit_states() == ALL_ACTIVE
     assert vm.host.mount_point("/var/lib/docker").filesystem == "xfs"
     assert vm.metadata_status() == 200
