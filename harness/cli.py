@@ -10,7 +10,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from . import accel, bench, chaos_api, chaos_client, groups, kernel_log, timeline, experiments, image, progress, snapshots, units
+from . import accel, bench, chaos_api, chaos_client, faults, groups, kernel_log, timeline, experiments, image, progress, snapshots, units
 from .errors import GuestTimeout, UserError
 from .lab import Lab
 from .paths import cache_dir
@@ -72,6 +72,9 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run one experiment and print its outcome")
     run.add_argument("experiment", help=f"one of: {', '.join(experiments.EXPERIMENTS)}")
     _variant_options(run)
+    run.add_argument("--param", "-p", action="append", default=[], metavar="KEY=VALUE",
+                     help="a fault parameter, e.g. ms=250 for io-latency, after=100 for io-error, "
+                     "duration=20 for pause-io (repeatable)")
     run.add_argument("--json", action="store_true", help="print the outcome as one JSON object")
     run.add_argument("--keep-artifacts", action="store_true",
                      help="keep console, journal, dmesg, QMP events and unit files (the outcome names the directory)")
@@ -265,10 +268,15 @@ def cmd_image_build(args) -> int:
 
 
 def cmd_run(args) -> int:
-    experiments.get(args.experiment)
+    experiment = experiments.get(args.experiment)
+    params = {}
+    if args.param:
+        if not experiment.fault:
+            raise UserError(f"{args.experiment} takes no parameters", "drop --param")
+        params = faults.get(experiment.fault).parse_params(args.param)
     _check_units(args)
     with Lab(cold=args.cold or None, keep=args.keep_artifacts) as lab:
-        outcome = experiments.run(lab, args.experiment, args.chain, args.fs, args.units)
+        outcome = experiments.run(lab, args.experiment, args.chain, args.fs, args.units, params=params)
     if args.json:
         print(json.dumps(outcome, indent=2))
     else:

@@ -20,11 +20,16 @@ class Experiment:
     name: str
     fault: str | None
     summary: str
+    boot: tuple = ()  # Variant changes the instance boots with (a fault present from boot on)
 
 
 EXPERIMENTS = {exp.name: exp for exp in [
     Experiment("healthy", None, "no fault: the chain as it boots"),
     *[Experiment(f.name, f.name, f.summary) for f in faults.FAULTS.values()],
+    Experiment("mkfs-refuses", None, "the volume holds an old filesystem and the format unit runs mkfs "
+               "without -f: formatting fails at boot", boot=(("old_fs", True),)),
+    Experiment("mkfs-refuses-docker-on-root", None, "as mkfs-refuses, but docker.service does not require "
+               "the mount: Docker writes to the small root disk", boot=(("old_fs", True), ("docker_requires_mount", False))),
 ]}
 
 # The incident, one row each: (experiment, chain, fs).
@@ -47,21 +52,25 @@ def get(name: str) -> Experiment:
 
 
 def run(lab: Lab, name: str, chain: str = "bindsto", fs: str = "xfs", units_dir=None,
-        health_window: float = 12.0) -> dict:
+        health_window: float = 12.0, params: dict | None = None) -> dict:
     """Runs experiment NAME on a fresh instance. The stock and the deep health checks are
     watched by a load balancer from just before the fault until both have given their
     verdict or HEALTH_WINDOW seconds have passed."""
     experiment = get(name)
+    if params and not experiment.fault:
+        raise UserError(f"{name} takes no parameters", f"drop {', '.join(params)}")
     started = time.monotonic()
-    instance = lab.instance(chain=chain, fs=fs, units_dir=units_dir)
+    instance = lab.instance(chain=chain, fs=fs, units_dir=units_dir, **dict(experiment.boot))
     watch = HealthWatch(instance).start()
     try:
         outcome = {"experiment": name, "chain": chain, "fs": fs, "fault": experiment.fault,
                    "units_dir": str(instance.variant.units_dir)}
         fault_started = time.monotonic()
         watch.mark_fault(time.time())
+        if params:
+            outcome["params"] = params
         if experiment.fault:
-            outcome["fault_detail"] = _inject_and_wait(instance, experiment.fault, fs)
+            outcome["fault_detail"] = _inject_and_wait(instance, experiment.fault, fs, params or {})
         watch.wait(health_window if experiment.fault else 3.0)
         watch.stop()
         outcome["health"] = watch.result()
@@ -82,8 +91,8 @@ def run(lab: Lab, name: str, chain: str = "bindsto", fs: str = "xfs", units_dir=
         lab.release_instance(instance)
 
 
-def _inject_and_wait(instance: Instance, fault_name: str, fs: str) -> dict:
-    record = instance.inject(fault_name)
+def _inject_and_wait(instance: Instance, fault_name: str, fs: str, params: dict) -> dict:
+    record = instance.inject(fault_name, **params)
     word = faults.get(fault_name).kernel_word.get(fs)
     detail = {**record["detail"], "kernel_word": None, "settled": None}
     if not instance.machine.running:
@@ -103,7 +112,7 @@ def _inject_and_wait(instance: Instance, fault_name: str, fs: str) -> dict:
 
 def terminated(instance: Instance) -> dict:
     """What is left to see of an instance whose QEMU is gone: only what the network says."""
-    return {"units": {unit: "terminated" for unit in units.CHAIN}, "volume_device": "terminated",
+    return {"units": {unit: "terminated" for unit in units.CHAIN}, "volume_device": "terminated", "docker_dir_device": None,
             "mount_listed": False, "mount": "", "metadata_status": None, "container_start_ok": False,
             "container_start": {"via": None, "ok": False, "error": "instance terminated"},
             "health_check_lies": False,
@@ -119,6 +128,9 @@ def observe(instance: Instance) -> dict:
         "mount_listed": instance.mount_listed(),
         "mount": instance.mount_options(),
         "metadata_status": instance.metadata_status(),
+        # Where Docker's files really go: the volume, or (unmounted) the small root disk.
+        "docker_dir_device": instance.machine.run("findmnt -n -o SOURCE --target /var/lib/docker",
+                                                  timeout=10).stdout.strip(),
     }
     # Last, because it changes what it looks at: with the agent gone, asking Docker wakes
     # docker.socket, which starts docker.service, which pulls the mount back in.

@@ -8,6 +8,7 @@ moment rather than after a fixed sleep.
 from dataclasses import dataclass, field
 from typing import Callable
 
+from . import block_faults
 from .errors import UserError
 from .machine import Machine
 from .qmp import MonitorError
@@ -24,10 +25,29 @@ class Fault:
     # Kernel words that show the fault has landed, by filesystem (regular expressions).
     kernel_word: dict[str, str] = field(default_factory=dict)
     heal_action: Callable[[Machine], dict] | None = None
+    # Parameters the action takes (name -> default), set with KEY=VALUE on the CLI.
+    params: dict[str, object] = field(default_factory=dict)
 
-    def inject(self, machine: Machine) -> dict:
+    def inject(self, machine: Machine, **params) -> dict:
         """Breaks MACHINE; returns what was done (commands, QMP events) for the record."""
-        return self.action(machine)
+        return self.action(machine, **params)
+
+    def parse_params(self, pairs: list[str]) -> dict:
+        """KEY=VALUE strings, checked against this fault's parameters and typed like their defaults."""
+        parsed = {}
+        for pair in pairs:
+            key, sep, value = pair.partition("=")
+            if not sep or key not in self.params:
+                known = ", ".join(f"{name}={default}" for name, default in self.params.items()) or "none"
+                raise UserError(f"{self.name} has no parameter {pair!r}", f"its parameters: {known}")
+            kind = type(self.params[key])
+            try:
+                parsed[key] = kind(value)
+            except ValueError:
+                what = {int: "a whole number", float: "a number"}.get(kind, "a word")
+                raise UserError(f"{self.name} {key}={value!r} is not {what}",
+                                f"give {key} like its default, {self.params[key]}") from None
+        return parsed
 
     def heal(self, machine: Machine) -> dict:
         if self.heal_action is None:
@@ -122,6 +142,15 @@ FAULTS = {fault.name: fault for fault in [
           _unplug, {"xfs": r"XFS \(vdb\)", "ext4": r"vdb"}),
     Fault("yank", "remove the volume's backend (drive_del): the disk stays, every I/O fails with EIO",
           "qemu", _yank, {"xfs": XFS_SHUTDOWN, "ext4": r"(Buffer I/O error on dev vdb|JBD2|EXT4-fs error)"}),
+    Fault("pause-io", "stall every volume I/O, no errors (AWS FIS pause-volume-io), until healed or for "
+          "duration seconds", "qemu", block_faults.pause_io, heal_action=block_faults.resume_io,
+          params={"duration": 0.0}),
+    Fault("io-latency", "slow every volume I/O to one request per ms milliseconds (QEMU I/O throttling)",
+          "qemu", block_faults.io_latency, heal_action=block_faults.resume_io, params={"ms": 100}),
+    Fault("io-error", "fail the volume's writes (op=read|all: reads too) with EIO, after the first `after` "
+          "writes (blkdebug under the qcow2 node)", "qemu", block_faults.io_error,
+          {"xfs": XFS_SHUTDOWN, "ext4": r"(Buffer I/O error on dev vdb|JBD2|EXT4-fs error|Aborting journal)"},
+          heal_action=block_faults.clear_io_error, params={"after": 0, "op": "write", "errno": "EIO"}),
     Fault("umount", "unmount /var/lib/docker behind systemd's back (lazily if busy)", "guest", _umount),
     Fault("stop-mount", "systemctl stop var-lib-docker.mount", "guest", _stop_mount),
     Fault("shutdown", "terminate the instance (QMP quit), as SimianArmy's ShutdownInstance", "qemu", _shutdown),

@@ -3,6 +3,7 @@ questions an experiment asks of it (what systemd says, what the load balancer's 
 gets, whether a container can still start)."""
 import http.client
 import json
+import subprocess
 import time
 from pathlib import Path
 
@@ -23,7 +24,8 @@ class Instance:
         run_dir.mkdir(parents=True, exist_ok=True)
         self.unit_files = units.pack(variant, run_dir / "units.tar")
         self.machine = Machine(image, run_dir, memory_mb=memory_mb,
-                               fw_cfg={UNITS_FW_CFG: run_dir / "units.tar"})
+                               fw_cfg={UNITS_FW_CFG: run_dir / "units.tar"},
+                               volume_source=_old_filesystem(run_dir) if variant.old_fs else None)
         self.boot_seconds: float | None = None
         self.guest_versions: dict[str, str] = {}
         self.restored = False
@@ -108,13 +110,15 @@ class Instance:
 
     # -- faults -------------------------------------------------------------------
 
-    def inject(self, name: str) -> dict:
+    def inject(self, name: str, **params) -> dict:
         fault = faults.get(name)
         # The guest's uptime now puts its kernel lines on the host's clock (see timeline.py).
         uptime = float(self.machine.succeed("cut -d' ' -f1 /proc/uptime", timeout=10))
         record = {"fault": name, "console_offset": self.machine.console_offset(),
                   "at": time.time(), "monotonic": time.monotonic(), "guest_uptime": uptime}
-        record["detail"] = fault.inject(self.machine)
+        if params:
+            record["params"] = params
+        record["detail"] = fault.inject(self.machine, **params)
         self.fault_log.append(record)
         return record
 
@@ -213,3 +217,19 @@ class Instance:
         """The guest's running kernel and systemd: outcomes change with both."""
         out = self.machine.succeed("uname -r; systemctl --version | head -1").splitlines()
         return {"kernel": out[0].strip(), "systemd": out[1].strip()}
+
+
+def _old_filesystem(run_dir: Path) -> Path:
+    """A volume that still holds an old ext4 filesystem (left by a previous instance, say)."""
+    path = run_dir / "old-volume.raw"
+    with open(path, "wb") as raw:
+        raw.truncate(1 << 30)
+    try:
+        subprocess.run(["mke2fs", "-q", "-F", "-t", "ext4", "-L", "old", str(path)], check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    except FileNotFoundError:
+        raise UserError("mke2fs is not installed", "apt-get install e2fsprogs") from None
+    except subprocess.CalledProcessError as exc:
+        raise UserError(f"mke2fs could not make the old filesystem: {exc.stderr.strip()}",
+                        "check free disk space in the cache directory") from None
+    return path

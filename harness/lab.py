@@ -50,12 +50,14 @@ class Lab:
         return instance
 
     def instance(self, chain: str = "bindsto", fs: str = "xfs", units_dir: str | Path | None = None,
-                 cold: bool | None = None) -> Instance:
+                 cold: bool | None = None, **boot) -> Instance:
         """A healthy guest running the incident's chain (CHAIN: requires|bindsto, FS: xfs|ext4).
-        It starts from a warm snapshot unless COLD (or UNITCHAOS_COLD=1): then it boots."""
-        variant = units.Variant(chain=chain, fs=fs, **({"units_dir": Path(units_dir)} if units_dir else {}))
+        It starts from a warm snapshot unless COLD (or UNITCHAOS_COLD=1): then it boots.
+        BOOT changes the variant (old_fs, docker_requires_mount): such a guest is not healthy
+        by design, so it always boots."""
+        variant = units.Variant(chain=chain, fs=fs, **({"units_dir": Path(units_dir)} if units_dir else {}), **boot)
         cold = self.cold if cold is None else cold
-        if cold:
+        if cold or boot:
             return self.new_instance(variant, "cold").boot()
         saved = snapshots.ensure(self, variant)
         return self.new_instance(variant, "warm").restore(saved)
@@ -69,7 +71,7 @@ class Lab:
         instance.stop()
         if keep or self.keep:
             (instance.run_dir / "owner").unlink(missing_ok=True)
-            for leftover in ("root.qcow2", "volume.qcow2", "qmp.sock", "cmd.sock", "ssh-mux"):
+            for leftover in ("root.qcow2", "volume.qcow2", "old-volume.raw", "qmp.sock", "cmd.sock", "ssh-mux"):
                 (instance.run_dir / leftover).unlink(missing_ok=True)  # big or dead: not evidence
             kept = instance.run_dir.rename(artifacts_dir() / instance.run_dir.name)
         else:

@@ -76,12 +76,13 @@ class SavedState:
 class Machine:
     def __init__(self, image: Image, run_dir: Path, *, memory_mb: int = 1024, cpus: int = 2,
                  volume_size: str = "1G", fw_cfg: dict[str, Path] | None = None,
-                 extra_ports: tuple[int, ...] = (), name: str = "guest"):
+                 extra_ports: tuple[int, ...] = (), name: str = "guest", volume_source: Path | None = None):
         self.image = image
         self.run_dir = run_dir
         self.memory_mb = memory_mb
         self.cpus = cpus
         self.volume_size = volume_size
+        self.volume_source = volume_source  # a raw image the volume starts as (else blank)
         self.fw_cfg = fw_cfg or {}
         self.guest_ports = (22, AGENT_PORT, HEALTH_PORT, *extra_ports)
         self.name = name
@@ -124,7 +125,10 @@ class Machine:
                 _qemu_img("create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", str(base), str(disk.path))
             return
         _qemu_img("create", "-q", "-f", "qcow2", "-F", "raw", "-b", str(self.image.root), str(self.root.path))
-        _qemu_img("create", "-q", "-f", "qcow2", str(self.volume.path), self.volume_size)
+        if self.volume_source:
+            _qemu_img("create", "-q", "-f", "qcow2", "-F", "raw", "-b", str(self.volume_source), str(self.volume.path))
+        else:
+            _qemu_img("create", "-q", "-f", "qcow2", str(self.volume.path), self.volume_size)
 
     def _load_state(self, state: Path) -> None:
         self._ignore_shared_ram()
@@ -195,11 +199,19 @@ class Machine:
             "-device", "virtserialport,bus=serial0.0,chardev=cmd,name=org.unitchaos.cmd",
         ]
         for disk in (self.root, self.volume):
-            argv += ["-drive", f"file={disk.path},if=none,id={disk.name},format=qcow2,cache=unsafe",
+            argv += ["-drive", f"file={disk.path},if=none,id={disk.name},format=qcow2,cache=unsafe{self._node_names(disk)}",
                      "-device", f"virtio-blk-pci,drive={disk.name},id={disk.device_id},serial={disk.name}"]
         for name, path in self.fw_cfg.items():
             argv += ["-fw_cfg", f"name={name},file={path}"]
         return argv
+
+    def _node_names(self, disk: Disk) -> str:
+        """Names for the volume's block nodes, so that a fault can slide a filter under its
+        qcow2 node at run time (see block_faults.py). A restored volume has a backing file."""
+        if disk is not self.volume:
+            return ""
+        names = f",node-name={disk.name}-fmt,file.node-name={disk.name}-file"
+        return names + (f",backing.node-name={disk.name}-base" if self.restoring else "")
 
     def _memory_args(self) -> list[str]:
         """Guests that are saved or restored keep their RAM in a file: saved by mapping it

@@ -20,6 +20,9 @@ from .paths import UNITS_DIR
 
 CHAINS = {"requires": "Requires", "bindsto": "BindsTo"}
 FILESYSTEMS = {"xfs": "/usr/sbin/mkfs.xfs -f", "ext4": "/usr/sbin/mkfs.ext4 -F -q"}
+# Without -f/-F, mkfs refuses a device that already holds a filesystem.
+UNFORCED_MKFS = {"xfs": "/usr/sbin/mkfs.xfs", "ext4": "/usr/sbin/mkfs.ext4 -q"}
+DOCKER_NEEDS_MOUNT = "docker.service.d/10-volume.conf"
 REQUIRED = ["format-ephemeral.service", "var-lib-docker.mount", "ecs-agent.service"]
 CHAIN = ["format-ephemeral.service", "var-lib-docker.mount", "docker.service", "ecs-agent.service"]
 DEVICE = "/dev/vdb"
@@ -34,6 +37,10 @@ class Variant:
     fs: str = "xfs"
     units_dir: Path = UNITS_DIR
     mkfs: str | None = None  # overrides the filesystem's mkfs command (a fault may need that)
+    # The mkfs-refuses experiments: the volume already holds a filesystem and the format
+    # unit neither wipes it nor forces mkfs; and, optionally, Docker does not require the mount.
+    old_fs: bool = False
+    docker_requires_mount: bool = True
 
     def __post_init__(self):
         if self.chain not in CHAINS:
@@ -46,7 +53,8 @@ class Variant:
 
     @property
     def values(self) -> dict[str, str]:
-        return {"fs": self.fs, "mkfs": self.mkfs or FILESYSTEMS[self.fs],
+        mkfs = self.mkfs or (UNFORCED_MKFS if self.old_fs else FILESYSTEMS)[self.fs]
+        return {"fs": self.fs, "mkfs": mkfs,
                 "dependency": CHAINS[self.chain], "device": DEVICE,
                 "device_unit": "dev-" + DEVICE.removeprefix("/dev/") + ".device"}
 
@@ -75,7 +83,12 @@ def render(variant: Variant) -> dict[str, str]:
         if leftover:
             raise UserError(f"{path}: unknown placeholder {leftover.group(0)}",
                             f"use one of: {', '.join('{{' + k + '}}' for k in variant.values)}")
+        if variant.old_fs:
+            # A format unit that wipes first would never meet the old filesystem.
+            text = re.sub(r"(?m)^ExecStart(Pre)?=.*wipefs.*\n", "", text)
         rendered[str(rel)] = text
+    if not variant.docker_requires_mount:
+        rendered.pop(DOCKER_NEEDS_MOUNT, None)
     return rendered
 
 

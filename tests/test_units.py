@@ -222,3 +222,25 @@ def test_unknown_key_in_a_drop_in_is_rejected_by_verify(user_units):
     drop_in.write_text(drop_in.read_text() + "Requiress=foo\n")
     with pytest.raises(UserError, match="Requiress"):
         units.verify(units.render(units.Variant(units_dir=user_units)))
+
+
+@pytest.mark.parametrize("fs, mkfs", [("xfs", "ExecStart=/usr/sbin/mkfs.xfs /dev/vdb"),
+                                      ("ext4", "ExecStart=/usr/sbin/mkfs.ext4 -q /dev/vdb")])
+def test_old_fs_variant_neither_wipes_nor_forces_mkfs(fs, mkfs):
+    unit = units.render(units.Variant(fs=fs, old_fs=True))["format-ephemeral.service"]
+    assert mkfs in unit.splitlines()
+    assert "wipefs" not in unit
+    assert "wipefs" in units.render(units.Variant(fs=fs))["format-ephemeral.service"]
+
+
+def test_docker_need_not_require_the_mount():
+    assert units.DOCKER_NEEDS_MOUNT in units.render(units.Variant())
+    rendered = units.render(units.Variant(docker_requires_mount=False))
+    assert units.DOCKER_NEEDS_MOUNT not in rendered
+    assert "BindsTo=var-lib-docker.mount" in rendered["ecs-agent.service"]
+
+
+@needs_systemd_analyze
+@pytest.mark.parametrize("changes", [{"old_fs": True}, {"old_fs": True, "docker_requires_mount": False}])
+def test_mkfs_refuses_variants_verify_cleanly(changes):
+    units.check(units.Variant(**changes))
