@@ -97,6 +97,51 @@ def run(runs: int = 3, workers: int | None = None, suites: bool = True) -> dict:
     return figures
 
 
+# Cold-boot options measured by `bench --survey`: each changes one thing from the default.
+SURVEY = {
+    "default (-smp 2, -cpu max, tcg multi-thread)": {},
+    "-smp 1": {"cpus": 1},
+    "tcg single-thread": {"tcg_threads": "single"},
+    "-cpu qemu64": {"cpu_model": "qemu64"},
+    "kernel: quiet": {"kernel_args": "+quiet"},
+    "kernel: mitigations=off": {"kernel_args": "+mitigations=off"},
+    "kernel: systemd.show_status=0": {"kernel_args": "+systemd.show_status=0"},
+}
+
+
+def survey(runs: int = 3) -> dict:
+    """Cold boot to healthy under each SURVEY option, RUNS times each, interleaved so that
+    a change in the host's load touches every option alike."""
+    samples: dict[str, list[float]] = {label: [] for label in SURVEY}
+    with Lab() as lab:
+        for round_ in range(runs):
+            for label, changes in SURVEY.items():
+                with progress.step(f"bench survey {round_ + 1}/{runs}: {label}"):
+                    instance = lab.new_instance(units.Variant(), "survey")
+                    for key, value in changes.items():
+                        if key == "kernel_args":
+                            value = f"{instance.machine.kernel_args} {value.lstrip('+')}"
+                        setattr(instance.machine, key, value)
+                    started = time.monotonic()
+                    instance.boot()
+                    instance.require_healthy()
+                    samples[label].append(time.monotonic() - started)
+                    lab.release_instance(instance)
+    base = statistics.median(samples[next(iter(SURVEY))])
+    return {"machine": _machine(), "cold_boot_by_option": {
+        label: {**summary(values), "vs_default": round(statistics.median(values) / base, 3)}
+        for label, values in samples.items()}}
+
+
+def render_survey(figures: dict) -> str:
+    m = figures["machine"]
+    out = [f"unitchaos bench --survey on {m['cores']} cores, {m['qemu']}, accel {m['accel']}: cold boot to healthy"]
+    for label, s in figures["cold_boot_by_option"].items():
+        out.append(f"  {label:<46} {s['median']:>7.2f} s (min {s['min']:.2f}, max {s['max']:.2f}, "
+                   f"{s['runs']} runs)  {s['vs_default']:.2f}x default")
+    return "\n".join(out)
+
+
 def _machine() -> dict:
     import os
     from . import accel

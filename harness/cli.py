@@ -98,6 +98,8 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--workers", type=int, default=None, help="parallel VMs (default: cores, memory allowing)")
     bench.add_argument("--json", action="store_true")
     bench.add_argument("--no-suites", action="store_true", help="only image, cold boot and restore (minutes, not half an hour)")
+    bench.add_argument("--survey", action="store_true",
+                       help="cold boot under each QEMU option and kernel argument of the lean-guest survey")
     bench.set_defaults(func=cmd_bench)
 
     serve = sub.add_parser("serve", help="boot groups of instances and serve the Chaos Monkey API on them")
@@ -207,6 +209,10 @@ def _secs(value) -> str:
 def cmd_bench(args) -> int:
     if args.runs < 1:
         raise UserError(f"--runs {args.runs} is not a number of runs", "use --runs 1 or more")
+    if args.survey:
+        figures = bench.survey(runs=args.runs)
+        print(json.dumps(figures, indent=2) if args.json else bench.render_survey(figures))
+        return 0
     figures = bench.run(runs=args.runs, workers=args.workers, suites=not args.no_suites)
     print(json.dumps(figures, indent=2) if args.json else bench.render(figures))
     return 0

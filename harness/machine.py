@@ -73,6 +73,9 @@ class SavedState:
     guest_versions: dict  # kernel and systemd the saved guest runs
 
 
+KERNEL_ARGS = "root=/dev/vda rw console=ttyS0 net.ifnames=0 printk.time=1 apparmor=0"
+
+
 class Machine:
     def __init__(self, image: Image, run_dir: Path, *, memory_mb: int = 1024, cpus: int = 2,
                  volume_size: str = "1G", fw_cfg: dict[str, Path] | None = None,
@@ -96,6 +99,10 @@ class Machine:
         self._host = None
         self.ram_file: Path | None = None
         self.restoring = False
+        # Boot options the lean-guest survey (bench --survey) varies; these defaults won there.
+        self.kernel_args = KERNEL_ARGS
+        self.cpu_model = "max"
+        self.tcg_threads = "multi"
         self.root = Disk("root", run_dir / "root.qcow2")
         self.volume = Disk("volume", run_dir / "volume.qcow2")
 
@@ -183,13 +190,13 @@ class Machine:
         if self.accel == "kvm":
             cpu = ["-accel", "kvm", "-cpu", "host"]
         else:
-            cpu = ["-accel", "tcg,thread=multi", "-cpu", "max"]
+            cpu = ["-accel", f"tcg,thread={self.tcg_threads}", "-cpu", self.cpu_model]
         argv = [
             accel.qemu_binary(), "-name", f"unitchaos-{self.name}", *cpu,
             "-smp", str(self.cpus), "-m", f"{self.memory_mb}M", *self._memory_args(),
             "-nodefaults", "-no-user-config", "-display", "none",
             "-kernel", str(self.image.kernel), "-initrd", str(self.image.initrd),
-            "-append", "root=/dev/vda rw console=ttyS0 net.ifnames=0 printk.time=1 apparmor=0",
+            "-append", self.kernel_args,
             "-netdev", f"user,id=net0,restrict=on,{forwards}",
             "-device", "virtio-net-pci,netdev=net0,romfile=",
             "-chardev", f"file,id=console,path={self.console_path}", "-serial", "chardev:console",

@@ -79,6 +79,9 @@ def units_with_unknown_key(tmp_path):
     (["frobnicate"], "invalid choice: 'frobnicate'"),
     (["run"], "the following arguments are required: experiment"),
     (["run", "yank", "--bogus"], "unrecognized arguments: --bogus"),
+    (["run", "io-latency", "-p", "delay=5"], "io-latency has no parameter 'delay=5'"),
+    (["run", "io-error", "-p", "after=lots"], "io-error after='lots' is not a whole number"),
+    (["run", "healthy", "-p", "ms=1"], "healthy takes no parameters"),
 ])
 def test_bad_input_is_one_line_and_exit_2(capsys, argv, problem):
     line = assert_one_line_error(capsys, run_cli(argv))
