@@ -84,16 +84,21 @@ def io_error(machine: Machine, after: int = 0, op: str = "write", errno: str = "
     require_volume(machine, "io-error")
     if _filter_present(machine):
         raise UserError("io-error is already injected on this volume", "heal it first")
-    # blkdebug counts writes with a chain of states: each write moves state i to i+1, and
-    # the error rule only fires from state AFTER+1 on.
-    # Each rule fires on the event that starts a request of its type (qcow2 signals
-    # read_aio before reading data from its file).
-    events = {"write": "pwritev", "read": "read_aio"}
+    # blkdebug is a state machine. States 1..AFTER count writes (each moves state i to
+    # i+1); in state AFTER+1 the error rules fire; HEALED is where clear_io_error sends it.
+    healed = after + 2
+    events = {"write": "pwritev", "read": "read_aio"}  # qcow2 signals read_aio before a data read
     errors = [{"event": events[kind], "iotype": kind, "state": after + 1, "errno": _ERRNO[errno], "immediately": True}
               for kind in (events if op == "all" else [op])]
-    options = {"node-name": FILTER_NODE, "image": f"{machine.volume.name}-file", "inject-error": errors}
-    if after:  # QEMU refuses an empty list
-        options["set-state"] = [{"event": "pwritev", "state": i, "new_state": i + 1} for i in range(1, after + 1)]
+    # An error rule stays armed until another rule with an error is processed: in HEALED,
+    # rules with errno 0 take their place and let every request through.
+    errors += [{"event": event, "state": healed, "errno": 0} for event in events.values()]
+    transitions = [{"event": "pwritev", "state": i, "new_state": i + 1} for i in range(1, after + 1)]
+    # Healing needs an event the guest never causes: a write to the qcow2 image's VM
+    # state area, which only savevm (or our qemu-io) writes.
+    transitions += [{"event": "vmstate_save", "state": i, "new_state": healed} for i in range(1, after + 2)]
+    options = {"node-name": FILTER_NODE, "image": f"{machine.volume.name}-file",
+               "inject-error": errors, "set-state": transitions}
     machine.monitor.command("blockdev-add", driver="blkdebug", **options)
     try:
         _reopen_volume(machine, file=FILTER_NODE)
@@ -108,9 +113,11 @@ def clear_io_error(machine: Machine) -> dict:
     require_volume(machine, "heal")
     if not _filter_present(machine):
         raise UserError("io-error was not injected on this volume", "inject it before healing it")
+    # Stop the errors first: taking the filter out flushes qcow2's metadata through it.
+    machine.monitor.hmp(f'qemu-io {machine.volume.name} "write -b 0 512"')
     _reopen_volume(machine, file=f"{machine.volume.name}-file")
     machine.monitor.command("blockdev-del", **{"node-name": FILTER_NODE})
-    return {"qmp": f"blockdev-reopen {machine.volume.name}-fmt file={machine.volume.name}-file; "
+    return {"qmp": f"qemu-io {machine.volume.name} 'write -b 0 512' (heals blkdebug); blockdev-reopen {machine.volume.name}-fmt file={machine.volume.name}-file; "
                    f"blockdev-del {FILTER_NODE}"}
 
 

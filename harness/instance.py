@@ -200,6 +200,15 @@ class Instance:
     def can_start_container(self) -> bool:
         return self.start_container()["ok"]
 
+    def wait_until_containers_start(self, timeout: float = 120) -> None:
+        """Waits until a container starts again (after a heal, Docker may first have a
+        backlog of stalled requests to work off)."""
+        deadline = time.monotonic() + timeouts.scaled(timeout)
+        while not (result := self.start_container())["ok"]:
+            if time.monotonic() > deadline:
+                raise GuestTimeout(f"no container started within {timeout:.0f} s: {result['error']}")
+            time.sleep(1)
+
     def _agent_task(self, timeout: float) -> dict:
         conn = http.client.HTTPConnection("127.0.0.1", self.machine.ports[AGENT_PORT], timeout=timeout)
         try:

@@ -14,7 +14,8 @@ DIRECT_READ_MS = ("python3 -c 'import mmap,os,time; fd=os.open(\"/dev/vdb\",os.O
 def test_a_paused_volume_stalls_containers_while_systemd_and_metadata_see_nothing(lab):
     vm = lab.instance()
     vm.inject("pause-io")
-    vm.machine.run("(sync -f /var/lib/docker; touch /run/synced) >/dev/null 2>&1 &")
+    vm.machine.run("(dd if=/dev/zero of=/var/lib/docker/p bs=4k count=1 oflag=dsync; touch /run/synced) "
+                   ">/dev/null 2>&1 &")
     assert not vm.start_container(timeout=8)["ok"]
     assert not vm.machine.run("test -e /run/synced").ok  # the sync is still waiting
     assert vm.unit_states() == ALL_ACTIVE
@@ -22,7 +23,7 @@ def test_a_paused_volume_stalls_containers_while_systemd_and_metadata_see_nothin
     assert vm.kernel_events() == []  # a stall is not an error: the kernel says nothing
     vm.heal("pause-io")
     vm.machine.wait_until_succeeds("test -e /run/synced", timeout=30)
-    assert vm.can_start_container()
+    vm.wait_until_containers_start()
 
 
 def test_a_slow_volume_slows_every_request_but_breaks_nothing(lab):

@@ -75,6 +75,15 @@ def test_io_error_fails_writes_after_the_first_n_and_heals(machine):
     assert "wrote" in _io(machine, "write 8M 4k")[0]
 
 
+def test_healing_works_while_qcow2_has_metadata_it_could_not_write(machine):
+    block_faults.io_error(machine)
+    results = _io(machine, "write 0 4k", "write 32M 4k")  # new clusters: L2 and refcount updates fail too
+    assert all("write failed" in r for r in results)
+    block_faults.clear_io_error(machine)
+    assert "wrote" in _io(machine, "write 0 4k")[0]
+    assert "read 4096/4096" in _io(machine, "read 0 4k")[0]
+
+
 def test_io_error_on_reads_too(machine):
     _io(machine, "write 0 64k")  # reads of clusters never written do not reach the file
     block_faults.io_error(machine, op="all")
