@@ -26,16 +26,18 @@ def test_a_paused_volume_stalls_containers_while_systemd_and_metadata_see_nothin
     vm.wait_until_containers_start()
 
 
-def test_a_slow_volume_slows_every_request_but_breaks_nothing(lab):
+def test_a_slow_volume_times_container_starts_out_while_metadata_answers_200(lab):
     vm = lab.instance()
     assert float(vm.machine.succeed(DIRECT_READ_MS)) < 50
-    vm.inject("io-latency", ms=200)
-    assert float(vm.machine.succeed(DIRECT_READ_MS, timeout=60)) >= 150
+    vm.inject("io-latency", ms=500)
+    assert float(vm.machine.succeed(DIRECT_READ_MS, timeout=60)) >= 400
     assert vm.unit_states() == ALL_ACTIVE
     assert vm.metadata_status() == 200
-    assert vm.can_start_container()
+    assert vm.kernel_events() == []  # slow is not an error: the kernel says nothing
+    assert "timed out" in vm.start_container()["error"]  # hundreds of requests at 2 a second
     vm.heal("io-latency")
     assert float(vm.machine.succeed(DIRECT_READ_MS)) < 50
+    vm.wait_until_containers_start()
 
 
 @pytest.mark.parametrize("fs, word", [("xfs", r"XFS \(vdb\): Filesystem has been shut down"),
@@ -52,7 +54,7 @@ def test_failing_writes_break_the_filesystem_and_healing_the_disk_does_not_mend_
     assert vm.machine.monitor.wait_for_event("BLOCK_IO_ERROR", timeout=5)["data"]["operation"] == "write"
     vm.heal("io-error")
     # The disk works again, but the filesystem stays shut down (or read-only) until remounted.
-    vm.machine.succeed("dd if=/dev/vdb of=/dev/null bs=4k count=1 iflag=direct")
+    vm.machine.wait_until_succeeds("dd if=/dev/vdb of=/dev/null bs=4k count=1 iflag=direct", timeout=20)
     assert not vm.can_start_container()
 
 
