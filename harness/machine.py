@@ -95,6 +95,8 @@ class Machine:
         self._host = None
         self.ram_file: Path | None = None
         self.restoring = False
+        # QEMU dies with this process unless told otherwise (the interactive lab's `up`).
+        self.die_with_owner = True
         self.root = Disk("root", run_dir / "root.qcow2")
         self.volume = Disk("volume", run_dir / "volume.qcow2")
 
@@ -218,7 +220,8 @@ class Machine:
         with open(stderr_path, "w") as stderr:
             argv = self.qemu_argv() + (["-incoming", "defer"] if incoming else [])
             self.process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=stderr,
-                                            stderr=stderr, start_new_session=True, preexec_fn=_die_with_parent)
+                                            stderr=stderr, start_new_session=True,
+                                            preexec_fn=_die_with_parent if self.die_with_owner else None)
         (self.run_dir / "qemu.pid").write_text(str(self.process.pid))
         self.started_at = time.monotonic()
         deadline = time.monotonic() + timeouts.scaled(15)
