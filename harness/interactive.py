@@ -132,9 +132,9 @@ def how_to_reach(state: dict) -> str:
              f"  ssh:      {shlex.join(ssh_argv(state))}",
              f"  metadata: http://127.0.0.1:{ports[AGENT_PORT]}/v1/metadata   (the stock health check)",
              f"  health:   http://127.0.0.1:{ports[HEALTH_PORT]}/health        (the deep health check)",
-             f"  then:     unitchaos status{flag} | shell{flag} | inject{flag} FAULT | heal{flag} FAULT | down{flag}"]
-    if state.get("artifacts"):
-        lines.append(f"  artifacts: {state['artifacts']}")
+             f"  look:     unitchaos status{flag}    unitchaos shell{flag}",
+             f"  break:    unitchaos inject{flag} FAULT    unitchaos heal{flag} FAULT",
+             f"  stop:     unitchaos down{flag}"]
     return "\n".join(lines)
 
 
@@ -145,7 +145,10 @@ def ssh_argv(state: dict, command: list[str] | None = None) -> list[str]:
     argv = ["ssh", "-i", str(key), "-p", str(ports[22]), "-o", "IdentitiesOnly=yes",
             "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR",
             "-o", "ControlMaster=no", "-o", "ControlPath=none", "root@127.0.0.1"]
-    return argv + (["-t"] if not command else ["--", *command])
+    if command and command[0] == "--":
+        command = command[1:]
+    # Like ssh itself: the words are joined and run by the guest's shell.
+    return argv + (["--", *command] if command else [])
 
 
 # -- attach: the later commands -----------------------------------------------

@@ -28,12 +28,14 @@ OK, FAILING, SILENT = "#2e9d4f", "#d73a49", "#8a1c1c"
 # Kernel messages by how much they tell (the first is shown when several coincide).
 TELLING = findings.KERNEL_KINDS
 
+LONG_RUN, LINEAR = 30.0, 3.0
 WIDTH = 1100
 LABEL_W = 118
 LANE_H = 38
 TOP = 34
 AXIS_H = 30
-CHAR_W = 6.1  # average width of an 11 px sans-serif character: enough to keep labels apart
+CHAR_W = 6.1
+MAX_LABEL = 60  # average width of an 11 px sans-serif character: enough to keep labels apart
 
 
 def render(events: list[dict], title: str = "", end: float | None = None,
@@ -48,9 +50,12 @@ def render(events: list[dict], title: str = "", end: float | None = None,
     stop = start + (stop - start) * 1.04 + 0.5
     plot_w = WIDTH - LABEL_W - 16
     height = TOP + LANE_H * len(LANES) + AXIS_H
+    # A long run (systemd reacting for minutes) squeezes the first seconds, where most
+    # happens: past LINEAR seconds the axis turns logarithmic.
+    scale = _symlog if stop - start > LONG_RUN else (lambda t: t)
 
     def x(t: float) -> float:
-        return round(LABEL_W + (t - start) / (stop - start) * plot_w, 1)
+        return round(LABEL_W + (scale(t) - scale(start)) / (scale(stop) - scale(start)) * plot_w, 1)
 
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" '
            f'viewBox="0 0 {WIDTH} {height}" role="img" class="timeline" '
@@ -59,7 +64,8 @@ def render(events: list[dict], title: str = "", end: float | None = None,
            f'<rect width="{WIDTH}" height="{height}" fill="#ffffff"/>']
     if title:
         out.append(f'<text x="8" y="20" font-size="13" font-weight="600" fill="#24292e">{escape(title)}</text>')
-    out += _axis(start, stop, x, height)
+    out += _legend()
+    out += _axis(start, stop, x, height, logarithmic=stop - start > LONG_RUN)
     for index, (lane, colour, belongs) in enumerate(LANES):
         top = TOP + index * LANE_H
         mid = top + LANE_H / 2
@@ -80,17 +86,39 @@ def render(events: list[dict], title: str = "", end: float | None = None,
     return "\n".join(out) + "\n"
 
 
-def _axis(start: float, stop: float, x, height: int) -> list[str]:
-    step = _nice_step((stop - start) / 10)
+def _symlog(t: float) -> float:
+    return math.copysign(math.log1p(abs(t) / LINEAR), t)
+
+
+def _legend() -> list[str]:
+    parts, left = [], WIDTH - 16
+    for label, colour in reversed([("200 OK", OK), ("error status", FAILING), ("no answer", SILENT)]):
+        left -= len(label) * CHAR_W + 26
+        parts.append(f'<rect x="{left}" y="11" width="12" height="10" fill="{colour}"/>'
+                     f'<text x="{left + 16}" y="20" fill="#586069">{label}</text>')
+    left -= 200
+    parts.append(f'<path d="M{left} 11 L{left + 5} 16 L{left} 21 L{left - 5} 16 Z" fill="#586069"/>'
+                 f'<text x="{left + 9}" y="20" fill="#586069">event (hover for the full text)</text>')
+    return parts
+
+
+def _axis(start: float, stop: float, x, height: int, logarithmic: bool) -> list[str]:
     base = TOP + LANE_H * len(LANES)
     parts = [f'<line x1="{LABEL_W}" x2="{WIDTH - 16}" y1="{base}" y2="{base}" stroke="#6a737d"/>']
-    tick = math.ceil(start / step) * step
-    while tick <= stop:
+    if logarithmic:
+        ticks = [t for t in (-2, -1, 0, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1200) if start <= t <= stop]
+    else:
+        step = _nice_step((stop - start) / 10)
+        ticks, tick = [], math.ceil(start / step) * step
+        while tick <= stop:
+            ticks.append(tick)
+            tick = round(tick + step, 6)
+    for tick in ticks:
         parts.append(f'<line x1="{x(tick)}" x2="{x(tick)}" y1="{TOP}" y2="{base + 4}" stroke="#e1e4e8"/>')
-        parts.append(f'<text x="{x(tick)}" y="{base + 16}" text-anchor="middle" fill="#586069">{tick:g}</text>')
-        tick = round(tick + step, 6)
+        parts.append(f'<text class="tick" x="{x(tick)}" y="{base + 16}" text-anchor="middle" fill="#586069">{tick:g}</text>')
+    note = f" (logarithmic after {LINEAR:g} s)" if logarithmic else ""
     parts.append(f'<text x="{WIDTH - 16}" y="{height - 2}" text-anchor="end" fill="#586069">'
-                 "seconds from the fault</text>")
+                 f"seconds from the fault{note}</text>")
     return parts
 
 
@@ -116,6 +144,7 @@ def _marker_lane(events: list[dict], x, mid: float, colour: str) -> list[str]:
     # Two rows of labels: beside the marker while the label fits before the next marker,
     # else in the row below the markers, where it may run on past them.
     beside_end = below_end = -1.0
+    last_text = None
     marker_y = mid - 5
     for i, (cluster, px) in enumerate(zip(clusters, positions)):
         tip = "\n".join(f"{e['t']:+.2f} s  {e['source']}: {e['event']}" for e in cluster)
@@ -125,12 +154,15 @@ def _marker_lane(events: list[dict], x, mid: float, colour: str) -> list[str]:
                      f'fill="{fill}" stroke="#ffffff" stroke-width="1"/></g>')
         more = f" (+{len(cluster) - 1})" if len(cluster) > 1 else ""
         text = short(_most_telling(cluster))
+        if text == last_text:
+            continue  # The same words again (I/O error after I/O error): the marker says enough.
+        last_text = text
         room = int(((positions[i + 1] if i + 1 < len(positions) else WIDTH - 8) - px - 12) / CHAR_W) - len(more)
         if px > beside_end and room >= len(text):
             y, x0 = marker_y + 4, px + 8
         elif px - 4 > below_end:
-            text, y, x0 = _fit(text, int((WIDTH - 8 - px) / CHAR_W) - len(more)), mid + 12, px - 4
-        elif px > beside_end and room >= 6:
+            text, y, x0 = _fit(text, min(MAX_LABEL, int((WIDTH - 8 - px) / CHAR_W)) - len(more)), mid + 12, px - 4
+        elif px > beside_end and room >= 12:
             text, y, x0 = _fit(text, room), marker_y + 4, px + 8
         else:
             continue  # No room: the marker's tooltip and the text timeline have it.
@@ -191,7 +223,7 @@ def _check_lane(spans, x, top: float, start: float) -> list[str]:
         x0, x1 = x(max(t0, start)), x(t1)
         colour = OK if status == 200 else SILENT if status is None else FAILING
         parts.append(f'<g><title>{escape(tip)}</title>'
-                     f'<rect x="{x0}" y="{top + 10}" width="{max(1.0, round(x1 - x0 - 0.5, 1))}" '
+                     f'<rect class="answer" x="{x0}" y="{top + 10}" width="{max(1.0, round(x1 - x0 - 0.5, 1))}" '
                      f'height="{LANE_H - 20}" fill="{colour}"/></g>')
         run_start = x0 if run_start is None else run_start
         if i + 1 == len(spans) or spans[i + 1][2] != status:

@@ -113,7 +113,7 @@ def test_how_to_reach_names_ssh_and_both_health_checks(fake_up):
     text = interactive.how_to_reach(interactive.load("lab"))
     assert "ssh -i /nonexistent/id_ed25519 -p 1 " in text
     assert "http://127.0.0.1:2/v1/metadata" in text and "http://127.0.0.1:3/health" in text
-    assert "unitchaos status" in text and "down" in text
+    assert "unitchaos status" in text and "unitchaos down" in text
 
 
 def test_state_files_are_written_whole(fake_up):
