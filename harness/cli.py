@@ -180,23 +180,14 @@ def cmd_up(args) -> int:
 
 
 def cmd_shell(args) -> int:
-    state = interactive.load(interactive.resolve(args.name))
-    if not interactive.alive(state):
-        raise UserError(f"lab instance {state['name']!r} is gone: its QEMU exited", "unitchaos down, then unitchaos up")
-    argv = interactive.ssh_argv(state, args.remote)
+    argv = interactive.shell_argv(args.name, args.remote)
     sys.stdout.flush()
     os.execvp(argv[0], argv)  # ssh's exit status is the command's
 
 
 def cmd_inject(args) -> int:
     done = interactive.inject(args.name, args.fault)
-    if args.json:
-        print(json.dumps(done, indent=2))
-    else:
-        print(f"{done['fault']} injected; kernel said: {done.get('kernel_word') or 'nothing expected/seen'}; "
-              f"systemd settled: {done.get('settled')}")
-        for line in done["kernel_events"][-8:]:
-            print(f"  kernel: {line}")
+    print(json.dumps(done, indent=2) if args.json else interactive.render_injected(done))
     return 0
 
 

@@ -97,7 +97,8 @@ def up(name: str, chain: str, fs: str, units_dir: str | None, cold: bool | None)
             state = load(name)
             if qemu_of(Path(state["run_dir"])) is not None:
                 raise UserError(f"lab instance {name!r} is already up (QEMU pid {state['pid']})",
-                                f"use it (unitchaos status), stop it (unitchaos down), or start another with --name")
+                                f"use it (unitchaos status{_flag(name)}), stop it (unitchaos down{_flag(name)}), "
+                                "or start another with --name OTHER")
             _remove(state)  # Its QEMU died: what is left is stale.
         with Lab(cold=cold, outlive_owner=True) as lab:
             instance = lab.instance(chain=chain, fs=fs, units_dir=units_dir)
@@ -125,7 +126,7 @@ def hand_over(lab: Lab, instance: Instance, name: str, artifacts: Path | None = 
 
 def how_to_reach(state: dict) -> str:
     ports = {int(k): v for k, v in state["ports"].items()}
-    flag = "" if state["name"] == DEFAULT_NAME else f" --name {state['name']}"
+    flag = _flag(state["name"])
     versions = state.get("guest_versions") or {}
     lines = [f"lab instance {state['name']!r} is up: {state['chain']}, {state['fs']}; "
              f"kernel {versions.get('kernel', '?')}, {versions.get('systemd', '?')}; QEMU pid {state['pid']}",
@@ -136,6 +137,16 @@ def how_to_reach(state: dict) -> str:
              f"  break:    unitchaos inject{flag} FAULT    unitchaos heal{flag} FAULT",
              f"  stop:     unitchaos down{flag}"]
     return "\n".join(lines)
+
+
+def _flag(name: str) -> str:
+    return "" if name == DEFAULT_NAME else f" --name {name}"
+
+
+def shell_argv(name: str | None, command: list[str]) -> list[str]:
+    state = load(resolve(name))
+    _require_alive(state)
+    return ssh_argv(state, command)
 
 
 def ssh_argv(state: dict, command: list[str] | None = None) -> list[str]:
@@ -231,6 +242,12 @@ def inject(name: str | None, fault_name: str) -> dict:
         _save(state)
         detach(instance)
     return {"fault": fault_name, **detail, "kernel_events": [e["line"] for e in instance.kernel_events()]}
+
+
+def render_injected(done: dict) -> str:
+    lines = [f"{done['fault']} injected; the kernel's word: {done.get('kernel_word') or 'none awaited or seen'}; "
+             f"systemd settled: {done.get('settled')}"]
+    return "\n".join(lines + [f"  kernel: {line}" for line in done["kernel_events"][-8:]])
 
 
 def heal(name: str | None, fault_name: str) -> dict:

@@ -3,7 +3,8 @@ down after the test, whatever happens; each test's report names the guest kernel
 systemd it ran on.
 
 Under CI=true a missing QEMU fails the test: a skipped VM experiment must never pass
-for a green run.
+for a green run. With --keep-on-failure a failed test's instances stay up (as
+`unitchaos up` leaves one) and the failure says how to reach them.
 """
 import os
 import re
