@@ -80,10 +80,11 @@ def run(lab: Lab, name: str, chain: str = "bindsto", fs: str = "xfs", units_dir=
         instance.evidence.update({
             "outcome.json": json.dumps(_jsonable(outcome), indent=2) + "\n",
             "health.json": json.dumps(_jsonable(health), indent=1) + "\n",
-            "timeline.svg": timeline_svg.render(outcome["timeline"], title=describe(outcome),
-                                                end=outcome["seconds"]["fault_to_verdict"],
-                                                samples=health["samples"]),
         })
+        if outcome["timeline"]:  # No fault, no timeline: nothing to draw.
+            instance.evidence["timeline.svg"] = timeline_svg.render(
+                outcome["timeline"], title=describe(outcome), end=outcome["seconds"]["fault_to_verdict"],
+                samples=health["samples"])
         return outcome
     finally:
         watch.stop()

@@ -34,7 +34,7 @@ LABEL_W = 118
 LANE_H = 38
 TOP = 34
 AXIS_H = 30
-CHAR_W = 6.1
+CHAR_W = 6.4
 MAX_LABEL = 60  # average width of an 11 px sans-serif character: enough to keep labels apart
 
 
@@ -187,6 +187,8 @@ def _event_colour(cluster: list[dict], colour: str) -> str:
 
 def _most_telling(cluster: list[dict]) -> dict:
     def rank(event: dict) -> int:
+        if event["event"] == "target unhealthy":  # the verdict that matters
+            return -1
         kinds = kernel_log.classify(event["event"]) if event["source"] == "kernel" else []
         return min((TELLING.index(k) for k in kinds if k in TELLING), default=len(TELLING))
     return min(cluster, key=rank)
@@ -235,13 +237,14 @@ def _check_lane(spans, x, top: float, start: float) -> list[str]:
     return parts
 
 
+_HEX = re.compile(r"\b([0-9a-f]{8})[0-9a-f]{8,}")
 _UNIT_WORDS = re.compile(r"^(\S+): (Deactivated successfully|Failed with result '[^']+'|Main process exited.*|"
                          r"Unit is bound to inactive unit.*)")
 
 
 def short(event: dict) -> str:
     """A few words for EVENT's label."""
-    text = event["event"]
+    text = _HEX.sub(r"\1…", event["event"])  # overlay mount ids and the like
     if event["source"] == "qmp":
         return text.split(" ", 1)[0]
     if event["source"] == "systemd":
