@@ -12,6 +12,7 @@ import pytest
 
 from harness import interactive
 from harness.lab import qemu_of, sweep_stale_runs
+from harness.paths import cache_dir
 
 pytestmark = pytest.mark.vm
 
@@ -62,3 +63,37 @@ def test_up_status_inject_yank_status_down(lab):  # `lab`: the fixture's QEMU ch
     leftover = subprocess.run(["pgrep", "-f", str(run_dir)], capture_output=True, text=True).stdout
     assert leftover == ""
     assert name not in interactive.names()
+
+
+pytest_plugins = ["pytester"]
+CACHE = cache_dir()  # Now, before pytester moves HOME.
+
+FAILING_TEST = '''
+def test_the_stock_check_notices_a_yank(lab):
+    vm = lab.instance()
+    vm.inject("yank")
+    vm.wait_until_settled()
+    assert vm.metadata_status() != 200, "the stock check still says 200"
+'''
+
+
+def test_keep_on_failure_leaves_the_failed_tests_vm_up_and_says_how_to_reach_it(lab, pytester, monkeypatch):
+    # pytester gives the inner run a HOME of its own: keep it on the real cache (image,
+    # snapshots), and with short socket paths.
+    monkeypatch.setenv("UNITCHAOS_CACHE", str(CACHE))
+    pytester.makepyfile(test_kept=FAILING_TEST)
+    result = pytester.runpytest_subprocess("--keep-on-failure", "-p", "no:cacheprovider", timeout=600)
+    result.assert_outcomes(failed=1)
+    name = "test_the_stock_check_notices_a_yank"
+    output = result.stdout.str()
+    assert f"unitchaos status --name {name}" in output and f"unitchaos down --name {name}" in output
+    state = interactive.load(name)
+    run_dir = Path(state["run_dir"])
+    try:
+        assert qemu_of(run_dir) == state["pid"]  # pytest has exited; the VM has not
+        seen = json.loads(unitchaos("status", "--name", name, "--json").stdout)
+        assert seen["faults"] == ["yank"] and seen["stock"]["status"] == 200 and seen["deep"]["status"] == 503
+        assert Path(state["artifacts"], "console.log").exists()
+    finally:
+        assert unitchaos("down", "--name", name).returncode == 0
+    assert qemu_of(run_dir) is None and not run_dir.exists()
