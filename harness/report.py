@@ -17,6 +17,9 @@ from . import findings, timeline, timeline_svg
 from .errors import UserError
 
 OUTCOME = "outcome.json"
+# What the findings matrix needs of every outcome.
+REQUIRED = ["experiment", "chain", "fs", "units", "mount_listed", "metadata_status", "container_start_ok",
+            "kernel_events", "health_check_lies", "seconds"]
 CSS = """
 body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; color: #24292e;
        margin: 24px auto; max-width: 1200px; padding: 0 16px; }
@@ -56,9 +59,14 @@ def write(experiment_dirs: list[Path], out: Path) -> Path:
     outcomes = []
     for directory in experiment_dirs:
         try:
-            outcomes.append((directory, json.loads((directory / OUTCOME).read_text())))
+            outcome = json.loads((directory / OUTCOME).read_text())
         except (OSError, ValueError) as exc:
             raise UserError(f"cannot read {directory / OUTCOME}: {exc}", "remove that directory from the run") from None
+        missing = [key for key in REQUIRED if not isinstance(outcome, dict) or key not in outcome]
+        if missing:
+            raise UserError(f"{directory / OUTCOME} is not an experiment's outcome (no {', '.join(missing)})",
+                            "name directories kept by unitchaos run/demo/matrix --keep-artifacts")
+        outcomes.append((directory, outcome))
     out.write_text(render(outcomes, out.parent.resolve()))
     return out
 

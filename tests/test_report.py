@@ -74,9 +74,18 @@ def test_report_names_every_experiment_and_links_only_to_files_that_exist(tmp_pa
     (["report", str(RUNS), "-o", "/nonexistent-dir/x.html"], "/nonexistent-dir is not a directory"),
     (["report", str(RUNS)], "-o/--output"),
     (["demo", "--report", "/nonexistent-dir/x.html"], "/nonexistent-dir is not a directory"),
+    (["report", "{damaged}", "-o", "{tmp}/x.html"], "is not an experiment's outcome (no experiment, chain"),
+    (["report", "{unreadable}", "-o", "{tmp}/x.html"], "cannot read"),
 ])
 def test_report_bad_input_is_one_line_exit_2(tmp_path, capsys, argv, message):
-    argv = [a.replace("{empty}", str(tmp_path)) for a in argv]
+    (tmp_path / "damaged").mkdir()
+    (tmp_path / "damaged" / "outcome.json").write_text('{"fault": "yank"}')
+    (tmp_path / "unreadable").mkdir()
+    (tmp_path / "unreadable" / "outcome.json").write_text("{not json")
+    argv = [a.replace("{empty}", str(tmp_path / "empty")).replace("{tmp}", str(tmp_path))
+            .replace("{damaged}", str(tmp_path / "damaged")).replace("{unreadable}", str(tmp_path / "unreadable"))
+            for a in argv]
+    (tmp_path / "empty").mkdir()
     try:
         code = cli.main(argv)
     except SystemExit as exc:  # argparse's own errors
