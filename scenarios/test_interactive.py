@@ -3,6 +3,7 @@ would type them: up, status, inject yank, status (the deep check fails, the stoc
 still says 200), down, and nothing of the instance left."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -96,4 +97,5 @@ def test_keep_on_failure_leaves_the_failed_tests_vm_up_and_says_how_to_reach_it(
         assert Path(state["artifacts"], "console.log").exists()
     finally:
         assert unitchaos("down", "--name", name).returncode == 0
+        shutil.rmtree(state["artifacts"], ignore_errors=True)  # kept for a person, not for this test
     assert qemu_of(run_dir) is None and not run_dir.exists()
