@@ -22,7 +22,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from . import experiments, faults, units
+from . import experiments, faults, timeline, units
 from .errors import GuestTimeout, UserError
 from .image import Image
 from .instance import Instance
@@ -283,6 +283,9 @@ def status(name: str | None) -> dict:
                      or (None if deep_status == 200 else deep_body)},
             "faults": [record["fault"] for record in instance.fault_log],
             "kernel_events": [e["line"] for e in instance.kernel_events()],
+            # Since the last fault: its kernel lines and systemd's unit changes (QEMU's
+            # events went to the command that injected it).
+            "timeline": timeline.build(instance),
         }
     finally:
         detach(instance)
@@ -301,7 +304,9 @@ def render_status(seen: dict) -> str:
         lines += [f"    failing: {check}: {reason}" for check, reason in deep["failing"].items()]
     elif deep.get("failing"):
         lines.append(f"    {deep['failing']}")
-    lines += [f"  kernel: {line}" for line in seen["kernel_events"][-8:]]
+    if seen["timeline"]:
+        lines.append("  since the last fault (seconds):")
+        lines += ["  " + line for line in timeline.render(seen["timeline"][-20:]).splitlines()]
     return "\n".join(lines)
 
 
