@@ -124,12 +124,18 @@ def clear_io_error(machine: Machine) -> dict:
 def _reopen_volume(machine: Machine, file: str) -> None:
     # blockdev-reopen resets every option it is not given: name the backing file too.
     name = machine.volume.name
-    backing = f"{name}-base" if machine.restoring else None
+    # A restored volume is an overlay with a backing node; ask QEMU, which knows (a later
+    # CLI call on an interactive instance does not).
+    backing = f"{name}-base" if _node_present(machine, f"{name}-base") else None
     machine.monitor.command("blockdev-reopen", options=[
         {"driver": "qcow2", "node-name": f"{name}-fmt", "file": file, "backing": backing,
          "cache": {"no-flush": True}}])
 
 
 def _filter_present(machine: Machine) -> bool:
+    return _node_present(machine, FILTER_NODE)
+
+
+def _node_present(machine: Machine, name: str) -> bool:
     nodes = machine.monitor.command("query-named-block-nodes", flat=True)
-    return any(node.get("node-name") == FILTER_NODE for node in nodes)
+    return any(node.get("node-name") == name for node in nodes)

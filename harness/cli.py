@@ -10,10 +10,10 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from . import accel, bench, chaos_api, chaos_client, faults, groups, kernel_log, timeline, experiments, image, progress, snapshots, units
+from . import accel, bench, chaos_api, chaos_client, faults, findings, groups, interactive, report, timeline, experiments, image, progress, snapshots, units
 from .errors import GuestTimeout, UserError
 from .lab import Lab
-from .paths import cache_dir
+from .paths import artifacts_dir, cache_dir
 
 # Wide enough for the findings table when output goes to a log rather than a terminal.
 console = Console(width=None if sys.stdout.isatty() else 160)
@@ -84,6 +84,7 @@ def _parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="run the incident end to end and print the findings")
     demo.add_argument("--json", action="store_true")
     _start_options(demo)
+    _keep_options(demo)
     demo.set_defaults(func=cmd_demo)
 
     matrix = sub.add_parser("matrix", help="every fault against the stock and the deep health check")
@@ -91,7 +92,15 @@ def _parser() -> argparse.ArgumentParser:
     matrix.add_argument("--json", action="store_true")
     _variant_options(matrix)
     _start_options(matrix)
+    _keep_options(matrix)
     matrix.set_defaults(func=cmd_matrix)
+
+    report_cmd = sub.add_parser("report", help="an HTML report of kept runs: findings, timelines, artifacts")
+    report_cmd.add_argument("run_dirs", nargs="*", metavar="RUN_DIR", type=Path,
+                            help="a directory with outcome.json, or one of such directories "
+                                 "(default: every kept run in ~/.cache/unitchaos/artifacts)")
+    report_cmd.add_argument("-o", "--output", required=True, type=Path, metavar="FILE.html")
+    report_cmd.set_defaults(func=cmd_report)
 
     bench = sub.add_parser("bench", help="measure cold boot vs warm restore and the incident suite")
     bench.add_argument("--runs", type=int, default=3, help="runs per figure (median, min, max)")
@@ -119,6 +128,34 @@ def _parser() -> argparse.ArgumentParser:
     chaos_client.add_arguments(chaos)
     chaos.set_defaults(func=chaos_client.run)
 
+    up = sub.add_parser("up", help="start a lab instance and leave it running (then: status, shell, inject, down)")
+    _name_option(up)
+    _variant_options(up)
+    _start_options(up)
+    up.set_defaults(func=cmd_up)
+    shell = sub.add_parser("shell", help="ssh into the lab instance, or run COMMAND there")
+    _name_option(shell)
+    shell.add_argument("remote", nargs=argparse.REMAINDER, metavar="COMMAND")
+    shell.set_defaults(func=cmd_shell)
+    inject = sub.add_parser("inject", help="break the lab instance: inject FAULT and wait for the kernel and systemd")
+    inject.add_argument("fault", help=f"one of: {', '.join(faults.FAULTS)}")
+    inject.add_argument("--param", "-p", action="append", default=[], metavar="KEY=VALUE",
+                        help="a fault parameter, as for run (repeatable)")
+    _name_option(inject)
+    inject.add_argument("--json", action="store_true")
+    inject.set_defaults(func=cmd_inject)
+    heal = sub.add_parser("heal", help="undo FAULT on the lab instance (where that makes sense)")
+    heal.add_argument("fault")
+    _name_option(heal)
+    heal.set_defaults(func=cmd_heal)
+    status = sub.add_parser("status", help="the lab instance's units, mount and health checks")
+    _name_option(status)
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(func=cmd_status)
+    down = sub.add_parser("down", help="stop the lab instance and remove everything of it")
+    _name_option(down)
+    down.set_defaults(func=cmd_down)
+
     snapshot = sub.add_parser("snapshot", help="the warm snapshots experiments start from")
     snapshot_sub = snapshot.add_subparsers(dest="snapshot_command", required=True, parser_class=_Parser)
     snapshot_sub.add_parser("list", help="list saved snapshots").set_defaults(func=cmd_snapshot_list)
@@ -136,6 +173,70 @@ def _variant_options(parser: argparse.ArgumentParser) -> None:
 def _check_units(args) -> None:
     """Bad unit files (or chain, or fs) fail here, before any image or VM work."""
     units.check(units.Variant(chain=args.chain, fs=args.fs, **({"units_dir": Path(args.units)} if args.units else {})))
+
+
+def _name_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--name", default=None,
+                        help=f"which lab instance (default: the only one up; '{interactive.DEFAULT_NAME}' for up)")
+
+
+def cmd_up(args) -> int:
+    state = interactive.up(args.name or interactive.DEFAULT_NAME, args.chain, args.fs, args.units, args.cold or None)
+    print(interactive.how_to_reach(state))
+    return 0
+
+
+def cmd_shell(args) -> int:
+    argv = interactive.shell_argv(args.name, args.remote)
+    sys.stdout.flush()
+    os.execvp(argv[0], argv)  # ssh's exit status is the command's
+
+
+def cmd_inject(args) -> int:
+    done = interactive.inject(args.name, args.fault, args.param)
+    print(json.dumps(done, indent=2) if args.json else interactive.render_injected(done))
+    return 0
+
+
+def cmd_heal(args) -> int:
+    print(json.dumps(interactive.heal(args.name, args.fault)))
+    return 0
+
+
+def cmd_status(args) -> int:
+    seen = interactive.status(args.name)
+    print(json.dumps(seen, indent=2) if args.json else interactive.render_status(seen))
+    return 0
+
+
+def cmd_down(args) -> int:
+    print(f"lab instance {interactive.down(args.name)!r} is down")
+    return 0
+
+
+def _keep_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--keep-artifacts", action="store_true",
+                        help="keep every experiment's artifacts (console, journal, health samples, timeline, ...)")
+    parser.add_argument("--report", type=Path, metavar="FILE.html", default=None,
+                        help="write an HTML report of this run (keeps the artifacts it links to)")
+
+
+def _write_report(outcomes: list[dict], path: Path | None) -> None:
+    if path is not None:
+        report.write([Path(out["artifacts"]) for out in outcomes], path)
+        progress.say(f"report: {path}")
+
+
+def _check_report_path(path: Path | None) -> None:
+    """A report that cannot be written fails before half an hour of experiments, not after."""
+    if path is not None:
+        report.check_output(path)
+
+
+def cmd_report(args) -> int:
+    kept = report.collect(args.run_dirs or [artifacts_dir()])
+    print(report.write(kept, args.output))
+    return 0
 
 
 def _start_options(parser: argparse.ArgumentParser) -> None:
@@ -174,8 +275,9 @@ def cmd_matrix(args) -> int:
     for name in names:
         experiments.get(name)
     _check_units(args)
+    _check_report_path(args.report)
     outcomes = []
-    with Lab(cold=args.cold or None) as lab:
+    with Lab(cold=args.cold or None, keep=args.keep_artifacts or args.report is not None) as lab:
         for name in names:
             progress.say(f"matrix: {name}")
             try:
@@ -183,6 +285,7 @@ def cmd_matrix(args) -> int:
             except GuestTimeout as exc:
                 # One experiment that hangs is a finding; the rest of the matrix still runs.
                 progress.say(f"matrix: {name} did not finish: {str(exc).splitlines()[0]}")
+    _write_report(outcomes, args.report)
     if args.json:
         print(json.dumps(outcomes, indent=2))
         return 0
@@ -192,7 +295,7 @@ def cmd_matrix(args) -> int:
     for out in outcomes:
         stock, deep = out["health"]["stock"], out["health"]["deep"]
         table.add_row(out["experiment"], _detected(stock), _secs(stock["seconds"]), _secs(stock["lb_seconds"]),
-                      _detected(deep), _secs(deep["seconds"]), _secs(deep["lb_seconds"]), _yes(out["container_start_ok"]))
+                      _detected(deep), _secs(deep["seconds"]), _secs(deep["lb_seconds"]), findings.yes(out["container_start_ok"]))
     console.print(table)
     console.print(f"guest kernel {outcomes[0]['kernel']}, {outcomes[0]['systemd']}" if outcomes else "")
     return 0
@@ -298,11 +401,13 @@ def cmd_run(args) -> int:
 
 
 def cmd_demo(args) -> int:
+    _check_report_path(args.report)
     outcomes = []
-    with Lab(cold=args.cold or None) as lab:
+    with Lab(cold=args.cold or None, keep=args.keep_artifacts or args.report is not None) as lab:
         for name, chain, fs in experiments.INCIDENT_SUITE:
             progress.say(f"experiment {name} with {chain}, {fs}")
             outcomes.append(experiments.run(lab, name, chain, fs))
+    _write_report(outcomes, args.report)
     if args.json:
         print(json.dumps(outcomes, indent=2))
     else:
@@ -313,33 +418,12 @@ def cmd_demo(args) -> int:
 
 
 def findings_table(outcomes: list[dict]) -> Table:
-    table = Table("experiment", "chain", "fs", "mount listed", "docker", "ecs-agent", "metadata",
-                  "container starts", "kernel said", "stock check", "deep check", "seconds",
-                  title="What systemd, the kernel and the health checks did")
+    table = Table(*findings.COLUMNS, title="What systemd, the kernel and the health checks did")
+    styles = {"good": "green", "bad": "red", "warn": "yellow"}
     for out in outcomes:
-        kernel = _kernel_summary(out["kernel_events"])
-        lies = "[red]LIES[/red]" if out["health_check_lies"] else "truthful"
-        deep = out.get("health", {}).get("deep", {})
-        deep_said = f"failed after {deep['seconds']:.1f} s" if deep.get("seconds") is not None else "passes"
-        table.add_row(out["experiment"], out["chain"], out["fs"], _yes(out["mount_listed"]),
-                      out["units"]["docker.service"], out["units"]["ecs-agent.service"],
-                      str(out["metadata_status"]), _yes(out["container_start_ok"]), kernel, lies, deep_said,
-                      f"{out['seconds']['total']:.0f}")
+        table.add_row(*(f"[{styles[tone]}]{text}[/{styles[tone]}]" if tone else text
+                        for text, tone in findings.row(out)))
     return table
-
-
-def _kernel_summary(lines: list[str]) -> str:
-    """The most telling kind of kernel message seen (see kernel_log.PATTERNS)."""
-    kinds = {kind for line in lines for kind in kernel_log.classify(line)}
-    for kind in ["xfs-shutdown", "ext4-abort-journal", "ext4-remount-ro", "ext4-error", "buffer-io-error",
-                 "block-io-error", "xfs-unmount"]:
-        if kind in kinds:
-            return kind
-    return "-"
-
-
-def _yes(value: bool) -> str:
-    return "yes" if value else "no"
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ import json
 import time
 from dataclasses import dataclass
 
-from . import faults, timeline, timeouts, units
+from . import faults, timeline, timeline_svg, timeouts, units
 from .errors import GuestTimeout, UserError
 from .health_watch import HealthWatch
 from .instance import Instance
@@ -70,7 +70,7 @@ def run(lab: Lab, name: str, chain: str = "bindsto", fs: str = "xfs", units_dir=
         if params:
             outcome["params"] = params
         if experiment.fault:
-            outcome["fault_detail"] = _inject_and_wait(instance, experiment.fault, fs, params or {})
+            outcome["fault_detail"] = inject_and_wait(instance, experiment.fault, fs, params or {})
         watch.wait(health_window if experiment.fault else 3.0)
         watch.stop()
         outcome["health"] = watch.result()
@@ -83,16 +83,31 @@ def run(lab: Lab, name: str, chain: str = "bindsto", fs: str = "xfs", units_dir=
                               "fault_to_verdict": round(now - fault_started, 1),
                               "total": round(now - started, 1)}
         if lab.keep:
-            (instance.run_dir / "outcome.json").write_text(json.dumps(_jsonable(outcome), indent=2))
             outcome["artifacts"] = str(artifacts_dir() / instance.run_dir.name)
+        # Written only if the run directory is kept (--keep-artifacts, or a failed test).
+        health = watch.samples_json(instance.fault_log[-1]["at"] if instance.fault_log else None)
+        instance.evidence.update({
+            "outcome.json": json.dumps(_jsonable(outcome), indent=2) + "\n",
+            "health.json": json.dumps(_jsonable(health), indent=1) + "\n",
+        })
+        if outcome["timeline"]:  # No fault, no timeline: nothing to draw.
+            instance.evidence["timeline.svg"] = timeline_svg.render(
+                outcome["timeline"], title=describe(outcome), end=outcome["seconds"]["fault_to_verdict"],
+                samples=health["samples"])
         return outcome
     finally:
         watch.stop()
-        lab.release_instance(instance)
+        lab.done_with(instance)
 
 
-def _inject_and_wait(instance: Instance, fault_name: str, fs: str, params: dict) -> dict:
-    record = instance.inject(fault_name, **params)
+def describe(outcome: dict) -> str:
+    """One line naming an experiment: "yank (bindsto, xfs)"."""
+    return f"{outcome['experiment']} ({outcome['chain']}, {outcome['fs']})"
+
+
+def inject_and_wait(instance: Instance, fault_name: str, fs: str, params: dict | None = None) -> dict:
+    """Injects the fault, then waits for the kernel's word on it and for systemd to settle."""
+    record = instance.inject(fault_name, **(params or {}))
     word = faults.get(fault_name).kernel_word.get(fs)
     detail = {**record["detail"], "kernel_word": None, "settled": None}
     if not instance.machine.running:

@@ -30,6 +30,9 @@ class Instance:
         self.guest_versions: dict[str, str] = {}
         self.restored = False
         self.fault_log: list[dict] = []
+        # More evidence for save_artifacts, file name -> text, from whoever watched this
+        # instance (the health samples, the outcome, the timeline picture).
+        self.evidence: dict[str, str] = {}
 
     # -- life cycle ---------------------------------------------------------------
 
@@ -69,8 +72,10 @@ class Instance:
     def save_artifacts(self) -> Path:
         """Writes what is needed to understand a run without rerunning it into the run
         directory (the console log is there already): journal, kernel log, QMP events,
-        faults injected, unit files used."""
+        faults injected, unit files used, and the watchers' evidence."""
         out = self.run_dir
+        for name, text in self.evidence.items():
+            (out / name).write_text(text)
         (out / "qmp-events.json").write_text(json.dumps(self.machine.monitor.events, indent=1))
         (out / "faults.json").write_text(json.dumps(self.fault_log, indent=1, default=str))
         for rel, text in self.unit_files.items():

@@ -17,15 +17,23 @@ from .instance import Instance
 from .paths import artifacts_dir, runs_dir
 
 _counter = itertools.count()
+# Big, or dead once QEMU is gone: never part of the kept evidence.
+NOT_EVIDENCE = ("root.qcow2", "volume.qcow2", "old-volume.raw", "qmp.sock", "cmd.sock", "ssh-mux")
 
 
 class Lab:
     def __init__(self, release: str = "bookworm", keep: bool = False, memory_mb: int = 1024,
-                 cold: bool | None = None):
+                 cold: bool | None = None, hold: bool = False, outlive_owner: bool = False):
         sweep_stale_runs()
         self.cold = os.environ.get("UNITCHAOS_COLD") == "1" if cold is None else cold
         self.release = release
         self.keep = keep
+        # HOLD: experiments leave their instance running for the lab's owner (the pytest
+        # fixture), which keeps or releases it once it knows whether the test failed.
+        self.hold = hold
+        # OUTLIVE_OWNER: QEMU is not killed when this process dies, so an instance can be
+        # handed over to the interactive lab (see interactive.py); the sweep still reaps it.
+        self.outlive_owner = outlive_owner
         self.memory_mb = memory_mb
         self.instances: list[Instance] = []
         self._image: image_mod.Image | None = None
@@ -46,6 +54,7 @@ class Lab:
         """An instance not yet started, with a run directory of its own."""
         instance = Instance(self.image, variant, self.new_run_dir(f"{label}-{variant.chain}-{variant.fs}"),
                             self.memory_mb)
+        instance.machine.die_with_owner = not self.outlive_owner
         self.instances.append(instance)
         return instance
 
@@ -62,6 +71,17 @@ class Lab:
         saved = snapshots.ensure(self, variant)
         return self.new_instance(variant, "warm").restore(saved)
 
+    def done_with(self, instance: Instance) -> None:
+        """An experiment is finished with INSTANCE: release it, unless the lab holds it."""
+        if not self.hold:
+            self.release_instance(instance)
+
+    def detach(self, instance: Instance) -> None:
+        """Lets INSTANCE go on running after this lab closes (its owner is now its QEMU)."""
+        (instance.run_dir / "owner").write_text(str(instance.machine.process.pid))
+        if instance in self.instances:
+            self.instances.remove(instance)
+
     def release_instance(self, instance: Instance, keep: bool = False) -> Path | None:
         """Stops INSTANCE. With KEEP (or a keeping lab) its artifacts stay in its run
         directory, which is returned; otherwise the directory goes."""
@@ -71,14 +91,21 @@ class Lab:
         instance.stop()
         if keep or self.keep:
             (instance.run_dir / "owner").unlink(missing_ok=True)
-            for leftover in ("root.qcow2", "volume.qcow2", "old-volume.raw", "qmp.sock", "cmd.sock", "ssh-mux"):
-                (instance.run_dir / leftover).unlink(missing_ok=True)  # big or dead: not evidence
+            for leftover in NOT_EVIDENCE:
+                (instance.run_dir / leftover).unlink(missing_ok=True)
             kept = instance.run_dir.rename(artifacts_dir() / instance.run_dir.name)
         else:
             shutil.rmtree(instance.run_dir, ignore_errors=True)
         if instance in self.instances:
             self.instances.remove(instance)
         return kept
+
+    def keep_copy(self, instance: Instance) -> Path:
+        """Saves INSTANCE's artifacts and copies them out of its run directory, leaving it
+        running (a failed test's instance kept up for a look)."""
+        instance.save_artifacts()
+        return Path(shutil.copytree(instance.run_dir, artifacts_dir() / instance.run_dir.name,
+                                    ignore=shutil.ignore_patterns("owner", *NOT_EVIDENCE)))
 
     def close(self, keep: bool = False) -> list[Path]:
         return [kept for instance in list(self.instances) if (kept := self.release_instance(instance, keep))]
@@ -121,11 +148,17 @@ def _alive(pid: int) -> bool:
         return True
 
 
-def _kill_qemu(run: Path) -> None:
+def qemu_of(run: Path) -> int | None:
+    """The pid of the QEMU running in RUN's directory, if one is."""
     try:
         pid = int((run / "qemu.pid").read_text())
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except (OSError, ValueError):
-        return
-    if str(run).encode() in cmdline:  # The pid may have been reused by something else.
+        return None
+    # The pid may have been reused by something else; a zombie's command line is empty.
+    return pid if str(run).encode() in cmdline else None
+
+
+def _kill_qemu(run: Path) -> None:
+    if (pid := qemu_of(run)) is not None:
         os.kill(pid, signal.SIGKILL)

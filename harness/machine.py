@@ -103,6 +103,8 @@ class Machine:
         self.kernel_args = KERNEL_ARGS
         self.cpu_model = "max"
         self.tcg_threads = "multi"
+        # QEMU dies with this process unless told otherwise (the interactive lab's `up`).
+        self.die_with_owner = True
         self.root = Disk("root", run_dir / "root.qcow2")
         self.volume = Disk("volume", run_dir / "volume.qcow2")
 
@@ -237,7 +239,8 @@ class Machine:
         with open(stderr_path, "w") as stderr:
             argv = self.qemu_argv() + (["-incoming", "defer"] if incoming else [])
             self.process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=stderr,
-                                            stderr=stderr, start_new_session=True, preexec_fn=_die_with_parent)
+                                            stderr=stderr, start_new_session=True,
+                                            preexec_fn=_die_with_parent if self.die_with_owner else None)
         (self.run_dir / "qemu.pid").write_text(str(self.process.pid))
         self.started_at = time.monotonic()
         deadline = time.monotonic() + timeouts.scaled(15)

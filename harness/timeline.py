@@ -38,11 +38,11 @@ def build(instance: Instance, lb=None) -> list[dict]:
     events += _systemd(instance, t0)
     if lb is not None:
         for name, target in lb.targets.items():
-            previous = None
+            previous = object()  # The first answer after the fault always counts, then only changes.
             for at, status in target.samples:
-                if at >= t0 and status != previous:  # only the changes of answer
+                if at >= t0 and status != previous:
                     events.append({"t": at - t0, "source": f"{name} check", "event": f"answers {status}"})
-                previous = status
+                    previous = status
             for at, state in target.changes:
                 if at >= t0:
                     events.append({"t": at - t0, "source": f"{name} LB", "event": f"target {state}"})
