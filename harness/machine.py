@@ -388,9 +388,13 @@ class Machine:
 
     # -- from the host, as a load balancer would see it ------------------------
 
+    def endpoint(self, guest_port: int) -> tuple[str, int]:
+        """Where the host reaches GUEST_PORT: a port forwarded on the loopback."""
+        return "127.0.0.1", self.ports[guest_port]
+
     def http_get(self, guest_port: int, path: str, timeout: float = 5.0) -> tuple[int | None, dict | str | None]:
         """(status, body) of GET PATH on the guest's GUEST_PORT; (None, reason) if no answer."""
-        conn = http.client.HTTPConnection("127.0.0.1", self.ports[guest_port], timeout=timeout)
+        conn = http.client.HTTPConnection(*self.endpoint(guest_port), timeout=timeout)
         try:
             conn.request("GET", path)
             response = conn.getresponse()
