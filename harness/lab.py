@@ -11,8 +11,8 @@ import signal
 import time
 from pathlib import Path
 
+from . import backends, snapshots, units
 from . import image as image_mod
-from . import snapshots, units
 from .instance import Instance
 from .paths import artifacts_dir, runs_dir
 
@@ -21,9 +21,13 @@ _counter = itertools.count()
 
 class Lab:
     def __init__(self, release: str = "bookworm", keep: bool = False, memory_mb: int = 1024,
-                 cold: bool | None = None):
+                 cold: bool | None = None, backend: str = "qemu", guest: str = "debian",
+                 fcos_image: str | Path | None = None):
+        self.fcos_image = backends.check(backend, guest, fcos_image)
+        self.backend, self.guest = backend, guest
         sweep_stale_runs()
         self.cold = os.environ.get("UNITCHAOS_COLD") == "1" if cold is None else cold
+        self.cold = self.cold or backends.cold_only(backend, guest)
         self.release = release
         self.keep = keep
         self.memory_mb = memory_mb
@@ -44,8 +48,10 @@ class Lab:
 
     def new_instance(self, variant: units.Variant, label: str) -> Instance:
         """An instance not yet started, with a run directory of its own."""
-        instance = Instance(self.image, variant, self.new_run_dir(f"{label}-{variant.chain}-{variant.fs}"),
-                            self.memory_mb)
+        run_dir = self.new_run_dir(f"{label}-{variant.chain}-{variant.fs}")
+        instance = Instance(self.image, variant, run_dir, self.memory_mb,
+                            machine_class=backends.machine_class(self.backend, self.fcos_image, self.image,
+                                                                 variant, run_dir))
         self.instances.append(instance)
         return instance
 
@@ -54,7 +60,7 @@ class Lab:
         """A healthy guest running the incident's chain (CHAIN: requires|bindsto, FS: xfs|ext4).
         It starts from a warm snapshot unless COLD (or UNITCHAOS_COLD=1): then it boots."""
         variant = units.Variant(chain=chain, fs=fs, **({"units_dir": Path(units_dir)} if units_dir else {}))
-        cold = self.cold if cold is None else cold
+        cold = self.cold if cold is None else (cold or backends.cold_only(self.backend, self.guest))
         if cold:
             return self.new_instance(variant, "cold").boot()
         saved = snapshots.ensure(self, variant)

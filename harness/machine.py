@@ -184,15 +184,12 @@ class Machine:
             accel.qemu_binary(), "-name", f"unitchaos-{self.name}", *cpu,
             "-smp", str(self.cpus), "-m", f"{self.memory_mb}M", *self._memory_args(),
             "-nodefaults", "-no-user-config", "-display", "none",
-            "-kernel", str(self.image.kernel), "-initrd", str(self.image.initrd),
-            "-append", "root=/dev/vda rw console=ttyS0 net.ifnames=0 printk.time=1 apparmor=0",
+            *self._boot_args(),
             "-netdev", f"user,id=net0,restrict=on,{forwards}",
             "-device", "virtio-net-pci,netdev=net0,romfile=",
             "-chardev", f"file,id=console,path={self.console_path}", "-serial", "chardev:console",
             "-qmp", f"unix:{self.monitor.address},server=on,wait=off",
-            "-chardev", f"socket,id=cmd,path={self.channel.path},server=on,wait=off",
-            "-device", "virtio-serial-pci,id=serial0",
-            "-device", "virtserialport,bus=serial0.0,chardev=cmd,name=org.unitchaos.cmd",
+            *self._command_port_args(),
         ]
         for disk in (self.root, self.volume):
             argv += ["-drive", f"file={disk.path},if=none,id={disk.name},format=qcow2,cache=unsafe",
@@ -200,6 +197,17 @@ class Machine:
         for name, path in self.fw_cfg.items():
             argv += ["-fw_cfg", f"name={name},file={path}"]
         return argv
+
+    def _boot_args(self) -> list[str]:
+        """Direct kernel boot from the image's kernel and initrd."""
+        return ["-kernel", str(self.image.kernel), "-initrd", str(self.image.initrd),
+                "-append", "root=/dev/vda rw console=ttyS0 net.ifnames=0 printk.time=1 apparmor=0"]
+
+    def _command_port_args(self) -> list[str]:
+        """The virtio-serial port the guest's unitchaos-cmdd answers on."""
+        return ["-chardev", f"socket,id=cmd,path={self.channel.path},server=on,wait=off",
+                "-device", "virtio-serial-pci,id=serial0",
+                "-device", "virtserialport,bus=serial0.0,chardev=cmd,name=org.unitchaos.cmd"]
 
     def _memory_args(self) -> list[str]:
         """Guests that are saved or restored keep their RAM in a file: saved by mapping it
