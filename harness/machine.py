@@ -396,6 +396,12 @@ class Machine:
 
     # -- from the host, as a load balancer would see it ------------------------
 
+    def remove_volume_backend(self) -> dict:
+        """Takes the volume's backend away and leaves its virtio device: every later I/O on
+        it fails with EIO (a force-detached EBS volume whose Xen front end would not let go)."""
+        self.monitor.hmp(f"drive_del {self.volume.name}")
+        return {"hmp": f"drive_del {self.volume.name}"}
+
     def endpoint(self, guest_port: int) -> tuple[str, int]:
         """Where the host reaches GUEST_PORT: a port forwarded on the loopback."""
         return "127.0.0.1", self.ports[guest_port]

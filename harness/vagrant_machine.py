@@ -12,6 +12,7 @@ Cold boot only: warm snapshots restore a QEMU the harness started itself.
 """
 import json
 import os
+from dataclasses import dataclass
 import pwd
 import re
 import shutil
@@ -32,8 +33,17 @@ SHARED_ROOT = Path("/var/lib/unitchaos/vagrant")
 LIBVIRT_URI = "qemu:///system"
 QEMU_USER = "libvirt-qemu"
 VOLUME_TARGET = "vdb"
-# libvirt names a domain's disks virtio-disk<index> in the order they are defined.
-VOLUME_DEVICE = "virtio-disk1"
+YANK_NODE = "unitchaos-yank"
+
+
+@dataclass
+class LibvirtDisk(Disk):
+    """A disk libvirt attached: NAME is its format node (-blockdev), QDEV its device id."""
+    qdev: str = ""
+
+    @property
+    def device_id(self) -> str:
+        return self.qdev
 
 
 class _Pid:
@@ -76,7 +86,7 @@ class VagrantMachine(Machine):
         self.monitor.address = str(self.shared / "qmp.sock")
         self.channel.path = str(self.shared / "cmd.sock")
         self.console_path = self.shared / "console.log"
-        self.volume = Disk(VOLUME_DEVICE, Path(f"/var/lib/libvirt/images/{self.domain}-{VOLUME_TARGET}.qcow2"))
+        self.volume = LibvirtDisk("", Path(f"/var/lib/libvirt/images/{self.domain}-{VOLUME_TARGET}.qcow2"))
         self.address = ""
         self.up_seconds: float | None = None
         self._vagrant: vagrant.Vagrant | None = None
@@ -107,6 +117,34 @@ class VagrantMachine(Machine):
         deadline = time.monotonic() + timeouts.scaled(15)
         self.monitor.connect(deadline)
         self.channel.connect(deadline)
+        self._find_volume()
+
+    def _find_volume(self) -> None:
+        """The volume's node and device, as libvirt named them (from the disk's file)."""
+        for block in self.monitor.command("query-block"):
+            inserted = block.get("inserted") or {}
+            if inserted.get("file") == str(self.volume.path):
+                self.volume.name = inserted["node-name"]
+                self.volume.qdev = block["qdev"].removeprefix("/machine/peripheral/").split("/")[0]
+                return
+        raise UserError(f"libvirt did not attach the volume {self.volume.path}", f"see {self.run_dir / 'vagrant.log'}")
+
+    def remove_volume_backend(self) -> dict:
+        """libvirt attaches disks with -blockdev, and drive_del cannot remove a node a device
+        uses. Same effect: the format node's file is swapped (blockdev-reopen) for a
+        blkdebug filter that fails every read, write and flush with EIO, for good."""
+        nodes = {node["node-name"]: node for node in self.monitor.command("query-named-block-nodes", flat=True)}
+        node = nodes[self.volume.name]
+        storage = next(name for name, other in nodes.items()
+                       if other["drv"] == "file" and other["file"] == str(self.volume.path))
+        rules = [{"event": event, "errno": 5, "once": False} for event in ("read_aio", "write_aio", "flush_to_disk")]
+        self.monitor.command("blockdev-add", driver="blkdebug", **{"node-name": YANK_NODE}, image=storage,
+                             **{"inject-error": rules})
+        cache = {"direct": node["cache"]["direct"], "no-flush": node["cache"]["no-flush"]}
+        self.monitor.command("blockdev-reopen", options=[{
+            "driver": node["drv"], "node-name": self.volume.name, "read-only": node["ro"],
+            "cache": cache, "file": YANK_NODE, "backing": None}])
+        return {"qmp": f"blockdev-reopen {self.volume.name} file={YANK_NODE} (blkdebug: EIO on all I/O)"}
 
     def vagrant_config(self, box: str) -> dict:
         """What the Vagrantfile reads (see its header)."""
