@@ -37,7 +37,9 @@ def ensure() -> None:
         started = _read_started()
         for name, pidfile in DAEMONS:
             if _daemon_pid(pidfile) is None:
-                subprocess.run([name, "-d"], check=True, capture_output=True, timeout=30)
+                # A daemon that kept our pipes open would hold run() up: give it none.
+                subprocess.run([name, "-d"], check=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, timeout=30)
                 pid = _wait_for_pidfile(name, pidfile)
                 started[name] = pid
         (STATE_DIR / "started").write_text("".join(f"{name} {pid}\n" for name, pid in started.items()))
