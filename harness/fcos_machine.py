@@ -2,14 +2,16 @@
 provisioned by Ignition from `-fw_cfg name=opt/com.coreos/config.ign` as kola does.
 
 Fedora CoreOS has no Python, so the guest command port (unitchaos-cmdd) cannot run there:
-commands go over SSH instead, as root with the lab image's key (put there by the Ignition
-config). Everything else (console, QMP, faults, port forwards) is the Machine's own.
+commands go over SSH instead, as the `core` user with the lab image's key (put there by
+the Ignition config) and through sudo, as Fedora CoreOS intends. Everything else (console, QMP, faults, port forwards) is the Machine's own.
 The disks are the same: the image as vda (a qcow2 overlay, the image is never written)
 and the volume as vdb.
 """
 import shlex
 import subprocess
 from pathlib import Path
+
+import testinfra
 
 from . import ignition
 from .image import Image
@@ -32,7 +34,7 @@ class SshChannel:
         """Nothing to do: sshd comes up late in boot, and Machine.wait_until_responsive retries."""
 
     def run(self, command: str, timeout: float) -> tuple[int, str, str]:
-        remote = f"timeout -s KILL {max(1, int(timeout))} bash -c {shlex.quote(command)}"
+        remote = f"sudo timeout -s KILL {max(1, int(timeout))} bash -c {shlex.quote(command)}"
         try:
             done = subprocess.run(["ssh", "-F", str(self.machine.ssh_config), SSH_ALIAS, remote],
                                   capture_output=True, text=True, timeout=timeout + 15)
@@ -73,6 +75,20 @@ class FcosMachine(Machine):
 
     def _command_port_args(self) -> list[str]:
         return []
+
+    @property
+    def ssh_config(self) -> Path:
+        path = super().ssh_config
+        text = path.read_text()
+        if "User root" in text:
+            path.write_text(text.replace("User root", "User core"))
+        return path
+
+    @property
+    def host(self):
+        if self._host is None:
+            self._host = testinfra.get_host(f"ssh://{SSH_ALIAS}", ssh_config=str(self.ssh_config), sudo=True)
+        return self._host
 
     def wait_until_responsive(self, timeout: float = 180) -> None:
         # First boot on FCOS runs Ignition (and may reboot once for kernel arguments).

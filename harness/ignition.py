@@ -109,8 +109,8 @@ def config(variant: units.Variant, ssh_public_key: str, agent_archive: Path) -> 
     files.append(_file(FCOS_ARCHIVE, agent_archive.read_bytes(), 0o644, compress=True))
     return {
         "ignition": {"version": SPEC},
-        "passwd": {"users": [{"name": "root", "sshAuthorizedKeys": [ssh_public_key.strip()]},
-                             {"name": "core", "sshAuthorizedKeys": [ssh_public_key.strip()]}]},
+        # core: Fedora CoreOS's admin user (passwordless sudo); sshd refuses root there.
+        "passwd": {"users": [{"name": "core", "sshAuthorizedKeys": [ssh_public_key.strip()]}]},
         # The harness reads the kernel's lines on the serial console; Ignition reboots
         # once to add the argument only if the image lacks it.
         "kernelArguments": {"shouldExist": ["console=ttyS0,115200n8"]},

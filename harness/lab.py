@@ -110,6 +110,9 @@ def sweep_stale_runs() -> list[Path]:
         except FileNotFoundError:
             continue  # Another lab swept it first.
         _kill_qemu(run)
+        if (run / "vagrant.json").exists():
+            from .vagrant_machine import sweep
+            sweep(run)
         shutil.rmtree(run, ignore_errors=True)
         removed.append(run)
     return removed

@@ -256,6 +256,20 @@ class VagrantMachine(Machine):
         return path
 
 
+def sweep(run_dir: Path) -> None:
+    """Removes what a dead owner's Vagrant instance left in libvirt: the domain, its disks
+    and the directory QEMU used. Its QEMU was killed already (lab.sweep_stale_runs)."""
+    try:
+        prefix = json.loads((run_dir / "vagrant.json").read_text())["name"]
+    except (OSError, ValueError, KeyError):
+        return
+    domain = prefix + "default"
+    _virsh("destroy", domain)
+    _virsh("undefine", domain, "--remove-all-storage")
+    _virsh("vol-delete", "--pool", "default", f"{domain}-{VOLUME_TARGET}.qcow2")
+    shutil.rmtree(SHARED_ROOT / domain, ignore_errors=True)
+
+
 def _virsh(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(["virsh", "-c", LIBVIRT_URI, *args], capture_output=True, text=True, timeout=60)
 

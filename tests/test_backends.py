@@ -119,3 +119,23 @@ def test_daemons_already_running_are_never_stopped(fake_libvirt):
     libvirt_daemons.ensure()
     libvirt_daemons.release()
     assert pids(fake_libvirt) == before and all(before)
+
+
+def test_fcos_commands_go_over_ssh_as_core_through_sudo(tmp_path, monkeypatch):
+    from harness.fcos_machine import FcosMachine
+    image = Image(tmp_path / "image")
+    machine = FcosMachine(image, tmp_path / "run", disk=tmp_path / "fcos.qcow2", ignition_config=tmp_path / "c.ign")
+    (tmp_path / "run").mkdir()
+    machine.ports = {port: 10000 + port for port in machine.guest_ports}
+    assert "User core" in machine.ssh_config.read_text()
+    seen = {}
+
+    def fake_run(argv, **kwargs):
+        seen["argv"] = argv
+        return subprocess.CompletedProcess(argv, 3, "out", "err")
+
+    monkeypatch.setattr("harness.fcos_machine.subprocess.run", fake_run)
+    result = machine.run("systemctl is-active docker", timeout=7)
+    assert (result.status, result.stdout, result.stderr) == (3, "out", "err")
+    assert seen["argv"][:3] == ["ssh", "-F", str(machine.ssh_config)]
+    assert seen["argv"][-1].startswith("sudo timeout -s KILL 7 bash -c ")

@@ -111,7 +111,7 @@ def test_health_daemon_runs_from_the_agent_image_and_zincati_never_reboots(archi
     assert "docker.service" not in health["contents"]  # It must keep answering when Docker is down.
     assert unit(config, "zincati.service") == {"name": "zincati.service", "mask": True}
     users = {u["name"]: u["sshAuthorizedKeys"] for u in config["passwd"]["users"]}
-    assert users["root"] == [KEY]
+    assert users == {"core": [KEY]}
 
 
 def test_cli_prints_a_config_ignition_accepts(tmp_path, archive, monkeypatch, capsys):
