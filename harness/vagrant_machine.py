@@ -208,10 +208,13 @@ class VagrantMachine(Machine):
 
     def _log_tail(self) -> str:
         try:
-            lines = [line for line in (self.run_dir / "vagrant.log").read_text().splitlines() if line.strip()]
+            text = (self.run_dir / "vagrant.log").read_text(errors="replace").replace("\r", "\n")
         except OSError:
             return "no output"
-        return " | ".join(lines[-3:]) or "no output"
+        # Progress bars and Ruby's backtrace say nothing about what went wrong.
+        lines = [line.strip() for line in text.splitlines()
+                 if line.strip() and "Progress:" not in line and not re.match(r"\s+from /", line)]
+        return " | ".join(line[:300] for line in lines[-3:]) or "no output"
 
     def _ssh_fields(self) -> dict[str, str]:
         text = self.vagrant.ssh_config()
