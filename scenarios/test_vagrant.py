@@ -5,9 +5,11 @@ import subprocess
 
 import pytest
 
+from harness import timeouts
 from harness.vagrant_machine import LIBVIRT_URI, VagrantMachine
 
-pytestmark = pytest.mark.lab(backend="vagrant")
+# A cold `vagrant up` under TCG takes minutes (the first one also uploads the box).
+pytestmark = [pytest.mark.lab(backend="vagrant"), pytest.mark.timeout(timeouts.scaled(1200))]
 
 ALL_ACTIVE = {"format-ephemeral.service": "active", "var-lib-docker.mount": "active",
               "docker.service": "active", "ecs-agent.service": "active"}
@@ -32,16 +34,19 @@ def test_vagrant_yank_leaves_xfs_shut_down_but_mounted_and_the_agent_answering_2
     assert not vm.can_start_container()
 
 
-def test_vagrant_unplug_stops_the_chain_and_teardown_leaves_no_volume_behind(lab):
+def test_vagrant_unplug_stops_the_agent_and_teardown_leaves_no_volume_behind(lab):
     vm = lab.instance(chain="bindsto", fs="xfs")
     volume = vm.machine.volume.path.name
     assert volume in virsh("vol-list", "default")
-    vm.inject("unplug")
+    record = vm.inject("unplug")
+    assert record["detail"]["event"]["data"]["device"] == vm.machine.volume.device_id
     vm.wait_until_settled()
-    assert vm.machine.unit_state("dev-vdb.device") == "inactive"
+    vm.machine.fail("test -e /dev/vdb")
     assert not vm.mount_listed()
-    states = vm.unit_states()
-    assert states["docker.service"] in STOPPED and states["ecs-agent.service"] in STOPPED
+    # BindsTo= stopped the agent. (What comes next varies with load: the agent's container
+    # may crash on the vanished disk, and a restart then waits for a device that never comes.)
+    assert vm.unit_states()["ecs-agent.service"] != "active"
+    assert vm.metadata_status() != 200
     # Unplugged behind libvirt's back, the volume is no longer the domain's: vagrant
     # destroy would leave it in the pool, and the next `vagrant up` would fail on it.
     domain = vm.machine.domain
