@@ -9,6 +9,7 @@ and root logs in with the image's SSH key.
 Boxes live in a Vagrant home of their own in the cache (VAGRANT_HOME), so the user's
 ~/.vagrant.d is left alone.
 """
+import contextlib
 import fcntl
 import json
 import math
@@ -51,10 +52,8 @@ def ensure_box(image: Image, env: dict[str, str], log: Path) -> str:
     # and refuses to load without one.
     boxes = vagrant.Vagrant(root=str(vagrant_home()), env=env, out_cm=vagrant.make_file_cm(str(log)),
                             err_cm=vagrant.make_file_cm(str(log)))
-    lock_path = vagrant_home() / "box.lock"
-    with open(lock_path, "w") as lock:
-        # Two pytest workers asking at once: one adds the box, the other reuses it.
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    # Two pytest workers asking at once: one adds the box, the other reuses it.
+    with locked():
         if any(box.name == name for box in boxes.box_list()):
             return name
         with tempfile.TemporaryDirectory(prefix="unitchaos-box.", dir=cache_dir()) as tmp, \
@@ -67,6 +66,20 @@ def ensure_box(image: Image, env: dict[str, str], log: Path) -> str:
                 raise UserError(f"vagrant box add {name} failed (exit {exc.returncode})",
                                 f"see what Vagrant said in {log}") from None
     return name
+
+
+@contextlib.contextmanager
+def locked():
+    """Held while a box is added to Vagrant or uploaded into libvirt's pool (the first
+    `vagrant up` of a box): vagrant-libvirt guards the upload only within one process."""
+    with open(vagrant_home() / "box.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def uploaded(name: str, pool_volumes: str) -> bool:
+    """Is box NAME's image already a volume in the pool (given `virsh vol-list` output)?"""
+    return name.replace("/", "-VAGRANTSLASH-") + "_vagrant_box_image" in pool_volumes
 
 
 def build_box(image: Image, workdir: Path) -> Path:

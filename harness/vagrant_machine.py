@@ -10,6 +10,7 @@ libvirt's management network, reached at its own address.
 
 Cold boot only: warm snapshots restore a QEMU the harness started itself.
 """
+import contextlib
 import json
 import os
 from dataclasses import dataclass
@@ -104,8 +105,10 @@ class VagrantMachine(Machine):
         (self.run_dir / "vagrant.json").write_text(json.dumps(self.vagrant_config(box), indent=1))
         started = time.monotonic()
         self.started_at = started
+        first_up = not vagrant_box.uploaded(box, _virsh("vol-list", "default").stdout)
         try:
-            self.vagrant.up(provider="libvirt")
+            with vagrant_box.locked() if first_up else contextlib.nullcontext():
+                self.vagrant.up(provider="libvirt")
         except subprocess.CalledProcessError:
             raise UserError(f"vagrant up failed: {self._log_tail()}", f"see {self.run_dir / 'vagrant.log'}") from None
         self.up_seconds = time.monotonic() - started

@@ -78,3 +78,10 @@ def test_vagrant_validates_the_description_the_backend_writes(tmp_path, image):
     # And it does check: a key that is not there is refused.
     done = vagrant_validate(tmp_path, {**config, "ssh_key": str(tmp_path / "missing-key")})
     assert done.returncode != 0 and "private_key_path" in done.stdout + done.stderr
+
+
+def test_an_uploaded_box_is_recognised_in_the_pool_listing():
+    listing = (" Name   Path\n-----\n unitchaos-VAGRANTSLASH-bookworm-0123456789abcdef_vagrant_box_image_0_1795618013_box.img"
+               "   /var/lib/libvirt/images/x.img\n")
+    assert vagrant_box.uploaded("unitchaos/bookworm-0123456789abcdef", listing)
+    assert not vagrant_box.uploaded("unitchaos/bookworm-fedcba9876543210", listing)
