@@ -20,6 +20,7 @@ from .errors import UserError
 STATE_DIR = Path("/run/unitchaos-libvirt")
 SOCKET = Path("/run/libvirt/libvirt-sock")
 DAEMONS = [("virtlogd", Path("/run/virtlogd.pid")), ("libvirtd", Path("/run/libvirtd.pid"))]
+MANAGEMENT_NETWORK = "unitchaos-vagrant"  # named in the Vagrantfile
 _registered = False
 
 
@@ -58,8 +59,13 @@ def release() -> None:
         users = [p for p in (STATE_DIR / "users").iterdir() if _alive(int(p.name))]
         if users:
             return
+        started = _read_started()
+        if "libvirtd" in started:
+            # The management network's dnsmasq outlives libvirtd: take the network down first.
+            subprocess.run(["virsh", "-c", "qemu:///system", "net-destroy", MANAGEMENT_NETWORK],
+                           capture_output=True, timeout=60)
         # Stopped in reverse: libvirtd first, while virtlogd still takes its last logs.
-        for name, pid in reversed(list(_read_started().items())):
+        for name, pid in reversed(list(started.items())):
             if _alive(pid) and name in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace"):
                 os.kill(pid, signal.SIGTERM)
                 _wait_gone(pid)
