@@ -25,6 +25,9 @@ PACKAGES = ["python3-minimal", "python3.11-minimal", "libpython3.11-minimal",
             "libpython3.11-stdlib", "libc6", "zlib1g", "libexpat1", "libffi8",
             "libbz2-1.0", "liblzma5"]
 AGENT = VM_DIR / "agent" / "fake_ecs_agent.py"
+# The deep health daemon rides along: where the host has no Python (Fedora CoreOS), it
+# runs in a container from this image (see harness/ignition.py).
+HEALTH = VM_DIR / "guest" / "usr" / "local" / "sbin" / "unitchaos-health"
 # Big parts of these packages that the agent never touches.
 # (No libssl: the agent speaks plain HTTP, and http.client does without ssl.)
 SKIP_PREFIXES = ("usr/lib/x86_64-linux-gnu/gconv/", "usr/lib/x86_64-linux-gnu/libmvec", "usr/share/", "usr/lib/python3.11/test/",
@@ -51,6 +54,7 @@ def build(rootfs: Path, out: Path) -> None:
         _copy_packages(rootfs, layer_root)
         (layer_root / "agent").mkdir()
         shutil.copy(AGENT, layer_root / "agent" / "fake_ecs_agent.py")
+        shutil.copy(HEALTH, layer_root / "agent" / "unitchaos-health")
         # Compiled once here: under emulation, compiling at every start costs seconds.
         subprocess.run(["chroot", str(layer_root), "/usr/bin/python3", "-m", "compileall", "-q",
                         "/usr/lib/python3.11", "/agent"],
@@ -68,7 +72,7 @@ def _keep_only_imported_modules(layer_root: Path) -> None:
     unpacks every byte at each boot, which under emulation costs about a second per 4 MB.
     The agent is run for real (bind, serve each endpoint, stop) so that the standard
     library's own lazy imports (idna when binding, say) are seen too."""
-    names = _imported_while_serving(layer_root)
+    names = sorted(set(_imported_while_serving(layer_root)) | set(_imported_by_health_daemon(layer_root)))
     listed = subprocess.run(["chroot", str(layer_root), "/usr/bin/python3", "-c", MODULE_FILES, *names],
                             capture_output=True, text=True, check=True).stdout.split()
     stdlib = layer_root / "usr/lib/python3.11"
@@ -113,8 +117,20 @@ def _imported_while_serving(layer_root: Path) -> list[str]:
         if agent.poll() is None:
             agent.kill()
             agent.wait()
-    names = [line.split("|")[-1].strip() for line in stderr.splitlines() if line.startswith("import time:")]
-    return sorted({name for name in names if name and name != "package"} | {"encodings.idna"})
+    return sorted(set(_import_names(stderr)) | {"encodings.idna"})
+
+
+def _imported_by_health_daemon(layer_root: Path) -> list[str]:
+    """The health daemon imports every module it uses at start-up (it must keep answering
+    when the disk is dead), so starting it far enough to print its usage sees them all."""
+    done = subprocess.run(["chroot", str(layer_root), "/usr/bin/python3", "-X", "importtime",
+                           "/agent/unitchaos-health", "--help"], capture_output=True, text=True, timeout=60)
+    return _import_names(done.stderr)
+
+
+def _import_names(importtime_log: str) -> list[str]:
+    names = [line.split("|")[-1].strip() for line in importtime_log.splitlines() if line.startswith("import time:")]
+    return sorted({name for name in names if name and name != "package"})
 
 
 def _copy_packages(rootfs: Path, dest: Path) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from . import accel, bench, chaos_api, chaos_client, faults, findings, groups, interactive, report, timeline, experiments, image, progress, snapshots, units
+from . import accel, backends, bench, chaos_api, chaos_client, faults, findings, groups, ignition, interactive, kernel_log, report, timeline, experiments, image, progress, snapshots, units
 from .errors import GuestTimeout, UserError
 from .lab import Lab
 from .paths import artifacts_dir, cache_dir
@@ -79,13 +79,20 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--keep-artifacts", action="store_true",
                      help="keep console, journal, dmesg, QMP events and unit files (the outcome names the directory)")
     _start_options(run)
+    _backend_options(run)
     run.set_defaults(func=cmd_run)
 
     demo = sub.add_parser("demo", help="run the incident end to end and print the findings")
     demo.add_argument("--json", action="store_true")
     _start_options(demo)
     _keep_options(demo)
+    _backend_options(demo)
     demo.set_defaults(func=cmd_demo)
+
+    ign = sub.add_parser("ignition", help="print the Fedora CoreOS Ignition config for a chain")
+    _variant_options(ign)
+    ign.add_argument("--output", "-o", default=None, help="write it to this file instead of stdout")
+    ign.set_defaults(func=cmd_ignition)
 
     matrix = sub.add_parser("matrix", help="every fault against the stock and the deep health check")
     matrix.add_argument("faults", nargs="*", help="faults to run (default: all)")
@@ -93,6 +100,7 @@ def _parser() -> argparse.ArgumentParser:
     _variant_options(matrix)
     _start_options(matrix)
     _keep_options(matrix)
+    _backend_options(matrix)
     matrix.set_defaults(func=cmd_matrix)
 
     report_cmd = sub.add_parser("report", help="an HTML report of kept runs: findings, timelines, artifacts")
@@ -239,6 +247,19 @@ def cmd_report(args) -> int:
     return 0
 
 
+def _backend_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--backend", default="qemu", help="what runs the guest: qemu (the harness's own, "
+                        "warm snapshots) or vagrant (vagrant-libvirt, the repository's Vagrantfile; cold boots)")
+    parser.add_argument("--guest", default="debian", help="debian (the lab image) or fcos (Fedora CoreOS "
+                        "provisioned by Ignition; needs --image)")
+    parser.add_argument("--image", default=None, help=f"the Fedora CoreOS qemu qcow2 to boot "
+                        f"(default: ${backends.FCOS_IMAGE_ENV})")
+
+
+def _lab(args, **options) -> Lab:
+    return Lab(cold=args.cold or None, backend=args.backend, guest=args.guest, fcos_image=args.image, **options)
+
+
 def _start_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cold", action="store_true",
                         help="boot every instance instead of starting it from a warm snapshot")
@@ -277,7 +298,7 @@ def cmd_matrix(args) -> int:
     _check_units(args)
     _check_report_path(args.report)
     outcomes = []
-    with Lab(cold=args.cold or None, keep=args.keep_artifacts or args.report is not None) as lab:
+    with _lab(args, keep=args.keep_artifacts or args.report is not None) as lab:
         for name in names:
             progress.say(f"matrix: {name}")
             try:
@@ -384,7 +405,7 @@ def cmd_run(args) -> int:
             raise UserError(f"{args.experiment} takes no parameters", "drop --param")
         params = faults.get(experiment.fault).parse_params(args.param)
     _check_units(args)
-    with Lab(cold=args.cold or None, keep=args.keep_artifacts) as lab:
+    with _lab(args, keep=args.keep_artifacts) as lab:
         outcome = experiments.run(lab, args.experiment, args.chain, args.fs, args.units, params=params)
     if args.json:
         print(json.dumps(outcome, indent=2))
@@ -403,7 +424,7 @@ def cmd_run(args) -> int:
 def cmd_demo(args) -> int:
     _check_report_path(args.report)
     outcomes = []
-    with Lab(cold=args.cold or None, keep=args.keep_artifacts or args.report is not None) as lab:
+    with _lab(args, keep=args.keep_artifacts or args.report is not None) as lab:
         for name, chain, fs in experiments.INCIDENT_SUITE:
             progress.say(f"experiment {name} with {chain}, {fs}")
             outcomes.append(experiments.run(lab, name, chain, fs))
@@ -414,6 +435,17 @@ def cmd_demo(args) -> int:
         console.print(findings_table(outcomes))
         first = outcomes[0]
         console.print(f"guest kernel {first['kernel']}, {first['systemd']}, accelerator {first['accel']}")
+    return 0
+
+
+def cmd_ignition(args) -> int:
+    variant = units.Variant(chain=args.chain, fs=args.fs, **({"units_dir": Path(args.units)} if args.units else {}))
+    units.check(variant)
+    built = image.ensure_image()
+    if args.output:
+        ignition.write(variant, built, Path(args.output))
+        return 0
+    print(json.dumps(ignition.render(variant, built), indent=1))
     return 0
 
 

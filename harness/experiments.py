@@ -79,9 +79,12 @@ def run(lab: Lab, name: str, chain: str = "bindsto", fs: str = "xfs", units_dir=
         outcome.update(observe(instance) if instance.machine.running else terminated(instance))
         now = time.monotonic()
         outcome["start"] = "warm snapshot" if instance.restored else "cold boot"
+        outcome["backend"], outcome["guest"] = lab.backend, lab.guest
         outcome["seconds"] = {"boot": round(instance.boot_seconds, 1),
                               "fault_to_verdict": round(now - fault_started, 1),
                               "total": round(now - started, 1)}
+        if getattr(instance.machine, "up_seconds", None) is not None:
+            outcome["seconds"]["vagrant_up"] = round(instance.machine.up_seconds, 1)
         if lab.keep:
             outcome["artifacts"] = str(artifacts_dir() / instance.run_dir.name)
         # Written only if the run directory is kept (--keep-artifacts, or a failed test).

@@ -82,14 +82,13 @@ def _yank(machine: Machine) -> dict:
     # drive_del removes the backend but leaves the virtio device: every later I/O gets
     # EIO, as on a force-detached EBS volume whose Xen front end would not let go.
     try:
-        machine.monitor.hmp(f"drive_del {machine.volume.name}")
+        done = machine.remove_volume_backend()
     except MonitorError as exc:
         raise UserError(f"yank does not apply: {exc}", "inject it on a guest that still has its volume") from None
     # Nothing notices until something writes back; Docker would, sooner or later.
     write = machine.run(f"dd if=/dev/zero of={MOUNT_POINT}/.unitchaos-writeback bs=4k count=1 conv=fsync",
                         timeout=60)
-    return {"hmp": f"drive_del {machine.volume.name}",
-            "writeback": {"status": write.status, "stderr": write.stderr.strip()}}
+    return {**done, "writeback": {"status": write.status, "stderr": write.stderr.strip()}}
 
 
 def _umount(machine: Machine) -> dict:

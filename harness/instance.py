@@ -17,15 +17,16 @@ BOOTED = r"unitchaos: booted metadata=(\d+) agent=(\S+)"
 
 
 class Instance:
-    def __init__(self, image: Image, variant: units.Variant, run_dir: Path, memory_mb: int = 1024):
+    def __init__(self, image: Image, variant: units.Variant, run_dir: Path, memory_mb: int = 1024,
+                 machine_class: type[Machine] = Machine):
         self.image = image
         self.variant = variant
         self.run_dir = run_dir
         run_dir.mkdir(parents=True, exist_ok=True)
         self.unit_files = units.pack(variant, run_dir / "units.tar")
-        self.machine = Machine(image, run_dir, memory_mb=memory_mb,
-                               fw_cfg={UNITS_FW_CFG: run_dir / "units.tar"},
-                               volume_source=_old_filesystem(run_dir) if variant.old_fs else None)
+        self.machine = machine_class(image, run_dir, memory_mb=memory_mb,
+                                     fw_cfg={UNITS_FW_CFG: run_dir / "units.tar"},
+                                     volume_source=_old_filesystem(run_dir) if variant.old_fs else None)
         self.boot_seconds: float | None = None
         self.guest_versions: dict[str, str] = {}
         self.restored = False
@@ -215,7 +216,7 @@ class Instance:
             time.sleep(1)
 
     def _agent_task(self, timeout: float) -> dict:
-        conn = http.client.HTTPConnection("127.0.0.1", self.machine.ports[AGENT_PORT], timeout=timeout)
+        conn = http.client.HTTPConnection(*self.machine.endpoint(AGENT_PORT), timeout=timeout)
         try:
             conn.request("POST", "/v1/tasks", body=b"{}", headers={"Content-Type": "application/json"})
             response = conn.getresponse()

@@ -11,8 +11,8 @@ import signal
 import time
 from pathlib import Path
 
+from . import backends, snapshots, units
 from . import image as image_mod
-from . import snapshots, units
 from .instance import Instance
 from .paths import artifacts_dir, runs_dir
 
@@ -23,9 +23,13 @@ NOT_EVIDENCE = ("root.qcow2", "volume.qcow2", "old-volume.raw", "qmp.sock", "cmd
 
 class Lab:
     def __init__(self, release: str = "bookworm", keep: bool = False, memory_mb: int = 1024,
-                 cold: bool | None = None, hold: bool = False, outlive_owner: bool = False):
+                 cold: bool | None = None, hold: bool = False, outlive_owner: bool = False,
+                 backend: str = "qemu", guest: str = "debian", fcos_image: str | Path | None = None):
+        self.fcos_image = backends.check(backend, guest, fcos_image)
+        self.backend, self.guest = backend, guest
         sweep_stale_runs()
         self.cold = os.environ.get("UNITCHAOS_COLD") == "1" if cold is None else cold
+        self.cold = self.cold or backends.cold_only(backend, guest)
         self.release = release
         self.keep = keep
         # HOLD: experiments leave their instance running for the lab's owner (the pytest
@@ -52,8 +56,10 @@ class Lab:
 
     def new_instance(self, variant: units.Variant, label: str) -> Instance:
         """An instance not yet started, with a run directory of its own."""
-        instance = Instance(self.image, variant, self.new_run_dir(f"{label}-{variant.chain}-{variant.fs}"),
-                            self.memory_mb)
+        run_dir = self.new_run_dir(f"{label}-{variant.chain}-{variant.fs}")
+        instance = Instance(self.image, variant, run_dir, self.memory_mb,
+                            machine_class=backends.machine_class(self.backend, self.fcos_image, self.image,
+                                                                 variant, run_dir))
         instance.machine.die_with_owner = not self.outlive_owner
         self.instances.append(instance)
         return instance
@@ -66,7 +72,7 @@ class Lab:
         by design, so it always boots."""
         variant = units.Variant(chain=chain, fs=fs, **({"units_dir": Path(units_dir)} if units_dir else {}), **boot)
         cold = self.cold if cold is None else cold
-        if cold or boot:
+        if cold or boot or backends.cold_only(self.backend, self.guest):
             return self.new_instance(variant, "cold").boot()
         saved = snapshots.ensure(self, variant)
         return self.new_instance(variant, "warm").restore(saved)
@@ -133,6 +139,9 @@ def sweep_stale_runs() -> list[Path]:
         except FileNotFoundError:
             continue  # Another lab swept it first.
         _kill_qemu(run)
+        if (run / "vagrant.json").exists():
+            from .vagrant_machine import sweep
+            sweep(run)
         shutil.rmtree(run, ignore_errors=True)
         removed.append(run)
     return removed

@@ -197,15 +197,12 @@ class Machine:
             accel.qemu_binary(), "-name", f"unitchaos-{self.name}", *cpu,
             "-smp", str(self.cpus), "-m", f"{self.memory_mb}M", *self._memory_args(),
             "-nodefaults", "-no-user-config", "-display", "none",
-            "-kernel", str(self.image.kernel), "-initrd", str(self.image.initrd),
-            "-append", self.kernel_args,
+            *self._boot_args(),
             "-netdev", f"user,id=net0,restrict=on,{forwards}",
             "-device", "virtio-net-pci,netdev=net0,romfile=",
             "-chardev", f"file,id=console,path={self.console_path}", "-serial", "chardev:console",
             "-qmp", f"unix:{self.monitor.address},server=on,wait=off",
-            "-chardev", f"socket,id=cmd,path={self.channel.path},server=on,wait=off",
-            "-device", "virtio-serial-pci,id=serial0",
-            "-device", "virtserialport,bus=serial0.0,chardev=cmd,name=org.unitchaos.cmd",
+            *self._command_port_args(),
         ]
         for disk in (self.root, self.volume):
             argv += ["-drive", f"file={disk.path},if=none,id={disk.name},format=qcow2,cache=unsafe{self._node_names(disk)}",
@@ -221,6 +218,17 @@ class Machine:
             return ""
         names = f",node-name={disk.name}-fmt,file.node-name={disk.name}-file"
         return names + (f",backing.node-name={disk.name}-base" if self.restoring else "")
+
+    def _boot_args(self) -> list[str]:
+        """Direct kernel boot from the image's kernel and initrd."""
+        return ["-kernel", str(self.image.kernel), "-initrd", str(self.image.initrd),
+                "-append", self.kernel_args]
+
+    def _command_port_args(self) -> list[str]:
+        """The virtio-serial port the guest's unitchaos-cmdd answers on."""
+        return ["-chardev", f"socket,id=cmd,path={self.channel.path},server=on,wait=off",
+                "-device", "virtio-serial-pci,id=serial0",
+                "-device", "virtserialport,bus=serial0.0,chardev=cmd,name=org.unitchaos.cmd"]
 
     def _memory_args(self) -> list[str]:
         """Guests that are saved or restored keep their RAM in a file: saved by mapping it
@@ -410,9 +418,19 @@ class Machine:
 
     # -- from the host, as a load balancer would see it ------------------------
 
+    def remove_volume_backend(self) -> dict:
+        """Takes the volume's backend away and leaves its virtio device: every later I/O on
+        it fails with EIO (a force-detached EBS volume whose Xen front end would not let go)."""
+        self.monitor.hmp(f"drive_del {self.volume.name}")
+        return {"hmp": f"drive_del {self.volume.name}"}
+
+    def endpoint(self, guest_port: int) -> tuple[str, int]:
+        """Where the host reaches GUEST_PORT: a port forwarded on the loopback."""
+        return "127.0.0.1", self.ports[guest_port]
+
     def http_get(self, guest_port: int, path: str, timeout: float = 5.0) -> tuple[int | None, dict | str | None]:
         """(status, body) of GET PATH on the guest's GUEST_PORT; (None, reason) if no answer."""
-        conn = http.client.HTTPConnection("127.0.0.1", self.ports[guest_port], timeout=timeout)
+        conn = http.client.HTTPConnection(*self.endpoint(guest_port), timeout=timeout)
         try:
             conn.request("GET", path)
             response = conn.getresponse()

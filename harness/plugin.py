@@ -9,42 +9,90 @@ for a green run. With --keep-on-failure a failed test's instances stay up (as
 import os
 import re
 import shutil
+from pathlib import Path
 
 import pytest
 
 from . import interactive
+from .backends import FCOS_IMAGE_ENV
 from .errors import UserError
 from .lab import Lab
 
+# Set by the nightly Fedora CoreOS jobs, which download an image: there a missing image
+# is a failure. Elsewhere no image can be had, and the FCOS experiments are skipped,
+# saying why (a skip is never counted as a pass).
+REQUIRE_FCOS_ENV = "UNITCHAOS_REQUIRE_FCOS"
+TOOLS = {
+    "qemu": [("qemu-system-x86_64", "qemu-system-x86"), ("qemu-img", "qemu-utils")],
+    "vagrant": [("vagrant", "vagrant vagrant-libvirt"), ("virsh", "libvirt-clients"),
+                ("libvirtd", "libvirt-daemon-system"), ("virtlogd", "libvirt-daemon-system"),
+                ("qemu-img", "qemu-utils")],
+}
+
 
 def pytest_addoption(parser):
+    parser.addoption("--shard", default=None, metavar="K/N",
+                     help="run only the K-th of N equal shares of the collected tests (CI matrices)")
     parser.addoption("--keep-on-failure", action="store_true",
                      help="leave a failed experiment's VM running for a look (unitchaos status/shell/down)")
 
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "vm: boots a QEMU guest (slow)")
+    config.addinivalue_line("markers", "lab(backend='qemu', guest='debian'): how the lab fixture runs its guests")
 
 
-def _require_qemu():
-    missing = [tool for tool in ("qemu-system-x86_64", "qemu-img") if not shutil.which(tool)]
-    if not missing:
+def pytest_collection_modifyitems(config, items):
+    shard = config.getoption("--shard")
+    if not shard:
         return
-    message = f"{', '.join(missing)} not installed (apt-get install qemu-system-x86 qemu-utils)"
-    if os.environ.get("CI", "").lower() == "true":
+    try:
+        k, n = (int(part) for part in shard.split("/"))
+        assert 1 <= k <= n
+    except (ValueError, AssertionError):
+        raise pytest.UsageError(f"--shard {shard!r} is not K/N with 1 <= K <= N (e.g. --shard 2/4)") from None
+    # Round-robin over the collection order: neighbouring (similar) tests go to different shards.
+    keep = [item for index, item in enumerate(items) if index % n == k - 1]
+    config.hook.pytest_deselected(items=[item for item in items if item not in keep])
+    items[:] = keep
+
+
+def _unavailable(message: str, ci_must_run: bool) -> None:
+    if ci_must_run:
         pytest.fail(f"CI must run the VM experiments, but {message}", pytrace=False)
     pytest.skip(message)
+
+
+def _require(backend: str, guest: str) -> None:
+    ci = os.environ.get("CI", "").lower() == "true"
+    missing = [(tool, package) for tool, package in TOOLS[backend] if not shutil.which(tool)]
+    if missing:
+        _unavailable(f"{', '.join(tool for tool, _ in missing)} not installed "
+                     f"(apt-get install {' '.join(sorted({p for _, p in missing}))})", ci)
+    if guest == "fcos":
+        image = os.environ.get(FCOS_IMAGE_ENV)
+        if not image or not Path(image).is_file():
+            _unavailable(f"no Fedora CoreOS image: set {FCOS_IMAGE_ENV} to a qemu qcow2 (coreos-installer "
+                         "download -s stable -p qemu -f qcow2.xz --decompress); none can be downloaded here",
+                         os.environ.get(REQUIRE_FCOS_ENV) == "1")
 
 
 @pytest.fixture
 def lab(request):
     """Hands out instances (lab.instance(chain=..., fs=...)) and tears them all down after
     the test. A failed test keeps each instance's artifacts (console, journal, dmesg, QMP
-    events, unit files) and names the directory in the report."""
-    _require_qemu()
+    events, unit files) and names the directory in the report. A test marked
+    @pytest.mark.lab(backend="vagrant") or @pytest.mark.lab(guest="fcos") gets its guests
+    from Vagrant or Fedora CoreOS (cold boots)."""
+    marker = request.node.get_closest_marker("lab")
+    options = {"backend": "qemu", "guest": "debian", **(marker.kwargs if marker else {})}
+    _require(options["backend"], options["guest"])
     keep_up = request.config.getoption("keep_on_failure")
-    # Experiments leave their instance to this fixture, which knows whether the test failed.
-    lab = Lab(hold=True, outlive_owner=keep_up)
+    try:
+        # Experiments leave their instance to this fixture, which knows whether the test failed.
+        lab = Lab(hold=True, outlive_owner=keep_up, **options)
+    except UserError as exc:
+        pytest.fail(str(exc), pytrace=False)
     try:
         yield lab
     except UserError as exc:

@@ -82,8 +82,17 @@ def units_with_unknown_key(tmp_path):
     (["run", "io-latency", "-p", "delay=5"], "io-latency has no parameter 'delay=5'"),
     (["run", "io-error", "-p", "after=lots"], "io-error after='lots' is not a whole number"),
     (["run", "healthy", "-p", "ms=1"], "healthy takes no parameters"),
+    (["run", "yank", "--backend", "virtualbox"], "unknown backend 'virtualbox'"),
+    (["run", "yank", "--guest", "arch"], "unknown guest 'arch'"),
+    (["run", "yank", "--guest", "fcos"], "--guest fcos needs a Fedora CoreOS qcow2 image"),
+    (["run", "yank", "--guest", "fcos", "--image", "/nonexistent/fcos.qcow2"],
+     "Fedora CoreOS image /nonexistent/fcos.qcow2 does not exist"),
+    (["demo", "--backend", "vagrant", "--guest", "fcos", "--image", "/etc/hostname"],
+     "the vagrant backend runs the Debian guest only"),
+    (["ignition", "--chain", "wants"], "unknown chain 'wants'"),
 ])
-def test_bad_input_is_one_line_and_exit_2(capsys, argv, problem):
+def test_bad_input_is_one_line_and_exit_2(capsys, monkeypatch, argv, problem):
+    monkeypatch.delenv("UNITCHAOS_FCOS_IMAGE", raising=False)
     line = assert_one_line_error(capsys, run_cli(argv))
     assert problem in line
 

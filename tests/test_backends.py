@@ -1,0 +1,141 @@
+"""Choosing the machine (harness/backends.py), and starting and stopping libvirt's
+daemons for the Vagrant backend (harness/libvirt_daemons.py), with stand-in daemons."""
+import os
+import subprocess
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from harness import backends, libvirt_daemons, units
+from harness.errors import UserError
+from harness.image import Image
+from harness.lab import Lab
+from harness.machine import Machine
+
+
+@pytest.fixture(autouse=True)
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("UNITCHAOS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv(backends.FCOS_IMAGE_ENV, raising=False)
+
+
+def test_vagrant_and_fcos_boot_cold_and_the_default_restores():
+    assert not backends.cold_only("qemu", "debian")
+    assert backends.cold_only("vagrant", "debian") and backends.cold_only("qemu", "fcos")
+    assert Lab(backend="vagrant", cold=False).cold
+    assert not Lab(cold=False).cold
+
+
+def test_fcos_image_comes_from_the_environment(tmp_path, monkeypatch):
+    image = tmp_path / "fcos.qcow2"
+    image.write_bytes(b"")
+    monkeypatch.setenv(backends.FCOS_IMAGE_ENV, str(image))
+    assert backends.check("qemu", "fcos", None) == image.resolve()
+    with pytest.raises(UserError, match="does not exist"):
+        backends.check("qemu", "fcos", tmp_path / "other.qcow2")
+
+
+def test_machine_class_by_backend_and_guest(tmp_path, monkeypatch):
+    from harness.fcos_machine import FcosMachine
+    from harness.vagrant_machine import VagrantMachine
+    image = Image(tmp_path / "image")
+    variant = units.Variant()
+    assert backends.machine_class("qemu", None, image, variant, tmp_path) is Machine
+    assert backends.machine_class("vagrant", None, image, variant, tmp_path) is VagrantMachine
+    written = {}
+    monkeypatch.setattr("harness.ignition.write", lambda v, i, out: written.setdefault("path", out))
+    factory = backends.machine_class("qemu", tmp_path / "fcos.qcow2", image, variant, tmp_path)
+    machine = factory(image, tmp_path / "run", memory_mb=1024, fw_cfg={"opt/unitchaos/units.tar": tmp_path / "u"})
+    assert isinstance(machine, FcosMachine)
+    # The chain travels in the Ignition config, and FCOS gets the memory it asks for.
+    assert machine.fw_cfg == {"opt/com.coreos/config.ign": tmp_path / "config.ign"} == {"opt/com.coreos/config.ign": written["path"]}
+    assert machine.memory_mb >= 2048
+    machine.ports = {port: 10000 + port for port in machine.guest_ports}
+    argv = machine.qemu_argv()
+    assert "-kernel" not in argv and "org.unitchaos.cmd" not in " ".join(argv)
+    assert "name=opt/com.coreos/config.ign,file=" + str(tmp_path / "config.ign") in argv
+
+
+# -- libvirt's daemons, with stand-ins ------------------------------------------------
+
+DAEMON = """#!/bin/bash
+# A stand-in for {name} -d: forks a sleeper called {name}, records its PID where the real one does.
+[ "$1" = -d ] || exit 2
+(exec -a {name} sleep 300) >/dev/null 2>&1 </dev/null &
+echo $! > {pidfile}
+"""
+
+
+@pytest.fixture
+def fake_libvirt(tmp_path, monkeypatch):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    daemons = []
+    for name in ("virtlogd", "libvirtd"):
+        pidfile = tmp_path / f"{name}.pid"
+        (bin_dir / name).write_text(DAEMON.format(name=name, pidfile=pidfile))
+        daemons.append((name, pidfile))
+    (bin_dir / "virsh").write_text("#!/bin/sh\nexit 0\n")
+    for path in bin_dir.iterdir():
+        path.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    monkeypatch.setattr(libvirt_daemons, "STATE_DIR", tmp_path / "state")
+    monkeypatch.setattr(libvirt_daemons, "DAEMONS", daemons)
+    monkeypatch.setattr(libvirt_daemons, "_registered", True)  # No atexit hook from a test.
+    yield daemons
+    for _, pidfile in daemons:
+        pid = libvirt_daemons._daemon_pid(pidfile)
+        if pid:
+            os.kill(pid, 9)
+
+
+def pids(daemons) -> list:
+    return [libvirt_daemons._daemon_pid(pidfile) for _, pidfile in daemons]
+
+
+def test_the_last_user_stops_the_daemons_a_lab_started(fake_libvirt, tmp_path):
+    libvirt_daemons.ensure()
+    started = pids(fake_libvirt)
+    assert all(started)
+    # Another lab process (a pytest-xdist worker) uses them too.
+    other = subprocess.Popen(["sleep", "300"])
+    try:
+        (tmp_path / "state" / "users" / str(other.pid)).touch()
+        libvirt_daemons.release()
+        assert pids(fake_libvirt) == started  # Still in use.
+    finally:
+        other.kill()
+        other.wait()
+    libvirt_daemons.ensure()
+    libvirt_daemons.release()
+    assert pids(fake_libvirt) == [None, None]
+
+
+def test_daemons_already_running_are_never_stopped(fake_libvirt):
+    for name, _ in fake_libvirt:
+        subprocess.run([name, "-d"], check=True)
+    before = pids(fake_libvirt)
+    libvirt_daemons.ensure()
+    libvirt_daemons.release()
+    assert pids(fake_libvirt) == before and all(before)
+
+
+def test_fcos_commands_go_over_ssh_as_core_through_sudo(tmp_path, monkeypatch):
+    from harness.fcos_machine import FcosMachine
+    image = Image(tmp_path / "image")
+    machine = FcosMachine(image, tmp_path / "run", disk=tmp_path / "fcos.qcow2", ignition_config=tmp_path / "c.ign")
+    (tmp_path / "run").mkdir()
+    machine.ports = {port: 10000 + port for port in machine.guest_ports}
+    assert "User core" in machine.ssh_config.read_text()
+    seen = {}
+
+    def fake_run(argv, **kwargs):
+        seen["argv"] = argv
+        return subprocess.CompletedProcess(argv, 3, "out", "err")
+
+    monkeypatch.setattr("harness.fcos_machine.subprocess.run", fake_run)
+    result = machine.run("systemctl is-active docker", timeout=7)
+    assert (result.status, result.stdout, result.stderr) == (3, "out", "err")
+    assert seen["argv"][:3] == ["ssh", "-F", str(machine.ssh_config)]
+    assert seen["argv"][-1].startswith("sudo timeout -s KILL 7 bash -c ")
