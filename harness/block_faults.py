@@ -29,6 +29,9 @@ _ERRNO = {"EIO": 5, "ENOSPC": 28, "EROFS": 30}
 
 def require_volume(machine: Machine, fault: str) -> None:
     """A volume fault needs the volume's backend; a yanked or unplugged one has none."""
+    if not machine.names_volume_nodes:
+        raise UserError(f"{fault} needs the harness's own QEMU (libvirt names the volume's block nodes itself)",
+                        "run it with --backend qemu")
     devices = {block["device"]: block for block in machine.monitor.command("query-block")}
     if "inserted" not in devices.get(machine.volume.name, {}):
         raise UserError(f"{fault} does not apply: the volume's disk was removed (yank or unplug)",

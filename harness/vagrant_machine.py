@@ -76,6 +76,8 @@ class _Pid:
 
 
 class VagrantMachine(Machine):
+    names_volume_nodes = False  # libvirt names them: no volume I/O faults here
+
     def __init__(self, image: Image, run_dir: Path, *, memory_mb: int = 1024, cpus: int = 2,
                  volume_size: str = "1G", fw_cfg: dict[str, Path] | None = None,
                  extra_ports: tuple[int, ...] = (), name: str = "guest"):
