@@ -270,15 +270,19 @@ class Machine:
 
     def stop(self) -> None:
         """Ends the guest at once (these guests are disposable) and closes every channel."""
+        self.close_channels()
+        if self.process and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+
+    def close_channels(self) -> None:
+        """Closes the SSH master, the command port and the monitor (the guest keeps running)."""
         if self._host is not None:
             subprocess.run(["ssh", "-F", str(self.ssh_config), "-O", "exit", SSH_ALIAS],
                            capture_output=True, timeout=5)
             self._host = None
         self.channel.close()
         self.monitor.close()
-        if self.process and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(timeout=10)
 
     def __enter__(self):
         self.start()

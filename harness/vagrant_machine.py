@@ -227,12 +227,7 @@ class VagrantMachine(Machine):
 
     def stop(self) -> None:
         """Destroys the domain and everything Vagrant made for it, whatever state it is in."""
-        if self._host is not None:
-            subprocess.run(["ssh", "-F", str(self.ssh_config), "-O", "exit", SSH_ALIAS],
-                           capture_output=True, timeout=5)
-            self._host = None
-        self.channel.close()
-        self.monitor.close()
+        self.close_channels()
         if self._vagrant is not None and (self.run_dir / ".vagrant").exists():
             try:
                 self.vagrant.destroy()
