@@ -422,7 +422,7 @@ def test_fstype_is_configurable(env):
 def test_io_reports_the_errno_of_a_failed_probe(env):
     daemon = env.healthy()
     (env.mount / ".unitchaos-health-probe").mkdir()  # open(O_WRONLY) fails: EISDIR, even as root
-    reason = daemon.wait_failing("io", timeout=3)
+    reason = daemon.wait_failing("io", timeout=10)
     assert reason.startswith("EISDIR at open")
     (env.mount / ".unitchaos-health-probe").rmdir()
     daemon.wait_healthy()
@@ -433,7 +433,7 @@ def test_io_reports_the_errno_of_a_failed_probe(env):
 def test_io_explains_the_errnos_that_matter(env, name, meaning):
     probe = f"sh -c 'echo {name} fsync whatever; exit 1'"
     daemon = env.start("--probe-command", probe)
-    reason = daemon.wait_failing("io", timeout=3)
+    reason = daemon.wait_failing("io", timeout=10)
     assert reason.startswith(f"{name} at fsync") and meaning in reason
 
 
@@ -458,7 +458,7 @@ def alive(pid):
 
 def test_a_hung_probe_fails_io_without_blocking_health_or_piling_up(env):
     daemon = env.start("--probe-command", "sleep 60", "--io-timeout", "0.5")
-    reason = daemon.wait_failing("io", timeout=3)
+    reason = daemon.wait_failing("io", timeout=10)
     assert reason.startswith("timeout: the probe did not finish within 0.5 s")
     daemon.wait_for(lambda s, b: "a probe has been stuck for" in b["checks"]["io"]["reason"], timeout=3)
     for _ in range(10):
