@@ -1,5 +1,12 @@
 """The incident, one experiment at a time: break the volume, wait for the kernel's word,
-then assert what systemd, the mount table and the load balancer's health check say."""
+then assert what systemd, the mount table and the load balancer's health check say.
+
+Every test runs on every guest release (kernel 6.1/systemd 252, 6.12/254, 6.12/257) unless
+--release picks some: the incident must reproduce wherever people look for it."""
+import pytest
+
+pytestmark = pytest.mark.every_release
+
 ALL_ACTIVE = {"format-ephemeral.service": "active", "var-lib-docker.mount": "active",
               "docker.service": "active", "ecs-agent.service": "active"}
 STOPPED = ("inactive", "failed")
