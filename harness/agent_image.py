@@ -80,7 +80,7 @@ def _keep_only_imported_modules(layer_root: Path, python: str) -> None:
     unpacks every byte at each boot, which under emulation costs about a second per 4 MB.
     The agent is run for real (bind, serve each endpoint, stop) so that the standard
     library's own lazy imports (idna when binding, say) are seen too."""
-    names = _imported_while_serving(layer_root)
+    names = sorted(set(_imported_while_serving(layer_root)) | set(_imported_by_a_task(layer_root)))
     listed = subprocess.run(["chroot", str(layer_root), "/usr/bin/python3", "-c", MODULE_FILES, *names],
                             capture_output=True, text=True, check=True).stdout.split()
     stdlib = layer_root / "usr/lib" / python
@@ -93,6 +93,19 @@ def _keep_only_imported_modules(layer_root: Path, python: str) -> None:
                 compiled.unlink()
         elif path.is_dir() and not any(path.iterdir()):
             path.rmdir()
+
+
+def _imported_by_a_task(layer_root: Path) -> list[str]:
+    """What the task containers (the agent's and the health check's `python3 -c ...`) import:
+    from 3.13 on, `-c` alone pulls in linecache and its own imports."""
+    done = subprocess.run(["chroot", str(layer_root), "/usr/bin/python3", "-X", "importtime", "-c", "print('task ran')"],
+                          capture_output=True, text=True, check=True, timeout=60)
+    return _import_names(done.stderr)
+
+
+def _import_names(importtime_output: str) -> list[str]:
+    names = [line.split("|")[-1].strip() for line in importtime_output.splitlines() if line.startswith("import time:")]
+    return sorted({name for name in names if name and name != "package"})
 
 
 def _imported_while_serving(layer_root: Path) -> list[str]:
@@ -125,8 +138,7 @@ def _imported_while_serving(layer_root: Path) -> list[str]:
         if agent.poll() is None:
             agent.kill()
             agent.wait()
-    names = [line.split("|")[-1].strip() for line in stderr.splitlines() if line.startswith("import time:")]
-    return sorted({name for name in names if name and name != "package"} | {"encodings.idna"})
+    return sorted(set(_import_names(stderr)) | {"encodings.idna"})
 
 
 def _copy_packages(rootfs: Path, dest: Path, python: str) -> None:

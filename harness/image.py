@@ -28,16 +28,20 @@ BUILD_TIMEOUT = 1800
 
 @dataclass(frozen=True)
 class Release:
-    """A guest release: the suites its packages come from and, for a backports mix, the
-    apt preferences file (in vm/image/) that says which packages come from where."""
+    """A guest release: the suites its packages come from, for a backports mix the apt
+    preferences file (in vm/image/) that says which packages come from where, and packages
+    it needs beyond packages.txt."""
     name: str
     suites: tuple[str, ...]
     preferences: str | None = None
+    extra_packages: tuple[str, ...] = ()
 
 
 RELEASES = {r.name: r for r in [
     Release("bookworm", ("bookworm",)),                       # kernel 6.1, systemd 252
-    Release("trixie", ("trixie",)),                           # kernel 6.12, systemd 257
+    # kernel 6.12, systemd 257; the docker command moved out of docker.io into docker-cli,
+    # which docker.io only recommends (and mmdebstrap installs no recommends).
+    Release("trixie", ("trixie",), extra_packages=("docker-cli",)),
     # bookworm's userland with the backported kernel (6.12) and systemd (254).
     Release("bookworm-backports", ("bookworm", "bookworm-backports"), "bookworm-backports.pref"),
 ]}
@@ -76,9 +80,10 @@ class Image:
         return self.path.name
 
 
-def packages() -> list[str]:
+def packages(release: str = "bookworm") -> list[str]:
     lines = (VM_DIR / "image" / "packages.txt").read_text().splitlines()
-    return [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+    listed = [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+    return listed + list(RELEASES[release].extra_packages)
 
 
 def recipe_key(release: str) -> str:
@@ -166,7 +171,7 @@ def _build_into(release: str, out: Path, key: str) -> None:
     guest = VM_DIR / "guest"
     customize = VM_DIR / "image" / "customize.sh"
     cmd = [
-        "mmdebstrap", "--variant=apt", "--include=" + ",".join(packages()),
+        "mmdebstrap", "--variant=apt", "--include=" + ",".join(packages(release)),
         "--dpkgopt=path-exclude=/usr/share/man/*", "--dpkgopt=path-exclude=/usr/share/doc/*",
         "--dpkgopt=path-exclude=/usr/share/locale/*",
         f'--customize-hook=cp -a {guest}/. "$1"/ && rm -f "$1"/README.md',
@@ -182,7 +187,7 @@ def _build_into(release: str, out: Path, key: str) -> None:
         cmd.append(f'--setup-hook=mkdir -p "$1"/etc/apt/preferences.d && cp {prefs} "$1"/etc/apt/preferences.d/')
     mirror = os.environ.get("UNITCHAOS_MIRROR") or DEFAULT_MIRROR
     cmd += [spec.suites[0], str(rootfs), *(f"deb {mirror} {suite} main" for suite in spec.suites)]
-    progress.say(f"mmdebstrap: {len(packages())} packages from Debian {release} ({mirror}); log in {log}")
+    progress.say(f"mmdebstrap: {len(packages(release))} packages from Debian {release} ({mirror}); log in {log}")
     with open(log, "w") as logfile:
         done = subprocess.run(cmd, stdout=logfile, stderr=subprocess.STDOUT, timeout=BUILD_TIMEOUT)
     if done.returncode != 0:
@@ -202,7 +207,7 @@ def _build_into(release: str, out: Path, key: str) -> None:
                         str(out / "root.img"), ROOT_SIZE], check=True, stdout=subprocess.DEVNULL)
     shutil.rmtree(rootfs)
     manifest = {"release": release, "kernel": kernel_version, "systemd": systemd_version,
-                "packages": packages(), "key": key}
+                "packages": packages(release), "key": key}
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
 
 
