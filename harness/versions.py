@@ -57,8 +57,9 @@ def run(rows: list[tuple[str, str, str]], releases: list[str], cold: bool = Fals
                 progress.say(f"versions: {' '.join(row)} on {release}")
                 try:
                     outcomes.setdefault(release, {})[row] = experiments.run(lab, *row, units_dir)
-                except GuestTimeout as exc:
-                    # One release that hangs is a finding; the rest of the matrix still runs.
+                except (GuestTimeout, UserError) as exc:
+                    # A release whose guest hangs or never comes up healthy is a finding
+                    # (the arguments were checked above); the rest of the matrix still runs.
                     outcomes.setdefault(release, {})[row] = {"error": str(exc).splitlines()[0]}
     return matrix(rows, releases, outcomes, {r: images[r].manifest for r in releases})
 
