@@ -297,6 +297,7 @@ def cmd_versions(args) -> int:
 
 
 def cmd_image_build(args) -> int:
+    image.check_release(args.release)
     built = image.ensure_image(args.release, rebuild=args.rebuild)
     print(built.path)
     return 0

@@ -86,11 +86,30 @@ def matrix(rows, releases, outcomes: dict[str, dict[tuple, dict]], manifests: di
             cells[release] = {**behaviour(out), "kernel_version": out["kernel"], "systemd_version": out["systemd"],
                               "deep_seconds": deep.get("seconds"), "kernel_events": out["kernel_events"],
                               "kernel_lines": out.get("kernel_lines", [])}
-        compared = [cell for cell in cells.values() if "error" not in cell]
-        disagree = [aspect for aspect in ASPECTS if len({cell[aspect] for cell in compared}) > 1]
         name, chain, fs = row
-        result["rows"].append({"experiment": name, "chain": chain, "fs": fs, "cells": cells, "disagree": disagree})
+        result["rows"].append({"experiment": name, "chain": chain, "fs": fs, "cells": cells,
+                               "disagree": _disagree(cells)})
     return result
+
+
+def _disagree(cells: dict) -> list[str]:
+    compared = [cell for cell in cells.values() if "error" not in cell]
+    return [aspect for aspect in ASPECTS if len({cell[aspect] for cell in compared}) > 1]
+
+
+def combine(results: list[dict]) -> dict:
+    """One matrix from matrices run separately (one release each, say, on different
+    machines); a release missing for a row shows as not run."""
+    releases = {release: info for result in results for release, info in result["releases"].items()}
+    rows: dict[tuple, dict] = {}
+    for result in results:
+        for row in result["rows"]:
+            key = (row["experiment"], row["chain"], row["fs"])
+            rows.setdefault(key, {**row, "cells": {}})["cells"].update(row["cells"])
+    for row in rows.values():
+        row["cells"] = {release: row["cells"].get(release, {"error": "not run"}) for release in releases}
+        row["disagree"] = _disagree(row["cells"])
+    return {"releases": releases, "rows": list(rows.values())}
 
 
 def render(result: dict):

@@ -79,6 +79,12 @@ def units_with_unknown_key(tmp_path):
     (["frobnicate"], "invalid choice: 'frobnicate'"),
     (["run"], "the following arguments are required: experiment"),
     (["run", "yank", "--bogus"], "unrecognized arguments: --bogus"),
+    (["run", "yank", "--release", "sid"], "unknown release 'sid'"),
+    (["demo", "--release", "sid"], "unknown release 'sid'"),
+    (["image", "build", "--release", "sid"], "unknown release 'sid'"),
+    (["versions", "--release", "trixie", "--release", "sid"], "unknown release 'sid'"),
+    (["versions", "nope"], "unknown experiment 'nope'"),
+    (["versions", "yank", "--fs", "btrfs"], "unknown filesystem 'btrfs'"),
 ])
 def test_bad_input_is_one_line_and_exit_2(capsys, argv, problem):
     line = assert_one_line_error(capsys, run_cli(argv))

@@ -188,3 +188,19 @@ def test_plugin_refuses_an_unknown_release(pytester):
     result = pytester.runpytest("--collect-only", "-q", "--release", "sid")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     assert "unknown release sid" in "\n".join(result.errlines)
+
+
+def test_matrices_run_apart_combine_into_one():
+    apart = [build({"bookworm": BOOKWORM}), build({"trixie": TRIXIE})]
+    combined = versions.combine(apart)
+    assert list(combined["releases"]) == ["bookworm", "trixie"]
+    assert combined["rows"][0]["disagree"] == ["kernel"]
+    assert combined == build({"bookworm": BOOKWORM, "trixie": TRIXIE})
+
+
+def test_a_release_missing_from_a_row_is_not_run():
+    other_row = versions.matrix([("yank", "bindsto", "xfs")], ["trixie"],
+                                {"trixie": {("yank", "bindsto", "xfs"): {**TRIXIE, "experiment": "yank"}}}, {})
+    combined = versions.combine([build({"bookworm": BOOKWORM}), other_row])
+    yank = next(row for row in combined["rows"] if row["experiment"] == "yank")
+    assert yank["cells"]["bookworm"] == {"error": "not run"} and yank["disagree"] == []
