@@ -65,6 +65,16 @@ def unitchaos_release(request):
     return (request.config.unitchaos_releases or [DEFAULT_RELEASE])[0]
 
 
+def _require_qemu():
+    missing = [tool for tool in ("qemu-system-x86_64", "qemu-img") if not shutil.which(tool)]
+    if not missing:
+        return
+    message = f"{', '.join(missing)} not installed (apt-get install qemu-system-x86 qemu-utils)"
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"CI must run the VM experiments, but {message}", pytrace=False)
+    pytest.skip(message)
+
+
 @pytest.fixture
 def lab(request, unitchaos_release):
     """Hands out instances (lab.instance(chain=..., fs=...)) and tears them all down after
