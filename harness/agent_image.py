@@ -21,18 +21,29 @@ from pathlib import Path
 from .paths import VM_DIR
 
 TAG = "amazon/amazon-ecs-agent:latest"
-PACKAGES = ["python3-minimal", "python3.11-minimal", "libpython3.11-minimal",
-            "libpython3.11-stdlib", "libc6", "zlib1g", "libexpat1", "libffi8",
-            "libbz2-1.0", "liblzma5"]
 AGENT = VM_DIR / "agent" / "fake_ecs_agent.py"
 # The deep health daemon rides along: where the host has no Python (Fedora CoreOS), it
 # runs in a container from this image (see harness/ignition.py).
 HEALTH = VM_DIR / "guest" / "usr" / "local" / "sbin" / "unitchaos-health"
-# Big parts of these packages that the agent never touches.
-# (No libssl: the agent speaks plain HTTP, and http.client does without ssl.)
-SKIP_PREFIXES = ("usr/lib/x86_64-linux-gnu/gconv/", "usr/lib/x86_64-linux-gnu/libmvec", "usr/share/", "usr/lib/python3.11/test/",
-                 "usr/lib/python3.11/ensurepip/", "usr/lib/python3.11/idlelib/",
-                 "usr/lib/python3.11/lib2to3/", "usr/lib/python3.11/pydoc_data/")
+
+
+def packages(python: str) -> list[str]:
+    """The Debian packages the agent's Python (PYTHON: "python3.11", the release's) needs."""
+    return ["python3-minimal", f"{python}-minimal", f"lib{python}-minimal", f"lib{python}-stdlib",
+            "libc6", "zlib1g", "libexpat1", "libffi8", "libbz2-1.0", "liblzma5"]
+
+
+def skip_prefixes(python: str) -> tuple[str, ...]:
+    """Big parts of those packages that the agent never touches.
+    (No libssl: the agent speaks plain HTTP, and http.client does without ssl.)"""
+    return ("usr/lib/x86_64-linux-gnu/gconv/", "usr/lib/x86_64-linux-gnu/libmvec", "usr/share/",
+            *(f"usr/lib/{python}/{part}/" for part in ("test", "ensurepip", "idlelib", "lib2to3", "pydoc_data")))
+
+
+def guest_python(rootfs: Path) -> str:
+    """The release's Python, e.g. "python3.11" (bookworm) or "python3.13" (trixie)."""
+    target = os.readlink(rootfs / "usr/bin/python3")
+    return Path(target).name
 
 
 # Prints the file of every module named on the command line.
@@ -51,15 +62,16 @@ for name in sys.argv[1:]:
 def build(rootfs: Path, out: Path) -> None:
     with tempfile.TemporaryDirectory(prefix="agent-rootfs.", dir=out.parent.parent) as tmp:
         layer_root = Path(tmp) / "root"
-        _copy_packages(rootfs, layer_root)
+        python = guest_python(rootfs)
+        _copy_packages(rootfs, layer_root, python)
         (layer_root / "agent").mkdir()
         shutil.copy(AGENT, layer_root / "agent" / "fake_ecs_agent.py")
         shutil.copy(HEALTH, layer_root / "agent" / "unitchaos-health")
         # Compiled once here: under emulation, compiling at every start costs seconds.
         subprocess.run(["chroot", str(layer_root), "/usr/bin/python3", "-m", "compileall", "-q",
-                        "/usr/lib/python3.11", "/agent"],
+                        f"/usr/lib/{python}", "/agent"],
                        check=True, stdout=subprocess.DEVNULL)
-        _keep_only_imported_modules(layer_root)
+        _keep_only_imported_modules(layer_root, python)
         layer = Path(tmp) / "layer.tar"
         with tarfile.open(layer, "w") as tar:
             for entry in sorted(layer_root.iterdir()):
@@ -67,15 +79,16 @@ def build(rootfs: Path, out: Path) -> None:
         _write_archive(layer, out)
 
 
-def _keep_only_imported_modules(layer_root: Path) -> None:
+def _keep_only_imported_modules(layer_root: Path, python: str) -> None:
     """Drops the standard library modules the agent never imports. `docker load` hashes and
     unpacks every byte at each boot, which under emulation costs about a second per 4 MB.
     The agent is run for real (bind, serve each endpoint, stop) so that the standard
     library's own lazy imports (idna when binding, say) are seen too."""
-    names = sorted(set(_imported_while_serving(layer_root)) | set(_imported_by_health_daemon(layer_root)))
+    names = sorted(set(_imported_while_serving(layer_root)) | set(_imported_by_a_task(layer_root))
+                   | set(_imported_by_health_daemon(layer_root)))
     listed = subprocess.run(["chroot", str(layer_root), "/usr/bin/python3", "-c", MODULE_FILES, *names],
                             capture_output=True, text=True, check=True).stdout.split()
-    stdlib = layer_root / "usr/lib/python3.11"
+    stdlib = layer_root / "usr/lib" / python
     # os is frozen into the interpreter, but os.py is the landmark Python finds its prefix by.
     keep = {layer_root / path.lstrip("/") for path in listed} | {stdlib / "os.py"}
     for path in sorted(stdlib.rglob("*"), reverse=True):
@@ -85,6 +98,19 @@ def _keep_only_imported_modules(layer_root: Path) -> None:
                 compiled.unlink()
         elif path.is_dir() and not any(path.iterdir()):
             path.rmdir()
+
+
+def _imported_by_a_task(layer_root: Path) -> list[str]:
+    """What the task containers (the agent's and the health check's `python3 -c ...`) import:
+    from 3.13 on, `-c` alone pulls in linecache and its own imports."""
+    done = subprocess.run(["chroot", str(layer_root), "/usr/bin/python3", "-X", "importtime", "-c", "print('task ran')"],
+                          capture_output=True, text=True, check=True, timeout=60)
+    return _import_names(done.stderr)
+
+
+def _import_names(importtime_output: str) -> list[str]:
+    names = [line.split("|")[-1].strip() for line in importtime_output.splitlines() if line.startswith("import time:")]
+    return sorted({name for name in names if name and name != "package"})
 
 
 def _imported_while_serving(layer_root: Path) -> list[str]:
@@ -128,22 +154,18 @@ def _imported_by_health_daemon(layer_root: Path) -> list[str]:
     return _import_names(done.stderr)
 
 
-def _import_names(importtime_log: str) -> list[str]:
-    names = [line.split("|")[-1].strip() for line in importtime_log.splitlines() if line.startswith("import time:")]
-    return sorted({name for name in names if name and name != "package"})
-
-
-def _copy_packages(rootfs: Path, dest: Path) -> None:
+def _copy_packages(rootfs: Path, dest: Path, python: str) -> None:
     for top in ["tmp", "etc", "proc", "sys", "dev", "data", "log"]:
         (dest / top).mkdir(parents=True, exist_ok=True)
     os.chmod(dest / "tmp", 0o1777)
     for link in ["bin", "lib", "lib64", "sbin"]:
         os.symlink(os.readlink(rootfs / link), dest / link)
-    listed = subprocess.run(["dpkg-query", f"--admindir={rootfs}/var/lib/dpkg", "-L", *PACKAGES],
+    listed = subprocess.run(["dpkg-query", f"--admindir={rootfs}/var/lib/dpkg", "-L", *packages(python)],
                             capture_output=True, text=True, check=True).stdout.split("\n")
+    skipped = skip_prefixes(python)
     for name in listed:
         rel = name.strip().lstrip("/")
-        if not rel or rel.startswith(SKIP_PREFIXES):
+        if not rel or rel.startswith(skipped):
             continue
         # dpkg lists paths under /lib and /bin; they live under /usr on a merged-/usr system.
         src = rootfs / rel

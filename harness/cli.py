@@ -10,7 +10,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from . import accel, backends, bench, chaos_api, chaos_client, faults, findings, groups, ignition, interactive, kernel_log, report, timeline, experiments, image, progress, snapshots, units
+from . import accel, backends, bench, chaos_api, chaos_client, faults, findings, groups, ignition, interactive, kernel_log, report, timeline, experiments, image, progress, snapshots, units, versions
 from .errors import GuestTimeout, UserError
 from .lab import Lab
 from .paths import artifacts_dir, cache_dir
@@ -65,7 +65,7 @@ def _parser() -> argparse.ArgumentParser:
     image_cmd = sub.add_parser("image", help="the guest image")
     image_sub = image_cmd.add_subparsers(dest="image_command", required=True, parser_class=_Parser)
     build = image_sub.add_parser("build", help="build (or reuse) the guest image and print its path")
-    build.add_argument("--release", default="bookworm")
+    _release_option(build)
     build.add_argument("--rebuild", action="store_true", help="build anew even if cached")
     build.set_defaults(func=cmd_image_build)
 
@@ -80,6 +80,7 @@ def _parser() -> argparse.ArgumentParser:
                      help="keep console, journal, dmesg, QMP events and unit files (the outcome names the directory)")
     _start_options(run)
     _backend_options(run)
+    _release_option(run)
     run.set_defaults(func=cmd_run)
 
     demo = sub.add_parser("demo", help="run the incident end to end and print the findings")
@@ -87,12 +88,25 @@ def _parser() -> argparse.ArgumentParser:
     _start_options(demo)
     _keep_options(demo)
     _backend_options(demo)
+    _release_option(demo)
     demo.set_defaults(func=cmd_demo)
 
     ign = sub.add_parser("ignition", help="print the Fedora CoreOS Ignition config for a chain")
     _variant_options(ign)
     ign.add_argument("--output", "-o", default=None, help="write it to this file instead of stdout")
     ign.set_defaults(func=cmd_ignition)
+
+    versions_cmd = sub.add_parser("versions", help="the same experiments on each guest release: where kernel and systemd change outcomes")
+    versions_cmd.add_argument("experiments", nargs="*", metavar="EXPERIMENT",
+                              help="experiments to run with --chain/--fs (default: the incident suite)")
+    versions_cmd.add_argument("--release", action="append", dest="releases", metavar="RELEASE",
+                              help=f"repeatable: {', '.join(image.RELEASES)} (default: all)")
+    versions_cmd.add_argument("--json", action="store_true")
+    versions_cmd.add_argument("--kernel-lines", metavar="DIR", default=None,
+                              help="also write the kernel lines seen, one <release>-<kernel>.json per release")
+    _variant_options(versions_cmd)
+    _start_options(versions_cmd)
+    versions_cmd.set_defaults(func=cmd_versions)
 
     matrix = sub.add_parser("matrix", help="every fault against the stock and the deep health check")
     matrix.add_argument("faults", nargs="*", help="faults to run (default: all)")
@@ -101,6 +115,7 @@ def _parser() -> argparse.ArgumentParser:
     _start_options(matrix)
     _keep_options(matrix)
     _backend_options(matrix)
+    _release_option(matrix)
     matrix.set_defaults(func=cmd_matrix)
 
     report_cmd = sub.add_parser("report", help="an HTML report of kept runs: findings, timelines, artifacts")
@@ -176,6 +191,11 @@ def _variant_options(parser: argparse.ArgumentParser) -> None:
                         f"{' or '.join(units.CHAINS)} (default bindsto)")
     parser.add_argument("--fs", default="xfs", help=f"the volume's filesystem: {' or '.join(units.FILESYSTEMS)}")
     parser.add_argument("--units", default=None, help="a directory of your own unit files (default: vm/units)")
+
+
+def _release_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--release", default="bookworm",
+                        help=f"the guest's Debian release: {', '.join(image.RELEASES)} (default bookworm)")
 
 
 def _check_units(args) -> None:
@@ -257,7 +277,7 @@ def _backend_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _lab(args, **options) -> Lab:
-    return Lab(cold=args.cold or None, backend=args.backend, guest=args.guest, fcos_image=args.image, **options)
+    return Lab(release=args.release, cold=args.cold or None, backend=args.backend, guest=args.guest, fcos_image=args.image, **options)
 
 
 def _start_options(parser: argparse.ArgumentParser) -> None:
@@ -295,6 +315,7 @@ def cmd_matrix(args) -> int:
     names = args.faults or [name for name in experiments.EXPERIMENTS if name != "healthy"]
     for name in names:
         experiments.get(name)
+    image.check_release(args.release)
     _check_units(args)
     _check_report_path(args.report)
     outcomes = []
@@ -391,7 +412,27 @@ def cmd_doctor(args) -> int:
     return 0
 
 
+def cmd_versions(args) -> int:
+    rows = [(name, args.chain, args.fs) for name in args.experiments] or versions.default_rows()
+    releases = list(dict.fromkeys(args.releases or image.RELEASES))
+    for release in releases:
+        image.check_release(release)
+    for name, chain, fs in rows:
+        experiments.get(name)
+        units.check(units.Variant(chain=chain, fs=fs, **({"units_dir": Path(args.units)} if args.units else {})))
+    result = versions.run(rows, releases, cold=args.cold, units_dir=args.units)
+    if args.kernel_lines:
+        for path in versions.save_kernel_lines(result, Path(args.kernel_lines)):
+            progress.say(f"kernel lines: {path}")
+    if args.json:
+        print(versions.to_json(result))
+    else:
+        console.print(versions.render(result))
+    return 0
+
+
 def cmd_image_build(args) -> int:
+    image.check_release(args.release)
     built = image.ensure_image(args.release, rebuild=args.rebuild)
     print(built.path)
     return 0
@@ -404,6 +445,7 @@ def cmd_run(args) -> int:
         if not experiment.fault:
             raise UserError(f"{args.experiment} takes no parameters", "drop --param")
         params = faults.get(experiment.fault).parse_params(args.param)
+    image.check_release(args.release)
     _check_units(args)
     with _lab(args, keep=args.keep_artifacts) as lab:
         outcome = experiments.run(lab, args.experiment, args.chain, args.fs, args.units, params=params)
@@ -423,6 +465,7 @@ def cmd_run(args) -> int:
 
 def cmd_demo(args) -> int:
     _check_report_path(args.report)
+    image.check_release(args.release)
     outcomes = []
     with _lab(args, keep=args.keep_artifacts or args.report is not None) as lab:
         for name, chain, fs in experiments.INCIDENT_SUITE:

@@ -63,7 +63,7 @@ def run(lab: Lab, name: str, chain: str = "bindsto", fs: str = "xfs", units_dir=
     instance = lab.instance(chain=chain, fs=fs, units_dir=units_dir, **dict(experiment.boot))
     watch = HealthWatch(instance).start()
     try:
-        outcome = {"experiment": name, "chain": chain, "fs": fs, "fault": experiment.fault,
+        outcome = {"experiment": name, "release": lab.release, "chain": chain, "fs": fs, "fault": experiment.fault,
                    "units_dir": str(instance.variant.units_dir)}
         fault_started = time.monotonic()
         watch.mark_fault(time.time())
@@ -135,6 +135,7 @@ def terminated(instance: Instance) -> dict:
             "container_start": {"via": None, "ok": False, "error": "instance terminated"},
             "health_check_lies": False,
             "kernel_events": [event["line"] for event in instance.kernel_events()],
+            "kernel_lines": instance.kernel_lines(),
             **instance.guest_versions, "accel": instance.machine.accel, "timeout_scale": timeouts.scale()}
 
 
@@ -159,6 +160,7 @@ def observe(instance: Instance) -> dict:
         "container_start": container,
         "health_check_lies": seen["metadata_status"] == 200 and not container["ok"],
         "kernel_events": [event["line"] for event in instance.kernel_events()],
+        "kernel_lines": instance.kernel_lines(),
         **instance.guest_versions,
         "accel": instance.machine.accel,
         "timeout_scale": timeouts.scale(),

@@ -21,7 +21,30 @@ from .paths import VM_DIR, cache_dir
 
 # Bump when the build steps below change in a way the hashed files do not show.
 RECIPE_VERSION = "1"
-RELEASES = {"bookworm": "bookworm"}
+DEFAULT_MIRROR = "http://deb.debian.org/debian"
+# Build timeout for mmdebstrap (fetching ~300 packages; a stalled mirror must not hang forever).
+BUILD_TIMEOUT = 1800
+
+
+@dataclass(frozen=True)
+class Release:
+    """A guest release: the suites its packages come from, for a backports mix the apt
+    preferences file (in vm/image/) that says which packages come from where, and packages
+    it needs beyond packages.txt."""
+    name: str
+    suites: tuple[str, ...]
+    preferences: str | None = None
+    extra_packages: tuple[str, ...] = ()
+
+
+RELEASES = {r.name: r for r in [
+    Release("bookworm", ("bookworm",)),                       # kernel 6.1, systemd 252
+    # kernel 6.12, systemd 257; the docker command moved out of docker.io into docker-cli,
+    # which docker.io only recommends (and mmdebstrap installs no recommends).
+    Release("trixie", ("trixie",), extra_packages=("docker-cli",)),
+    # bookworm's userland with the backported kernel (6.12) and systemd (254).
+    Release("bookworm-backports", ("bookworm", "bookworm-backports"), "bookworm-backports.pref"),
+]}
 ROOT_SIZE = "3G"
 # Everything that goes into an image: the guest-side files and the code that builds it.
 RECIPE_INPUTS = [VM_DIR / "image", VM_DIR / "guest", VM_DIR / "agent",
@@ -57,9 +80,10 @@ class Image:
         return self.path.name
 
 
-def packages() -> list[str]:
+def packages(release: str = "bookworm") -> list[str]:
     lines = (VM_DIR / "image" / "packages.txt").read_text().splitlines()
-    return [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+    listed = [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+    return listed + list(RELEASES[release].extra_packages)
 
 
 def recipe_key(release: str) -> str:
@@ -87,10 +111,16 @@ def images_dir() -> Path:
     return path
 
 
+def check_release(release: str) -> Release:
+    try:
+        return RELEASES[release]
+    except KeyError:
+        raise UserError(f"unknown release {release!r}", f"use one of: {', '.join(RELEASES)}") from None
+
+
 def ensure_image(release: str = "bookworm", rebuild: bool = False) -> Image:
     """The cached image for RELEASE, built first if the recipe changed or it is missing."""
-    if release not in RELEASES:
-        raise UserError(f"unknown release {release!r}", f"use one of: {', '.join(RELEASES)}")
+    check_release(release)
     key = recipe_key(release)
     image = Image(images_dir() / key)
     with open(images_dir() / f"{key}.lock", "w") as lock:
@@ -119,18 +149,21 @@ def _build(release: str, image: Image) -> None:
     try:
         with disk_full_means(f"building the image in {images_dir()}"), \
                 progress.step(f"Building guest image {image.key} (Debian {release})"):
-            _build_into(release, staging)
+            _build_into(release, staging, image.key)
             # Renaming a finished directory is atomic: a half-built image is never visible.
             staging.rename(image.path)
     except subprocess.CalledProcessError as exc:
         command = " ".join(str(part).splitlines()[0] for part in exc.cmd[:4])
-        raise UserError(f"building the image failed: {command} ... exited {exc.returncode}",
+        raise UserError(f"building the Debian {release} image failed: {command} ... exited {exc.returncode}",
                         "run 'unitchaos image build --rebuild'; if it fails again, report it with the output") from None
+    except subprocess.TimeoutExpired:
+        raise UserError(f"building the Debian {release} image took more than {BUILD_TIMEOUT} s",
+                        "check that the Debian mirror answers (set UNITCHAOS_MIRROR to use another)") from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def _build_into(release: str, out: Path) -> None:
+def _build_into(release: str, out: Path, key: str) -> None:
     rootfs = out / "rootfs"
     log = out / "build.log"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "unitchaos",
@@ -138,27 +171,32 @@ def _build_into(release: str, out: Path) -> None:
     guest = VM_DIR / "guest"
     customize = VM_DIR / "image" / "customize.sh"
     cmd = [
-        "mmdebstrap", "--variant=apt", "--include=" + ",".join(packages()),
+        "mmdebstrap", "--variant=apt", "--include=" + ",".join(packages(release)),
         "--dpkgopt=path-exclude=/usr/share/man/*", "--dpkgopt=path-exclude=/usr/share/doc/*",
         "--dpkgopt=path-exclude=/usr/share/locale/*",
         f'--customize-hook=cp -a {guest}/. "$1"/ && rm -f "$1"/README.md',
         f'--customize-hook=mkdir -p "$1"/root/.ssh && cp {out}/id_ed25519.pub "$1"/root/.ssh/authorized_keys',
         f'--customize-hook=cp {customize} "$1"/tmp/customize.sh && chroot "$1" sh /tmp/customize.sh'
         ' && rm "$1"/tmp/customize.sh',
-        RELEASES[release], str(rootfs),
     ]
-    if os.environ.get("UNITCHAOS_MIRROR"):
-        cmd.append(os.environ["UNITCHAOS_MIRROR"])
-    progress.say(f"mmdebstrap: {len(packages())} packages from Debian {release}; log in {log}")
+    spec = RELEASES[release]
+    if spec.preferences:
+        # In place before the first `apt-get install`, so the pinned packages come from
+        # backports from the start (backports is NotAutomatic: never chosen otherwise).
+        prefs = VM_DIR / "image" / spec.preferences
+        cmd.append(f'--setup-hook=mkdir -p "$1"/etc/apt/preferences.d && cp {prefs} "$1"/etc/apt/preferences.d/')
+    mirror = os.environ.get("UNITCHAOS_MIRROR") or DEFAULT_MIRROR
+    cmd += [spec.suites[0], str(rootfs), *(f"deb {mirror} {suite} main" for suite in spec.suites)]
+    progress.say(f"mmdebstrap: {len(packages(release))} packages from Debian {release} ({mirror}); log in {log}")
     with open(log, "w") as logfile:
-        done = subprocess.run(cmd, stdout=logfile, stderr=subprocess.STDOUT)
+        done = subprocess.run(cmd, stdout=logfile, stderr=subprocess.STDOUT, timeout=BUILD_TIMEOUT)
     if done.returncode != 0:
-        tail = [line for line in log.read_text().splitlines() if line.startswith("E:")][-1:] or \
-            log.read_text().splitlines()[-1:]
-        if any("No space left" in line for line in log.read_text().splitlines()):
+        lines = log.read_text().splitlines()
+        if any("No space left" in line for line in lines):
             raise OSError(errno.ENOSPC, "disk full")
-        raise UserError(f"mmdebstrap could not build Debian {release}: {' '.join(tail)}",
-                        "check that the Debian mirror is reachable (set UNITCHAOS_MIRROR to use another)")
+        raise UserError(f"mmdebstrap could not build Debian {release}: {_failure_cause(lines)}",
+                        f"check that {mirror} is reachable and has {', '.join(spec.suites)} "
+                        "(set UNITCHAOS_MIRROR to use another mirror)")
 
     kernel_version = _copy_boot_files(rootfs, out)
     with progress.step("Packing the fake ECS agent's container image"):
@@ -169,8 +207,22 @@ def _build_into(release: str, out: Path) -> None:
                         str(out / "root.img"), ROOT_SIZE], check=True, stdout=subprocess.DEVNULL)
     shutil.rmtree(rootfs)
     manifest = {"release": release, "kernel": kernel_version, "systemd": systemd_version,
-                "packages": packages(), "key": out.name}
+                "packages": packages(release), "key": key}
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+
+
+# mmdebstrap's and apt's own summaries, which follow the line that says why.
+_GENERIC_ERRORS = ("E: apt-get ", "E: mmdebstrap failed", "E: Some index files failed", "E: setup failed",
+                   "E: run_", "E: Sub-process", "E: Unable to correct problems")
+
+
+def _failure_cause(lines: list[str]) -> str:
+    """The line of mmdebstrap's log that says why the build failed: apt's own error (a
+    fetch that failed, a package it cannot find) rather than the summaries after it."""
+    errors = [line.strip() for line in lines if line.startswith("E:")]
+    specific = [line for line in errors if not line.startswith(_GENERIC_ERRORS)]
+    picked = (specific or errors or lines[-1:] or ["no output"])[0]
+    return " ".join(picked.split())[:300]
 
 
 def _copy_boot_files(rootfs: Path, out: Path) -> str:

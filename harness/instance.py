@@ -146,8 +146,15 @@ class Instance:
         return fault.heal(self.machine)
 
     def kernel_events(self) -> list[dict]:
+        return kernel_log.events(self._console_since_fault())
+
+    def kernel_lines(self) -> list[str]:
+        """Every kernel line since the last fault, matched or not: the raw evidence."""
+        return [line for _, line in kernel_log.lines(self._console_since_fault())]
+
+    def _console_since_fault(self) -> str:
         since = self.fault_log[-1]["console_offset"] if self.fault_log else 0
-        return kernel_log.events(self.machine.console_text()[since:])
+        return self.machine.console_text()[since:]
 
     def wait_until_settled(self, timeout: float = 90, quiet: float = 2.0) -> None:
         """Waits until systemd has had no job queued for QUIET seconds (its reaction is over)."""

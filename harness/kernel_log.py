@@ -24,14 +24,17 @@ def classify(line: str) -> list[str]:
     return [name for name, regex in _COMPILED.items() if regex.search(line)]
 
 
-def events(console_text: str) -> list[dict]:
-    """Kernel lines in CONSOLE_TEXT that match a known disk or filesystem failure."""
+def lines(console_text: str) -> list[tuple[float, str]]:
+    """Every kernel line in CONSOLE_TEXT (uptime, message), whatever it says."""
     found = []
     for raw in console_text.splitlines():
         match = KERNEL_LINE.match(raw.strip())
-        if not match:
-            continue
-        kinds = classify(match.group(2))
-        if kinds:
-            found.append({"uptime": float(match.group(1)), "line": match.group(2).strip(), "kinds": kinds})
+        if match:
+            found.append((float(match.group(1)), match.group(2).strip()))
     return found
+
+
+def events(console_text: str) -> list[dict]:
+    """Kernel lines in CONSOLE_TEXT that match a known disk or filesystem failure."""
+    return [{"uptime": uptime, "line": line, "kinds": kinds}
+            for uptime, line in lines(console_text) if (kinds := classify(line))]

@@ -2,6 +2,9 @@
 down after the test, whatever happens; each test's report names the guest kernel and
 systemd it ran on.
 
+`--release R` (repeatable; or UNITCHAOS_RELEASE=R[,R...]) picks the guest release; with
+more than one, every test that uses `lab` runs once per release (test ids gain `[R]`).
+
 Under CI=true a missing QEMU fails the test: a skipped VM experiment must never pass
 for a green run. With --keep-on-failure a failed test's instances stay up (as
 `unitchaos up` leaves one) and the failure says how to reach them.
@@ -16,6 +19,7 @@ import pytest
 from . import interactive
 from .backends import FCOS_IMAGE_ENV
 from .errors import UserError
+from .image import RELEASES
 from .lab import Lab
 
 # Set by the nightly Fedora CoreOS jobs, which download an image: there a missing image
@@ -30,16 +34,56 @@ TOOLS = {
 }
 
 
+DEFAULT_RELEASE = "bookworm"
+# What every_release means without --release. bookworm-backports is left out: its kernel
+# (6.12.95+deb12) oopses while unpacking the initramfs under QEMU 7.2's TCG (also with
+# -cpu qemu64 and selinux=0), so it never boots here; trixie's 6.12.117 does.
+# `--release bookworm-backports` still runs it.
+EVERY_RELEASE = ("bookworm", "trixie")
+
+
 def pytest_addoption(parser):
     parser.addoption("--shard", default=None, metavar="K/N",
                      help="run only the K-th of N equal shares of the collected tests (CI matrices)")
     parser.addoption("--keep-on-failure", action="store_true",
                      help="leave a failed experiment's VM running for a look (unitchaos status/shell/down)")
+    parser.getgroup("unitchaos").addoption(
+        "--release", action="append", default=None, metavar="RELEASE",
+        help=f"guest release the lab fixture boots, repeatable ({', '.join(RELEASES)}; "
+             f"default $UNITCHAOS_RELEASE, else {DEFAULT_RELEASE}, and {', '.join(EVERY_RELEASE)} for tests marked every_release)")
 
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "vm: boots a QEMU guest (slow)")
     config.addinivalue_line("markers", "lab(backend='qemu', guest='debian'): how the lab fixture runs its guests")
+    config.addinivalue_line("markers", "every_release: run on every guest release unless --release says which")
+    config.unitchaos_releases = _chosen_releases(config)
+
+
+def _chosen_releases(config) -> list[str] | None:
+    """The releases asked for (--release, else UNITCHAOS_RELEASE), or None."""
+    chosen = config.getoption("release") or \
+        [name.strip() for name in os.environ.get("UNITCHAOS_RELEASE", "").split(",") if name.strip()]
+    unknown = [name for name in chosen if name not in RELEASES]
+    if unknown:
+        raise pytest.UsageError(f"unknown release {', '.join(unknown)} (fix: use one of {', '.join(RELEASES)})")
+    return list(dict.fromkeys(chosen)) or None
+
+
+def pytest_generate_tests(metafunc):
+    if "unitchaos_release" not in metafunc.fixturenames:
+        return
+    every = metafunc.definition.get_closest_marker("every_release") is not None
+    releases = metafunc.config.unitchaos_releases or (list(EVERY_RELEASE) if every else [DEFAULT_RELEASE])
+    # One release and no marker: the test id stays as it was.
+    if len(releases) > 1 or every:
+        metafunc.parametrize("unitchaos_release", releases, ids=releases)
+
+
+@pytest.fixture
+def unitchaos_release(request):
+    """The guest release the lab boots (when not parametrized by release)."""
+    return (request.config.unitchaos_releases or [DEFAULT_RELEASE])[0]
 
 
 def pytest_collection_modifyitems(config, items):
@@ -78,7 +122,7 @@ def _require(backend: str, guest: str) -> None:
 
 
 @pytest.fixture
-def lab(request):
+def lab(request, unitchaos_release):
     """Hands out instances (lab.instance(chain=..., fs=...)) and tears them all down after
     the test. A failed test keeps each instance's artifacts (console, journal, dmesg, QMP
     events, unit files) and names the directory in the report. A test marked
@@ -90,7 +134,7 @@ def lab(request):
     keep_up = request.config.getoption("keep_on_failure")
     try:
         # Experiments leave their instance to this fixture, which knows whether the test failed.
-        lab = Lab(hold=True, outlive_owner=keep_up, **options)
+        lab = Lab(release=unitchaos_release, hold=True, outlive_owner=keep_up, **options)
     except UserError as exc:
         pytest.fail(str(exc), pytrace=False)
     try:
@@ -98,6 +142,8 @@ def lab(request):
     except UserError as exc:
         pytest.fail(str(exc), pytrace=False)
     finally:
+        if lab.instances:
+            request.node.user_properties.append(("release", unitchaos_release))
         for instance in lab.instances:
             for key, value in instance.guest_versions.items():
                 request.node.user_properties.append((key, value))
@@ -133,7 +179,8 @@ def pytest_runtest_makereport(item, call):
     if report.when == "call":
         item.unitchaos_call_report = report
     if report.when == "teardown":
-        lines = [f"{key}: {value}" for key, value in item.user_properties if key in ("kernel", "systemd", "artifacts")]
+        lines = [f"{key}: {value}" for key, value in item.user_properties
+                 if key in ("release", "kernel", "systemd", "artifacts")]
         lines += getattr(item, "unitchaos_kept_up", [])
         if lines:
             # "teardown" in the name: pytest shows such sections with the failure.

@@ -1,5 +1,13 @@
 """The incident, one experiment at a time: break the volume, wait for the kernel's word,
-then assert what systemd, the mount table and the load balancer's health check say."""
+then assert what systemd, the mount table and the load balancer's health check say.
+
+Every test runs on bookworm (kernel 6.1, systemd 252) and trixie (6.12, 257) unless
+--release picks others (see plugin.EVERY_RELEASE): the incident must reproduce wherever
+people look for it."""
+import pytest
+
+pytestmark = pytest.mark.every_release
+
 ALL_ACTIVE = {"format-ephemeral.service": "active", "var-lib-docker.mount": "active",
               "docker.service": "active", "ecs-agent.service": "active"}
 STOPPED = ("inactive", "failed")

@@ -90,6 +90,12 @@ def units_with_unknown_key(tmp_path):
     (["demo", "--backend", "vagrant", "--guest", "fcos", "--image", "/etc/hostname"],
      "the vagrant backend runs the Debian guest only"),
     (["ignition", "--chain", "wants"], "unknown chain 'wants'"),
+    (["run", "yank", "--release", "sid"], "unknown release 'sid'"),
+    (["demo", "--release", "sid"], "unknown release 'sid'"),
+    (["image", "build", "--release", "sid"], "unknown release 'sid'"),
+    (["versions", "--release", "trixie", "--release", "sid"], "unknown release 'sid'"),
+    (["versions", "nope"], "unknown experiment 'nope'"),
+    (["versions", "yank", "--fs", "btrfs"], "unknown filesystem 'btrfs'"),
 ])
 def test_bad_input_is_one_line_and_exit_2(capsys, monkeypatch, argv, problem):
     monkeypatch.delenv("UNITCHAOS_FCOS_IMAGE", raising=False)

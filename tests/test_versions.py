@@ -1,0 +1,205 @@
+"""Tests for harness/versions.py (the matrix across releases), the releases in
+harness/image.py and the pytest plugin's --release. No guest is booted here."""
+import io
+import json
+import os
+import socket
+import shutil
+
+import pytest
+from rich.console import Console
+
+from harness import agent_image, image, versions
+from harness.errors import UserError
+
+pytest_plugins = ["pytester"]
+
+ROW = ("unplug", "bindsto", "xfs")
+UNITS_STOPPED = {"format-ephemeral.service": "active", "var-lib-docker.mount": "inactive",
+                 "docker.service": "inactive", "ecs-agent.service": "inactive"}
+
+
+def outcome(kernel: str, systemd: str, kernel_events: list[str], units: dict | None = None,
+            mount_listed: bool = False, deep_detected: bool = True) -> dict:
+    """An outcome shaped like experiments.run()'s."""
+    return {"experiment": ROW[0], "chain": ROW[1], "fs": ROW[2], "units": units or UNITS_STOPPED,
+            "volume_device": "inactive", "mount_listed": mount_listed, "metadata_status": None,
+            "container_start_ok": False, "health_check_lies": False, "kernel_events": kernel_events,
+            "kernel_lines": ["virtio_blk virtio2: [vdb] removed", *kernel_events],
+            "health": {"deep": {"detected": deep_detected, "seconds": 1.5}},
+            "kernel": kernel, "systemd": systemd}
+
+
+BOOKWORM = outcome("6.1.0-41-cloud-amd64", "systemd 252 (252.39-1~deb12u1)",
+                   ["XFS (vdb): Metadata I/O Error (0x1) detected at xfs_buf_ioend+0x1/0x2 [xfs] "
+                    "(fs/xfs/xfs_buf.c:1245).  Shutting down filesystem."])
+TRIXIE = outcome("6.12.117+deb13-cloud-amd64", "systemd 257 (257.13-1~deb13u1)",
+                 ["XFS (vdb): Block device removal (0x20) detected at fs_bdev_mark_dead+0x59/0x70 "
+                  "(fs/xfs/xfs_super.c:1177).  Shutting down filesystem."])
+
+
+def build(outcomes: dict) -> dict:
+    return versions.matrix([ROW], list(outcomes), {r: {ROW: o} for r, o in outcomes.items()}, {})
+
+
+def test_cells_say_what_systemd_the_kernel_and_the_checks_did():
+    cell = build({"bookworm": BOOKWORM})["rows"][0]["cells"]["bookworm"]
+    assert cell["systemd"] == "docker inactive, agent inactive, mount gone, vdb inactive"
+    assert cell["kernel"] == "xfs-shutdown, xfs-metadata-io-error"
+    assert cell["checks"] == "metadata None, containers fail, stock truthful, deep fails"
+    assert cell["kernel_version"] == "6.1.0-41-cloud-amd64"
+
+
+def test_a_different_kernel_wording_is_a_kernel_disagreement_only():
+    result = build({"bookworm": BOOKWORM, "trixie": TRIXIE})
+    assert result["rows"][0]["disagree"] == ["kernel"]
+    assert result["releases"]["trixie"]["kernel"] == "6.12.117+deb13-cloud-amd64"
+
+
+def test_versions_and_timings_alone_are_no_disagreement():
+    other = {**BOOKWORM, "kernel": "6.1.0-99-cloud-amd64", "health": {"deep": {"detected": True, "seconds": 9.0}}}
+    assert build({"bookworm": BOOKWORM, "bookworm-backports": other})["rows"][0]["disagree"] == []
+
+
+def test_systemd_and_check_disagreements_are_found():
+    stayed_up = outcome(BOOKWORM["kernel"], BOOKWORM["systemd"], BOOKWORM["kernel_events"],
+                        units={**UNITS_STOPPED, "docker.service": "active", "ecs-agent.service": "active"},
+                        mount_listed=True, deep_detected=False)
+    result = build({"bookworm": BOOKWORM, "trixie": stayed_up})
+    assert result["rows"][0]["disagree"] == ["systemd", "checks"]
+
+
+def test_an_experiment_that_did_not_finish_is_shown_and_not_compared():
+    outcomes = {"bookworm": {ROW: BOOKWORM}, "trixie": {ROW: {"error": "systemd still had 3 job(s) queued"}}}
+    result = versions.matrix([ROW], ["bookworm", "trixie"], outcomes, {"trixie": {"kernel": "6.12.1", "systemd": "257"}})
+    row = result["rows"][0]
+    assert row["cells"]["trixie"] == {"error": "systemd still had 3 job(s) queued"}
+    assert row["disagree"] == []
+    assert result["releases"]["trixie"]["kernel"] == "6.12.1"  # from the image when nothing ran
+
+
+def test_the_table_marks_disagreeing_cells():
+    console = Console(record=True, width=250, file=io.StringIO())
+    console.print(versions.render(build({"bookworm": BOOKWORM, "trixie": TRIXIE})))
+    text = console.export_text()
+    assert text.count("≠ kernel:") == 2 and "≠ systemd" not in text
+    assert "6.12.117+deb13-cloud-amd64" in text and "systemd 257" in text
+
+
+def test_json_round_trips():
+    result = build({"bookworm": BOOKWORM, "trixie": TRIXIE})
+    assert json.loads(versions.to_json(result)) == result
+
+
+def test_kernel_lines_are_saved_per_release_and_kernel(tmp_path):
+    written = versions.save_kernel_lines(build({"bookworm": BOOKWORM, "trixie": TRIXIE}), tmp_path)
+    assert sorted(p.name for p in written) == ["bookworm-6.1.0-41-cloud-amd64.json",
+                                               "trixie-6.12.117+deb13-cloud-amd64.json"]
+    saved = json.loads((tmp_path / "trixie-6.12.117+deb13-cloud-amd64.json").read_text())
+    assert saved["release"] == "trixie" and saved["systemd"] == TRIXIE["systemd"]
+    assert saved["experiments"]["unplug bindsto xfs"] == TRIXIE["kernel_lines"]
+
+
+def test_unknown_release_is_refused_before_any_work(monkeypatch):
+    monkeypatch.setattr(image, "ensure_image", lambda *a, **k: pytest.fail("built an image"))
+    with pytest.raises(UserError, match="unknown release 'sid'.*bookworm, trixie, bookworm-backports"):
+        versions.run([ROW], ["bookworm", "sid"])
+
+
+def test_every_release_is_keyed_apart():
+    keys = {image.recipe_key(release) for release in image.RELEASES}
+    assert len(keys) == len(image.RELEASES)
+    assert all(key.startswith(release + "-") for key, release in zip(map(image.recipe_key, image.RELEASES), image.RELEASES))
+
+
+def test_backports_pins_kernel_and_systemd_to_backports():
+    spec = image.RELEASES["bookworm-backports"]
+    assert spec.suites == ("bookworm", "bookworm-backports")
+    pref = (image.VM_DIR / "image" / spec.preferences).read_text()
+    assert "Pin: release n=bookworm-backports" in pref
+    pinned = next(line for line in pref.splitlines() if line.startswith("Package:")).split()[1:]
+    assert {"linux-image-cloud-amd64", "systemd", "udev", "libsystemd0", "libsystemd-shared"} <= set(pinned)
+
+
+def test_agent_packages_follow_the_guests_python(tmp_path):
+    (tmp_path / "usr/bin").mkdir(parents=True)
+    os.symlink("python3.13", tmp_path / "usr/bin/python3")
+    python = agent_image.guest_python(tmp_path)
+    assert python == "python3.13"
+    assert {"python3.13-minimal", "libpython3.13-stdlib"} <= set(agent_image.packages(python))
+    assert "usr/lib/python3.13/test/" in agent_image.skip_prefixes(python)
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("mmdebstrap"),
+                    reason="building an image needs root and mmdebstrap")
+@pytest.mark.parametrize("release", ["trixie", "bookworm-backports"])
+def test_unreachable_mirror_names_release_and_cause_and_leaves_nothing(tmp_path, monkeypatch, release):
+    monkeypatch.setenv("UNITCHAOS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("UNITCHAOS_MIRROR", f"http://127.0.0.1:{_closed_port()}/debian")
+    with pytest.raises(UserError) as failed:
+        image.ensure_image(release)
+    message = str(failed.value)
+    assert f"Debian {release}" in message
+    assert "Could not connect to 127.0.0.1" in message and "Connection refused" in message
+    assert "\n" not in message
+    # Only the (empty) lock stays: no image, no staging directory.
+    assert [p.name for p in image.images_dir().iterdir() if not p.name.endswith(".lock")] == []
+
+
+PLUGIN_TESTS = """
+import pytest
+
+def test_plain(unitchaos_release):
+    pass
+
+@pytest.mark.every_release
+def test_everywhere(unitchaos_release):
+    pass
+"""
+
+
+@pytest.mark.parametrize("args, env, expected", [
+    ([], None, ["test_plain", "test_everywhere[bookworm]", "test_everywhere[trixie]"]),
+    (["--release", "trixie"], None, ["test_plain", "test_everywhere[trixie]"]),
+    (["--release", "trixie", "--release", "bookworm"], None,
+     ["test_plain[trixie]", "test_plain[bookworm]", "test_everywhere[trixie]", "test_everywhere[bookworm]"]),
+    ([], "bookworm-backports", ["test_plain", "test_everywhere[bookworm-backports]"]),
+])
+def test_plugin_runs_tests_on_the_chosen_releases(pytester, monkeypatch, args, env, expected):
+    if env:
+        monkeypatch.setenv("UNITCHAOS_RELEASE", env)
+    else:
+        monkeypatch.delenv("UNITCHAOS_RELEASE", raising=False)
+    pytester.makepyfile(PLUGIN_TESTS)
+    result = pytester.runpytest("--collect-only", "-q", *args)
+    collected = [line.split("::")[1] for line in result.outlines if "::" in line]
+    assert collected == expected
+
+
+def test_plugin_refuses_an_unknown_release(pytester):
+    pytester.makepyfile(PLUGIN_TESTS)
+    result = pytester.runpytest("--collect-only", "-q", "--release", "sid")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert "unknown release sid" in "\n".join(result.errlines)
+
+
+def test_matrices_run_apart_combine_into_one():
+    apart = [build({"bookworm": BOOKWORM}), build({"trixie": TRIXIE})]
+    combined = versions.combine(apart)
+    assert list(combined["releases"]) == ["bookworm", "trixie"]
+    assert combined["rows"][0]["disagree"] == ["kernel"]
+    assert combined == build({"bookworm": BOOKWORM, "trixie": TRIXIE})
+
+
+def test_a_release_missing_from_a_row_is_not_run():
+    other_row = versions.matrix([("yank", "bindsto", "xfs")], ["trixie"],
+                                {"trixie": {("yank", "bindsto", "xfs"): {**TRIXIE, "experiment": "yank"}}}, {})
+    combined = versions.combine([build({"bookworm": BOOKWORM}), other_row])
+    yank = next(row for row in combined["rows"] if row["experiment"] == "yank")
+    assert yank["cells"]["bookworm"] == {"error": "not run"} and yank["disagree"] == []
