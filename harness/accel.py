@@ -6,6 +6,7 @@ panics and QEMU exits within a second or two under working KVM. No exit in a few
 seconds means KVM is unusable here. The verdict is cached until the host reboots.
 """
 import functools
+import hashlib
 import json
 import os
 import shutil
@@ -51,8 +52,9 @@ def choose(kernel: Path) -> str:
 def kvm_verdict(kernel: Path) -> dict:
     if not os.access("/dev/kvm", os.R_OK | os.W_OK):
         return {"usable": False, "reason": "/dev/kvm is missing or not writable", "seconds": 0.0}
-    cache = cache_dir() / "kvm-probe.json"
     key = f"{_boot_id()} {qemu_version()} {kernel.stat().st_size}"
+    # One file per key: guests of two releases (two kernels) must not evict each other's verdict.
+    cache = cache_dir() / f"kvm-probe-{hashlib.sha256(key.encode()).hexdigest()[:12]}.json"
     try:
         cached = json.loads(cache.read_text())
         if cached.get("key") == key:

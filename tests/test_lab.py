@@ -148,7 +148,7 @@ def test_kvm_verdict_without_dev_kvm_access(cache, monkeypatch, no_probe):
     verdict = accel.kvm_verdict(KERNEL)
     assert verdict["usable"] is False
     assert "/dev/kvm" in verdict["reason"]
-    assert not (cache / "kvm-probe.json").exists()
+    assert not list(cache.glob("kvm-probe*.json"))
 
 
 def test_unusable_kvm_falls_back_to_tcg(cache, monkeypatch, no_probe):
@@ -176,3 +176,18 @@ def test_scaled_honours_timeout_scale(monkeypatch, value, seconds):
 def test_scaled_without_a_scale_is_unchanged(monkeypatch):
     monkeypatch.delenv("UNITCHAOS_TIMEOUT_SCALE", raising=False)
     assert timeouts.scaled(42) == 42
+
+
+def test_kvm_verdicts_for_two_guest_kernels_are_both_kept(cache, monkeypatch, tmp_path):
+    probes = []
+    monkeypatch.setattr(os, "access", lambda path, mode: True)
+    monkeypatch.setattr(accel, "qemu_version", lambda: "QEMU 7.2")
+    monkeypatch.setattr(accel, "_probe", lambda kernel: probes.append(kernel) or {"usable": False, "reason": "hangs"})
+    cache.mkdir(parents=True)
+    kernels = [tmp_path / "vmlinuz-6.1", tmp_path / "vmlinuz-6.12"]
+    kernels[0].write_bytes(b"a" * 10)
+    kernels[1].write_bytes(b"b" * 20)
+    for _ in range(2):
+        for kernel in kernels:
+            assert accel.kvm_verdict(kernel)["usable"] is False
+    assert probes == kernels  # one probe each, then both answered from the cache
