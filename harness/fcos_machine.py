@@ -15,6 +15,7 @@ import testinfra
 
 from . import ignition
 from .image import Image
+from .errors import UserError
 from .machine import SSH_ALIAS, Machine, _qemu_img
 
 # Fedora CoreOS asks for 2 GiB; with less, Ignition and Docker compete for memory at boot.
@@ -52,7 +53,11 @@ class SshChannel:
 class FcosMachine(Machine):
     def __init__(self, image: Image, run_dir: Path, *, disk: Path, ignition_config: Path,
                  memory_mb: int = MIN_MEMORY_MB, cpus: int = 2, volume_size: str = "1G",
-                 fw_cfg: dict[str, Path] | None = None, extra_ports: tuple[int, ...] = (), name: str = "fcos"):
+                 fw_cfg: dict[str, Path] | None = None, extra_ports: tuple[int, ...] = (), name: str = "fcos",
+                 volume_source: Path | None = None):
+        if volume_source is not None:
+            raise UserError("the mkfs-refuses experiments need the harness's own QEMU (a volume that starts "
+                            "with an old filesystem)", "run them with --backend qemu --guest debian")
         # The unit chain travels inside the Ignition config: the Debian guest's units.tar is not passed.
         super().__init__(image, run_dir, memory_mb=max(memory_mb, MIN_MEMORY_MB), cpus=cpus,
                          volume_size=volume_size, fw_cfg={ignition.CONFIG_FW_CFG: ignition_config},

@@ -80,7 +80,10 @@ class VagrantMachine(Machine):
 
     def __init__(self, image: Image, run_dir: Path, *, memory_mb: int = 1024, cpus: int = 2,
                  volume_size: str = "1G", fw_cfg: dict[str, Path] | None = None,
-                 extra_ports: tuple[int, ...] = (), name: str = "guest"):
+                 extra_ports: tuple[int, ...] = (), name: str = "guest", volume_source: Path | None = None):
+        if volume_source is not None:
+            raise UserError("the mkfs-refuses experiments need the harness's own QEMU (a volume that starts "
+                            "with an old filesystem)", "run them with --backend qemu --guest debian")
         super().__init__(image, run_dir, memory_mb=memory_mb, cpus=cpus, volume_size=volume_size,
                          fw_cfg=fw_cfg, extra_ports=extra_ports, name=name)
         self.domain_prefix = f"unitchaos-{uuid.uuid4().hex[:10]}-"

@@ -102,4 +102,6 @@ def test_yank_on_ext4_aborts_the_journal_and_the_agent_still_answers_200(lab):
     assert vm.unit_states() == ALL_ACTIVE
     assert vm.metadata_status() == 200
     result = vm.start_container()
-    assert not result["ok"] and "read-only file system" in result["error"]
+    # Kernel 6.1 lets Docker read its image store and fails the write (EROFS); on 6.12 the
+    # read of the image store already fails, and Docker says the image is not there.
+    assert not result["ok"] and ("read-only file system" in result["error"] or "No such image" in result["error"])
