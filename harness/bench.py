@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from . import image, progress, snapshots, units
 from .capacity import max_parallel_vms
 from .experiments import INCIDENT_SUITE
+from .errors import GuestTimeout, UserError
 from .lab import Lab
 
 
@@ -103,7 +104,8 @@ SURVEY = {
     "-smp 1": {"cpus": 1},
     "tcg single-thread": {"tcg_threads": "single"},
     "-cpu qemu64": {"cpu_model": "qemu64"},
-    "kernel: quiet": {"kernel_args": "+quiet"},
+    # Plain `quiet` hides the notice-level line the harness waits for: keep notices.
+    "kernel: quiet loglevel=5": {"kernel_args": "+quiet loglevel=5"},
     "kernel: mitigations=off": {"kernel_args": "+mitigations=off"},
     "kernel: systemd.show_status=0": {"kernel_args": "+systemd.show_status=0"},
 }
@@ -113,6 +115,7 @@ def survey(runs: int = 3) -> dict:
     """Cold boot to healthy under each SURVEY option, RUNS times each, interleaved so that
     a change in the host's load touches every option alike."""
     samples: dict[str, list[float]] = {label: [] for label in SURVEY}
+    failures: dict[str, str] = {}
     with Lab() as lab:
         for round_ in range(runs):
             for label, changes in SURVEY.items():
@@ -123,14 +126,18 @@ def survey(runs: int = 3) -> dict:
                             value = f"{instance.machine.kernel_args} {value.lstrip('+')}"
                         setattr(instance.machine, key, value)
                     started = time.monotonic()
-                    instance.boot()
-                    instance.require_healthy()
-                    samples[label].append(time.monotonic() - started)
-                    lab.release_instance(instance)
+                    try:
+                        instance.boot()
+                        instance.require_healthy()
+                        samples[label].append(time.monotonic() - started)
+                    except (GuestTimeout, UserError) as exc:
+                        failures[label] = str(exc).splitlines()[0][:200]  # an option that breaks boot is a finding
+                    finally:
+                        lab.release_instance(instance)
     base = statistics.median(samples[next(iter(SURVEY))])
-    return {"machine": _machine(), "cold_boot_by_option": {
+    return {"machine": _machine(), "failed": failures, "cold_boot_by_option": {
         label: {**summary(values), "vs_default": round(statistics.median(values) / base, 3)}
-        for label, values in samples.items()}}
+        for label, values in samples.items() if values}}
 
 
 def render_survey(figures: dict) -> str:
@@ -139,6 +146,8 @@ def render_survey(figures: dict) -> str:
     for label, s in figures["cold_boot_by_option"].items():
         out.append(f"  {label:<46} {s['median']:>7.2f} s (min {s['min']:.2f}, max {s['max']:.2f}, "
                    f"{s['runs']} runs)  {s['vs_default']:.2f}x default")
+    for label, reason in figures.get("failed", {}).items():
+        out.append(f"  {label:<46} failed: {reason}")
     return "\n".join(out)
 
 
