@@ -440,11 +440,7 @@ def cmd_image_build(args) -> int:
 
 def cmd_run(args) -> int:
     experiment = experiments.get(args.experiment)
-    params = {}
-    if args.param:
-        if not experiment.fault:
-            raise UserError(f"{args.experiment} takes no parameters", "drop --param")
-        params = faults.get(experiment.fault).parse_params(args.param)
+    params = experiment.parse_params(args.param)
     image.check_release(args.release)
     _check_units(args)
     with _lab(args, keep=args.keep_artifacts) as lab:

@@ -22,6 +22,12 @@ class Experiment:
     summary: str
     boot: tuple = ()  # Variant changes the instance boots with (a fault present from boot on)
 
+    def parse_params(self, pairs: list[str]) -> dict:
+        """KEY=VALUE strings for this experiment's fault, typed; none for an experiment without one."""
+        if pairs and not self.fault:
+            raise UserError(f"{self.name} takes no parameters", f"drop {', '.join(pairs)}")
+        return faults.get(self.fault).parse_params(pairs) if pairs else {}
+
 
 EXPERIMENTS = {exp.name: exp for exp in [
     Experiment("healthy", None, "no fault: the chain as it boots"),
@@ -58,7 +64,7 @@ def run(lab: Lab, name: str, chain: str = "bindsto", fs: str = "xfs", units_dir=
     verdict or HEALTH_WINDOW seconds have passed."""
     experiment = get(name)
     if params and not experiment.fault:
-        raise UserError(f"{name} takes no parameters", f"drop {', '.join(params)}")
+        experiment.parse_params(list(params))  # says it takes none
     started = time.monotonic()
     instance = lab.instance(chain=chain, fs=fs, units_dir=units_dir, **dict(experiment.boot))
     watch = HealthWatch(instance).start()
