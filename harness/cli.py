@@ -132,6 +132,8 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--no-suites", action="store_true", help="only image, cold boot and restore (minutes, not half an hour)")
     bench.add_argument("--survey", action="store_true",
                        help="cold boot under each QEMU option and kernel argument of the lean-guest survey")
+    bench.add_argument("--only", action="append", metavar="WORDS",
+                       help="with --survey: only the options whose label contains WORDS (repeatable), and the default")
     bench.set_defaults(func=cmd_bench)
 
     serve = sub.add_parser("serve", help="boot groups of instances and serve the Chaos Monkey API on them")
@@ -355,7 +357,7 @@ def cmd_bench(args) -> int:
     if args.runs < 1:
         raise UserError(f"--runs {args.runs} is not a number of runs", "use --runs 1 or more")
     if args.survey:
-        figures = bench.survey(runs=args.runs)
+        figures = bench.survey(runs=args.runs, only=args.only)
         print(json.dumps(figures, indent=2) if args.json else bench.render_survey(figures))
         return 0
     figures = bench.run(runs=args.runs, workers=args.workers, suites=not args.no_suites)

@@ -64,6 +64,7 @@ class FcosMachine(Machine):
                          extra_ports=extra_ports, name=name)
         self.disk = disk
         self.channel = SshChannel(self)
+        self.cpu_model = "max"  # the lean-guest survey measured Debian guests only
 
     def start(self, restore=None) -> None:
         if restore is not None:

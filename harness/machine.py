@@ -74,6 +74,11 @@ class SavedState:
 
 
 KERNEL_ARGS = "root=/dev/vda rw console=ttyS0 net.ifnames=0 printk.time=1 apparmor=0"
+# CPU features a release's kernel must not see under TCG. bookworm-backports' kernel
+# (6.12.95+deb12) takes #DB warnings in kmem_cache_alloc's cmpxchg16b, then oopses or hangs
+# in early boot under QEMU 7.2's TCG (any -cpu model, -smp 1, single-threaded TCG alike);
+# without CX16 SLUB takes its locked path and the guest boots. trixie's 6.12.117 is fine.
+TCG_HIDDEN_FEATURES = {"bookworm-backports": ("cx16",)}
 
 
 class Machine:
@@ -103,7 +108,7 @@ class Machine:
         self.restoring = False
         # Boot options the lean-guest survey (bench --survey) varies; these defaults won there.
         self.kernel_args = KERNEL_ARGS
-        self.cpu_model = "max"
+        self.cpu_model = "qemu64"  # under TCG; KVM always uses -cpu host
         self.tcg_threads = "multi"
         # QEMU dies with this process unless told otherwise (the interactive lab's `up`).
         self.die_with_owner = True
@@ -194,7 +199,7 @@ class Machine:
         if self.accel == "kvm":
             cpu = ["-accel", "kvm", "-cpu", "host"]
         else:
-            cpu = ["-accel", f"tcg,thread={self.tcg_threads}", "-cpu", self.cpu_model]
+            cpu = ["-accel", f"tcg,thread={self.tcg_threads}", "-cpu", self._tcg_cpu()]
         argv = [
             accel.qemu_binary(), "-name", f"unitchaos-{self.name}", *cpu,
             "-smp", str(self.cpus), "-m", f"{self.memory_mb}M", *self._memory_args(),
@@ -212,6 +217,11 @@ class Machine:
         for name, path in self.fw_cfg.items():
             argv += ["-fw_cfg", f"name={name},file={path}"]
         return argv
+
+    def _tcg_cpu(self) -> str:
+        manifest = self.image.path / "manifest.json"  # a user's FCOS image has none
+        release = json.loads(manifest.read_text()).get("release", "") if manifest.exists() else ""
+        return ",".join([self.cpu_model, *(f"-{f}" for f in TCG_HIDDEN_FEATURES.get(release, ()))])
 
     def _node_names(self, disk: Disk) -> str:
         """Names for the volume's block nodes, so that a fault can slide a filter under its

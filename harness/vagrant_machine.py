@@ -166,7 +166,7 @@ class VagrantMachine(Machine):
             # libvirt's host-model CPU under TCG emulates a long list of host features
             # (5-level paging among them) and boots several times slower than the
             # harness's own QEMU: the last -cpu wins, so give TCG the same one.
-            qemuargs += ["-cpu", "max"]
+            qemuargs += ["-cpu", self._tcg_cpu()]
         for name, path in self.fw_cfg.items():
             qemuargs += ["-fw_cfg", f"name={name},file={self.shared / path.name}"]
         return {

@@ -142,7 +142,8 @@ def to_json(result: dict) -> str:
 
 def save_kernel_lines(result: dict, directory: Path) -> list[Path]:
     """Writes the kernel lines each experiment saw, one file per release and kernel
-    (<release>-<kernel>.json), as fixtures for the kernel patterns' tests."""
+    (<release>-<kernel>.json), as fixtures for the kernel patterns' tests; experiments
+    already in a file and not run again are kept."""
     directory.mkdir(parents=True, exist_ok=True)
     written = []
     for release, versions in result["releases"].items():
@@ -154,7 +155,9 @@ def save_kernel_lines(result: dict, directory: Path) -> list[Path]:
         if not experiments_seen:
             continue
         path = directory / f"{release}-{versions['kernel']}.json"
+        # Runs with another --chain or --fs add their experiments to the same kernel's file.
+        earlier = json.loads(path.read_text())["experiments"] if path.exists() else {}
         path.write_text(json.dumps({"release": release, "kernel": versions["kernel"], "systemd": versions["systemd"],
-                                    "experiments": experiments_seen}, indent=2) + "\n")
+                                    "experiments": {**earlier, **experiments_seen}}, indent=2) + "\n")
         written.append(path)
     return written

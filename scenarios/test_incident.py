@@ -1,9 +1,9 @@
 """The incident, one experiment at a time: break the volume, wait for the kernel's word,
 then assert what systemd, the mount table and the load balancer's health check say.
 
-Every test runs on bookworm (kernel 6.1, systemd 252) and trixie (6.12, 257) unless
---release picks others (see plugin.EVERY_RELEASE): the incident must reproduce wherever
-people look for it."""
+Every test runs on bookworm (kernel 6.1, systemd 252), trixie (6.12, 257) and
+bookworm-backports (6.12, 254) unless --release picks others (see plugin.EVERY_RELEASE):
+the incident must reproduce wherever people look for it."""
 import pytest
 
 pytestmark = pytest.mark.every_release

@@ -30,6 +30,8 @@ CLASSIFIED = [
     ("XFS (vdb): Unmounting Filesystem 5d3a2b1c-0000-4000-8000-000000000000", {"xfs-unmount"}),
     ("I/O error, dev vdb, sector 192 op 0x1:(WRITE) flags 0x800 phys_seg 1 prio class 2", {"block-io-error"}),
     ("Buffer I/O error on dev vdb, logical block 0, lost async page write", {"buffer-io-error", "lost-page-write"}),
+    # What the page cache says when a write it had accepted can no longer reach the disk.
+    ("vdb: writeback error on inode 280, offset 0, sector 14936", {"writeback-error"}),
     ("JBD2: I/O error when updating journal superblock for vdb-8.", {"jbd2-error"}),
     ("EXT4-fs error (device vdb): ext4_journal_check_start:83: comm dd: Detected aborted journal", {"ext4-error"}),
     ("EXT4-fs (vdb): Remounting filesystem read-only", {"ext4-remount-ro"}),

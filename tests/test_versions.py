@@ -100,6 +100,16 @@ def test_kernel_lines_are_saved_per_release_and_kernel(tmp_path):
     assert saved["experiments"]["unplug bindsto xfs"] == TRIXIE["kernel_lines"]
 
 
+def test_a_run_with_another_filesystem_adds_to_the_kernels_file(tmp_path):
+    versions.save_kernel_lines(build({"trixie": TRIXIE}), tmp_path)
+    ext4 = {**TRIXIE, "fs": "ext4", "kernel_lines": ["EXT4-fs error (device vdb): ..."]}
+    row = (ROW[0], ROW[1], "ext4")
+    versions.save_kernel_lines(versions.matrix([row], ["trixie"], {"trixie": {row: ext4}}, {}), tmp_path)
+    saved = json.loads((tmp_path / "trixie-6.12.117+deb13-cloud-amd64.json").read_text())
+    assert saved["experiments"] == {"unplug bindsto xfs": TRIXIE["kernel_lines"],
+                                    "unplug bindsto ext4": ext4["kernel_lines"]}
+
+
 def test_unknown_release_is_refused_before_any_work(monkeypatch):
     monkeypatch.setattr(image, "ensure_image", lambda *a, **k: pytest.fail("built an image"))
     with pytest.raises(UserError, match="unknown release 'sid'.*bookworm, trixie, bookworm-backports"):
@@ -165,7 +175,8 @@ def test_everywhere(unitchaos_release):
 
 
 @pytest.mark.parametrize("args, env, expected", [
-    ([], None, ["test_plain", "test_everywhere[bookworm]", "test_everywhere[trixie]"]),
+    ([], None, ["test_plain", "test_everywhere[bookworm]", "test_everywhere[trixie]",
+                "test_everywhere[bookworm-backports]"]),
     (["--release", "trixie"], None, ["test_plain", "test_everywhere[trixie]"]),
     (["--release", "trixie", "--release", "bookworm"], None,
      ["test_plain[trixie]", "test_plain[bookworm]", "test_everywhere[trixie]", "test_everywhere[bookworm]"]),
