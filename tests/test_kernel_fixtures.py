@@ -25,8 +25,11 @@ PATTERNS_JSON = ROOT / "vm" / "guest" / "usr" / "local" / "share" / "unitchaos" 
 # Experiments that break the volume under a mounted filesystem: the deep check's kernel
 # check must fail on what the kernel said. The others (healthy, a clean or lazy umount,
 # stopping the mount) must leave it passing.
-BREAKS_THE_VOLUME = {"yank bindsto xfs", "yank bindsto ext4", "unplug bindsto xfs"}
+BREAKS_THE_VOLUME = {"yank bindsto xfs", "yank bindsto ext4", "unplug bindsto xfs", "unplug bindsto ext4",
+                     "io-error bindsto ext4", "yank requires xfs", "io-error requires xfs", "xfs-shutdown requires xfs"}
+# Captured on every kernel: what the incident is about.
 XFS_BROKEN = {"yank bindsto xfs", "unplug bindsto xfs"}
+XFS_SHUT_DOWN = XFS_BROKEN | {"yank requires xfs", "io-error requires xfs", "xfs-shutdown requires xfs"}
 # Any wording of an XFS shutdown, as broad as a human reading the log would be.
 LOOKS_LIKE_XFS_SHUTDOWN = re.compile(r"XFS \(\w+\).*(shut ?down|shutting down)", re.IGNORECASE)
 
@@ -89,7 +92,7 @@ def test_every_xfs_shutdown_wording_is_a_shutdown(capture, name):
     for line in lines:
         if LOOKS_LIKE_XFS_SHUTDOWN.search(line):
             assert "xfs-shutdown" in classify(line), line
-    if name in XFS_BROKEN:
+    if name in XFS_SHUT_DOWN:
         assert any("xfs-shutdown" in classify(line) for line in lines), \
             f"{capture['kernel']}: no XFS shutdown after {name}"
 
@@ -105,6 +108,16 @@ def test_kernel_6_12_says_block_device_removal_when_the_volume_is_unplugged():
                if "Block device removal (0x20) detected at fs_bdev_mark_dead" in line]
     assert removal and "Shutting down filesystem" in removal[0]
     assert {"xfs-shutdown", "xfs-device-removed"} <= set(classify(removal[0]))
+
+
+def test_an_unplugged_ext4_volume_is_read_only_on_6_1_but_only_aborts_its_journal_on_6_12():
+    with_ext4 = [capture for capture in CAPTURES if "unplug bindsto ext4" in capture["experiments"]]
+    assert {capture["kernel"][:4] for capture in with_ext4} == {"6.1.", "6.12"}
+    for capture in with_ext4:
+        lines = capture["experiments"]["unplug bindsto ext4"]
+        kinds = {kind for line in lines for kind in classify(line)}
+        assert "ext4-abort-journal" in kinds, capture["kernel"]
+        assert ("ext4-remount-ro" in kinds) == capture["kernel"].startswith("6.1."), capture["kernel"]
 
 
 def test_kernel_6_1_never_says_block_device_removal():

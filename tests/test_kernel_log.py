@@ -16,7 +16,9 @@ REMOVAL_SHUTDOWN = ("XFS (vdb): Block device removal (0x20) detected at fs_bdev_
                     "(fs/xfs/xfs_super.c:1177).  Shutting down filesystem.")
 CORRUPTION_SHUTDOWN = ("XFS (vdb): Corruption of in-memory data (0x8) detected at xfs_trans_cancel+0x13c/0x160 "
                        "[xfs] (fs/xfs/xfs_trans.c:1098).  Shutting down filesystem.")
-XFS_SHUTDOWNS = [LOG_SHUTDOWN, OLD_LOG_SHUTDOWN, METADATA_SHUTDOWN, REMOVAL_SHUTDOWN, CORRUPTION_SHUTDOWN]
+# What `xfs_io -x -c shutdown` (the xfs-shutdown fault) makes every kernel say first.
+USER_SHUTDOWN = "XFS (vdb): User initiated shutdown received."
+XFS_SHUTDOWNS = [LOG_SHUTDOWN, OLD_LOG_SHUTDOWN, METADATA_SHUTDOWN, REMOVAL_SHUTDOWN, CORRUPTION_SHUTDOWN, USER_SHUTDOWN]
 
 CLASSIFIED = [
     (LOG_SHUTDOWN, {"xfs-shutdown"}),
