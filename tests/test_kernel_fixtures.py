@@ -110,7 +110,7 @@ def test_kernel_6_12_says_block_device_removal_when_the_volume_is_unplugged():
     assert {"xfs-shutdown", "xfs-device-removed"} <= set(classify(removal[0]))
 
 
-def test_an_unplugged_ext4_volume_is_read_only_on_6_1_but_only_aborts_its_journal_on_6_12():
+def test_an_unplugged_ext4_volume_goes_read_only_on_6_1_and_shuts_down_on_6_12():
     with_ext4 = [capture for capture in CAPTURES if "unplug bindsto ext4" in capture["experiments"]]
     assert {capture["kernel"][:4] for capture in with_ext4} == {"6.1.", "6.12"}
     for capture in with_ext4:
@@ -118,6 +118,7 @@ def test_an_unplugged_ext4_volume_is_read_only_on_6_1_but_only_aborts_its_journa
         kinds = {kind for line in lines for kind in classify(line)}
         assert "ext4-abort-journal" in kinds, capture["kernel"]
         assert ("ext4-remount-ro" in kinds) == capture["kernel"].startswith("6.1."), capture["kernel"]
+        assert ("ext4-shutdown" in kinds) == capture["kernel"].startswith("6.12"), capture["kernel"]
 
 
 def test_kernel_6_1_never_says_block_device_removal():

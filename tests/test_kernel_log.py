@@ -37,6 +37,9 @@ CLASSIFIED = [
     ("JBD2: I/O error when updating journal superblock for vdb-8.", {"jbd2-error"}),
     ("EXT4-fs error (device vdb): ext4_journal_check_start:83: comm dd: Detected aborted journal", {"ext4-error"}),
     ("EXT4-fs (vdb): Remounting filesystem read-only", {"ext4-remount-ro"}),
+    # Kernel 6.12 on an unplugged ext4 volume: ext4 shuts down, and I/O meets a 0-sector device.
+    ("EXT4-fs (vdb): shut down requested (2)", {"ext4-shutdown"}),
+    ("vdb: rw=12288, sector=35640, nr_sectors = 8 limit=0", {"block-device-gone"}),
     ("Aborting journal on device vdb-8.", {"ext4-abort-journal"}),
     ("INFO: task kworker/1:2:123 blocked for more than 120 seconds.", {"hung-task"}),
 ]
