@@ -10,7 +10,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from . import accel, backends, bench, chaos_api, chaos_client, faults, findings, groups, ignition, interactive, kernel_log, report, timeline, experiments, image, progress, snapshots, units, versions
+from . import accel, backends, bench, chaos_api, chaos_client, faults, findings, groups, ignition, interactive, kernel_log, prune, report, timeline, experiments, image, progress, snapshots, units, versions
 from .errors import GuestTimeout, UserError
 from .lab import Lab
 from .paths import artifacts_dir, cache_dir
@@ -185,6 +185,10 @@ def _parser() -> argparse.ArgumentParser:
     snapshot_sub = snapshot.add_subparsers(dest="snapshot_command", required=True, parser_class=_Parser)
     snapshot_sub.add_parser("list", help="list saved snapshots").set_defaults(func=cmd_snapshot_list)
     snapshot_sub.add_parser("clear", help="remove every snapshot").set_defaults(func=cmd_snapshot_clear)
+
+    prune_cmd = sub.add_parser("prune", help="free the cache of images, snapshots and half-written files no run can use")
+    prune_cmd.add_argument("--dry-run", action="store_true", help="only list what would be removed")
+    prune_cmd.set_defaults(func=cmd_prune)
     return parser
 
 
@@ -372,6 +376,18 @@ def cmd_snapshot_list(args) -> int:
         table.add_row(meta_path.parent.name, meta.get("kernel", "?"), meta.get("systemd", "?"),
                       f"{meta['state_bytes'] / 1e6:.0f}", str(meta.get("boot_seconds")), meta.get("created", "?"))
     console.print(table)
+    return 0
+
+
+def cmd_prune(args) -> int:
+    stale = prune.find()
+    for entry in stale:
+        print(f"{'would remove' if args.dry_run else 'removing'} {entry.path} ({entry.size / 1e9:.2f} GB): {entry.why}")
+    if not args.dry_run:
+        prune.remove(stale)
+    total = sum(entry.size for entry in stale)
+    print(f"{len(stale)} stale entr{'y' if len(stale) == 1 else 'ies'}, {total / 1e9:.2f} GB"
+          + (" (dry run: nothing removed)" if args.dry_run else " freed"))
     return 0
 
 

@@ -33,9 +33,9 @@ def snapshots_dir() -> Path:
     return path
 
 
-def snapshot_key(image: Image, variant: Variant, memory_mb: int, accel_name: str, argv_shape: str) -> str:
+def snapshot_key(image: Image, variant: Variant, memory_mb: int, accel_name: str, argv: str) -> str:
     parts = [SNAPSHOT_VERSION, image.key, json.dumps(render(variant), sort_keys=True), str(memory_mb),
-             accel_name, accel.qemu_version(), argv_shape]
+             accel_name, accel.qemu_version(), argv]
     digest = hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
     return f"{variant.chain}-{variant.fs}-{digest}"
 
@@ -44,11 +44,14 @@ def ensure(lab, variant: Variant) -> SavedState:
     """The saved healthy guest for VARIANT in LAB's image, made first if needed."""
     accel_name = accel.choose(lab.image.kernel)
     key = snapshot_key(lab.image, variant, lab.memory_mb, accel_name,
-                       _argv_shape(lab.image, lab.memory_mb, accel_name))
+                       argv_shape(lab.image, lab.memory_mb, accel_name))
     path = snapshots_dir() / key
     with open(snapshots_dir() / f"{key}.lock", "w") as lock:
         # Two workers asking at once: one saves, the other waits and then loads it.
         fcntl.flock(lock, fcntl.LOCK_EX)
+        # Whoever saves holds this lock: a staging directory of this key is a killed run's.
+        for abandoned in snapshots_dir().glob(f".{key}.*"):
+            shutil.rmtree(abandoned, ignore_errors=True)
         saved = _load(path, lab.image)
         if saved is None:
             shutil.rmtree(path, ignore_errors=True)
@@ -57,7 +60,7 @@ def ensure(lab, variant: Variant) -> SavedState:
     return saved
 
 
-def _argv_shape(image: Image, memory_mb: int, accel_name: str) -> str:
+def argv_shape(image: Image, memory_mb: int, accel_name: str) -> str:
     """QEMU's command line with the per-run paths and ports left out: what must match."""
     machine = Machine(image, Path("/RUN"), memory_mb=memory_mb, fw_cfg={UNITS_FW_CFG: Path("/RUN/units.tar")})
     machine.accel = accel_name
@@ -106,7 +109,10 @@ def _create(path: Path, lab, variant: Variant, accel_name: str) -> None:
             instance.stop()
             for disk in ("root.qcow2", "volume.qcow2"):
                 shutil.move(str(instance.run_dir / disk), staging / disk)
-            meta = {"accel": accel_name, "state_bytes": (staging / "state").stat().st_size,
+            # qemu, memory_mb and argv_shape let `unitchaos prune` tell a snapshot no run can use.
+            meta = {"accel": accel_name, "qemu": accel.qemu_version(), "memory_mb": lab.memory_mb,
+                    "argv_shape": argv_shape(lab.image, lab.memory_mb, accel_name),
+                    "state_bytes": (staging / "state").stat().st_size,
                     "ram_bytes": (staging / "ram").stat().st_size,
                     "boot_seconds": round(instance.boot_seconds, 2), "save_seconds": round(save_seconds, 2),
                     "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
