@@ -381,11 +381,12 @@ def cmd_snapshot_list(args) -> int:
 
 def cmd_prune(args) -> int:
     stale = prune.find()
-    for entry in stale:
-        print(f"{'would remove' if args.dry_run else 'removing'} {entry.path} ({entry.size / 1e9:.2f} GB): {entry.why}")
+    sizes = [entry.size for entry in stale]  # before anything is removed
+    for entry, size in zip(stale, sizes):
+        print(f"{'would remove' if args.dry_run else 'removing'} {entry.path} ({size / 1e9:.2f} GB): {entry.why}")
     if not args.dry_run:
         prune.remove(stale)
-    total = sum(entry.size for entry in stale)
+    total = sum(sizes)
     print(f"{len(stale)} stale entr{'y' if len(stale) == 1 else 'ies'}, {total / 1e9:.2f} GB"
           + (" (dry run: nothing removed)" if args.dry_run else " freed"))
     return 0
