@@ -19,6 +19,10 @@ class GuestTimeout(Exception):
     """A wait on the guest ran out of time; the message names what was awaited."""
 
 
+class GuestKernelPanic(GuestTimeout):
+    """The guest's kernel panicked while the harness waited on it: waiting longer is useless."""
+
+
 @contextlib.contextmanager
 def disk_full_means(doing: str):
     """Turns ENOSPC inside the block into a UserError saying what was being done."""

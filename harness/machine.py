@@ -20,7 +20,7 @@ from pathlib import Path
 import testinfra
 
 from . import accel, timeouts
-from .errors import GuestTimeout, UserError
+from .errors import GuestKernelPanic, GuestTimeout, UserError
 from .image import Image
 from .channel import GuestChannel
 from .qmp import Monitor
@@ -73,6 +73,10 @@ class SavedState:
     guest_versions: dict  # kernel and systemd the saved guest runs
 
 
+# A panicked guest never prints what the harness waits for: say so at once, with the
+# first sign of trouble before it (the panic line itself says little).
+PANIC = re.compile(r"(Kernel panic - not syncing: [^\n]*)")
+FIRST_OOPS = re.compile(r"\] ((?:BUG: |Oops: |general protection fault|WARNING: CPU: |Kernel panic - not syncing: )[^\n]*)")
 KERNEL_ARGS = "root=/dev/vda rw console=ttyS0 net.ifnames=0 printk.time=1 apparmor=0"
 # CPU features a release's kernel must not see under TCG. bookworm-backports' kernel
 # (6.12.95+deb12) takes #DB warnings in kmem_cache_alloc's cmpxchg16b, then oopses or hangs
@@ -84,6 +88,8 @@ TCG_HIDDEN_FEATURES = {"bookworm-backports": ("cx16",)}
 class Machine:
     # block_faults.py finds the volume's nodes by the names _node_names gives them.
     names_volume_nodes = True
+    # Instance.boot may boot again on fresh overlays after a kernel panic under TCG.
+    reboots_after_panic = True
     def __init__(self, image: Image, run_dir: Path, *, memory_mb: int = 1024, cpus: int = 2,
                  volume_size: str = "1G", fw_cfg: dict[str, Path] | None = None,
                  extra_ports: tuple[int, ...] = (), name: str = "guest", volume_source: Path | None = None):
@@ -321,6 +327,10 @@ class Machine:
                 return match
             if not self.running:
                 raise GuestTimeout(f"QEMU exited while waiting for {pattern!r} on the console")
+            if panic := PANIC.search(text, since):
+                first = FIRST_OOPS.search(text, since)
+                raise GuestKernelPanic(f"the guest kernel panicked while the harness waited for {pattern!r}: "
+                                       f"{first.group(1).strip()} ... {panic.group(1).strip()}")
             if time.monotonic() > deadline:
                 tail = "\n".join(text.splitlines()[-5:])
                 raise GuestTimeout(f"{pattern!r} did not appear on the console within {timeout:.0f} s; "

@@ -77,6 +77,7 @@ class _Pid:
 
 class VagrantMachine(Machine):
     names_volume_nodes = False  # libvirt names them: no volume I/O faults here
+    reboots_after_panic = False  # a second `vagrant up` costs minutes: report the panic
 
     def __init__(self, image: Image, run_dir: Path, *, memory_mb: int = 1024, cpus: int = 2,
                  volume_size: str = "1G", fw_cfg: dict[str, Path] | None = None,

@@ -1,0 +1,100 @@
+"""A guest kernel that panics while the harness waits on its console: the wait ends at
+once with the first oops line (not after the 240 s boot timeout), and Instance.boot
+boots once more under TCG, never under KVM. The console is the panic CI saw on trixie."""
+import subprocess
+import time
+
+import pytest
+
+from harness.errors import GuestKernelPanic
+from harness.image import Image
+from harness.instance import BOOTED, Instance
+from harness.machine import Machine
+
+PANICKED_CONSOLE = """\
+[    4.185854] ------------[ cut here ]------------
+[    4.187247] general protection fault, probably for non-canonical address 0x10: 0000 [#1] PREEMPT SMP NOPTI
+[    4.190000] RIP: 0010:do_sync_core+0x28/0x30
+[   13.855425] CPU: 1 UID: 0 PID: 291 Comm: systemd-udevd Tainted: G      D            6.12.117+deb13-cloud-amd64 #1
+[   13.855514] Kernel panic - not syncing: Fatal exception in interrupt
+"""
+
+
+@pytest.fixture
+def machine(tmp_path):
+    machine = Machine(Image(tmp_path / "image"), tmp_path / "run")
+    machine.run_dir.mkdir()
+    machine.process = subprocess.Popen(["sleep", "30"])  # stands in for a running QEMU
+    yield machine
+    machine.process.kill()
+    machine.process.wait()
+
+
+def test_a_panic_ends_the_wait_at_once_naming_the_first_oops(machine):
+    machine.console_path.write_text(PANICKED_CONSOLE)
+    started = time.monotonic()
+    with pytest.raises(GuestKernelPanic) as panic:
+        machine.wait_for_console(BOOTED, timeout=240)
+    assert time.monotonic() - started < 1
+    assert str(panic.value).endswith("general protection fault, probably for non-canonical address 0x10: "
+                                     "0000 [#1] PREEMPT SMP NOPTI ... Kernel panic - not syncing: "
+                                     "Fatal exception in interrupt")
+
+
+def test_a_panic_before_the_offset_waited_from_is_not_this_waits(machine):
+    machine.console_path.write_text(PANICKED_CONSOLE + "unitchaos: booted metadata=200 agent=active\n")
+    match = machine.wait_for_console(BOOTED, timeout=5, since=len(PANICKED_CONSOLE))
+    assert match.group(1) == "200"
+
+
+class PanicsOnFirstBoot:
+    """Just what Instance.boot touches of a Machine."""
+    reboots_after_panic = True
+
+    def __init__(self, run_dir, accel):
+        self.accel = accel
+        self.console_path = run_dir / "console.log"
+        self.starts = self.stops = 0
+
+    def start(self):
+        self.starts += 1
+        self.console_path.write_text(PANICKED_CONSOLE if self.starts == 1 else "booted\n")
+
+    def wait_for_console(self, pattern, timeout):
+        if "Kernel panic" in self.console_path.read_text():
+            raise GuestKernelPanic("the guest kernel panicked")
+
+    def wait_until_responsive(self):
+        pass
+
+    def stop(self):
+        self.stops += 1
+
+
+def booting(tmp_path, accel: str) -> Instance:
+    instance = Instance.__new__(Instance)
+    instance.run_dir = tmp_path
+    instance.machine = PanicsOnFirstBoot(tmp_path, accel)
+    instance.versions = lambda: {"kernel": "6.12.117+deb13-cloud-amd64"}
+    return instance
+
+
+def test_under_tcg_a_panicked_boot_is_booted_once_more_and_its_console_kept(tmp_path):
+    instance = booting(tmp_path, "tcg").boot()
+    assert (instance.machine.starts, instance.machine.stops) == (2, 1)
+    assert (tmp_path / "console-panic.log").read_text() == PANICKED_CONSOLE
+    assert instance.boot_seconds is not None
+
+
+def test_under_kvm_a_panic_is_the_guests_own_and_is_reported(tmp_path):
+    instance = booting(tmp_path, "kvm")
+    with pytest.raises(GuestKernelPanic):
+        instance.boot()
+    assert instance.machine.starts == 1
+
+
+def test_a_second_panic_is_reported(tmp_path):
+    instance = booting(tmp_path, "tcg")
+    instance.machine.start = lambda: instance.machine.console_path.write_text(PANICKED_CONSOLE)
+    with pytest.raises(GuestKernelPanic):
+        instance.boot()
