@@ -41,6 +41,12 @@ def test_a_panic_ends_the_wait_at_once_naming_the_first_oops(machine):
                                      "Fatal exception in interrupt")
 
 
+def test_a_console_without_printk_times_still_names_the_panic(machine):
+    machine.console_path.write_text("Kernel panic - not syncing: VFS: Unable to mount root fs\n")
+    with pytest.raises(GuestKernelPanic, match="Unable to mount root fs ... Kernel panic"):
+        machine.wait_for_console(BOOTED, timeout=240)
+
+
 def test_a_panic_before_the_offset_waited_from_is_not_this_waits(machine):
     machine.console_path.write_text(PANICKED_CONSOLE + "unitchaos: booted metadata=200 agent=active\n")
     match = machine.wait_for_console(BOOTED, timeout=5, since=len(PANICKED_CONSOLE))
