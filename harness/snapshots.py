@@ -43,8 +43,8 @@ def snapshot_key(image: Image, variant: Variant, memory_mb: int, accel_name: str
 def ensure(lab, variant: Variant) -> SavedState:
     """The saved healthy guest for VARIANT in LAB's image, made first if needed."""
     accel_name = accel.choose(lab.image.kernel)
-    key = snapshot_key(lab.image, variant, lab.memory_mb, accel_name,
-                       argv_shape(lab.image, lab.memory_mb, accel_name))
+    argv = argv_shape(lab.image, lab.memory_mb, accel_name)
+    key = snapshot_key(lab.image, variant, lab.memory_mb, accel_name, argv)
     path = snapshots_dir() / key
     with open(snapshots_dir() / f"{key}.lock", "w") as lock:
         # Two workers asking at once: one saves, the other waits and then loads it.
@@ -55,7 +55,7 @@ def ensure(lab, variant: Variant) -> SavedState:
         saved = _load(path, lab.image)
         if saved is None:
             shutil.rmtree(path, ignore_errors=True)
-            _create(path, lab, variant, accel_name)
+            _create(path, lab, variant, accel_name, argv)
             saved = _load(path, lab.image)
     return saved
 
@@ -93,7 +93,7 @@ def _load(path: Path, image: Image) -> SavedState | None:
     return saved
 
 
-def _create(path: Path, lab, variant: Variant, accel_name: str) -> None:
+def _create(path: Path, lab, variant: Variant, accel_name: str, argv: str) -> None:
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=snapshots_dir()))
     instance = lab.new_instance(variant, "snapshot")
     instance.machine.ram_file = staging / "ram"
@@ -111,7 +111,7 @@ def _create(path: Path, lab, variant: Variant, accel_name: str) -> None:
                 shutil.move(str(instance.run_dir / disk), staging / disk)
             # qemu, memory_mb and argv_shape let `unitchaos prune` tell a snapshot no run can use.
             meta = {"accel": accel_name, "qemu": accel.qemu_version(), "memory_mb": lab.memory_mb,
-                    "argv_shape": argv_shape(lab.image, lab.memory_mb, accel_name),
+                    "argv_shape": argv,
                     "state_bytes": (staging / "state").stat().st_size,
                     "ram_bytes": (staging / "ram").stat().st_size,
                     "boot_seconds": round(instance.boot_seconds, 2), "save_seconds": round(save_seconds, 2),
