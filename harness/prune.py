@@ -4,8 +4,8 @@ Every change to the guest recipe builds a new image, and every change to QEMU's 
 line or the QEMU version makes new snapshots; the old ones stay behind (gigabytes each
 time). Stale here means:
 - an image whose key is not the current recipe's for its release;
-- a snapshot whose image is gone or stale, or that was saved by another QEMU or for
-  another command line;
+- a snapshot whose image is gone, stale or rebuilt since, or that was saved by another
+  QEMU or for another command line;
 - a staging directory (a half-built image or half-saved snapshot, dot-named) whose key
   nobody holds the lock of: its builder was killed before it could clean up.
 Another checkout with another recipe would build its image again after a prune.
@@ -71,6 +71,8 @@ def _stale_snapshot(path: Path, current_images: set[str]) -> str | None:
         return "unreadable"
     if backing.parent.name not in current_images or not backing.exists():
         return "its image is gone or stale"
+    if meta.get("image_stamp") != snapshots.image_stamp(image.Image(backing.parent)):
+        return "its image was rebuilt since"
     if meta.get("qemu", accel.qemu_version()) != accel.qemu_version():
         return f"saved by {meta['qemu']}"
     if "argv_shape" in meta:

@@ -34,7 +34,8 @@ def make_snapshot(name: str, backing: image.Image, **meta):
                     str(path / "root.qcow2")], check=True)
     argv = snapshots.argv_shape(backing, 1024, "tcg")
     (path / "meta.json").write_text(json.dumps({"accel": "tcg", "qemu": accel.qemu_version(), "memory_mb": 1024,
-                                                "argv_shape": argv, **meta}))
+                                                "argv_shape": argv, "image_stamp": snapshots.image_stamp(backing),
+                                                **meta}))
     return path
 
 
@@ -49,11 +50,13 @@ def test_only_what_no_run_can_use_is_stale(cache):
     make_snapshot("bindsto-xfs-on-old-image", old)
     make_snapshot("bindsto-xfs-other-cpu", current, argv_shape="qemu-system-x86_64 -cpu max ...")
     make_snapshot("bindsto-xfs-other-qemu", current, qemu="QEMU emulator version 6.2.0")
+    make_snapshot("bindsto-xfs-before-a-rebuild", current, image_stamp="1048576:1:2")
     assert stale_names(prune.find()) == {
         "bookworm-0123456789abcdef": "built by an older recipe",
         "bindsto-xfs-on-old-image": "its image is gone or stale",
         "bindsto-xfs-other-cpu": "saved for another QEMU command line",
         "bindsto-xfs-other-qemu": "saved by QEMU emulator version 6.2.0",
+        "bindsto-xfs-before-a-rebuild": "its image was rebuilt since",
     }
 
 
