@@ -17,6 +17,11 @@ systemctl enable systemd-networkd.service unitchaos-ready.service unitchaos-cmdd
 systemctl mask apt-daily.timer apt-daily-upgrade.timer e2scrub_all.timer e2scrub_reap.service \
     fstrim.timer systemd-networkd-wait-online.service getty@tty1.service serial-getty@ttyS0.service \
     systemd-timesyncd.service man-db.timer dpkg-db-backup.timer xfs_scrub_all.timer 2>/dev/null || true
+# systemd loads these at boot whatever the hardware (see /etc/modprobe.d/unitchaos.conf for
+# why fewer module loads matter here); none is used: Docker's overlay2 needs no loop device.
+systemctl mask modprobe@drm.service modprobe@efi_pstore.service modprobe@fuse.service \
+    modprobe@loop.service modprobe@dm_mod.service systemd-binfmt.service \
+    proc-sys-fs-binfmt_misc.automount 2>/dev/null || true
 
 # Direct kernel boot: a small initramfs with just what the root disk and fw_cfg need.
 sed -i 's/^MODULES=.*/MODULES=list/' /etc/initramfs-tools/initramfs.conf
