@@ -48,22 +48,24 @@ def measure_start(lab: Lab, cold: bool, runs: int) -> list[float]:
     return samples
 
 
-def run_suite(cold: bool, workers: int) -> tuple[float, dict[str, float]]:
-    """Wall time of the whole incident suite, and each experiment's own wall time."""
+def run_suite(cold: bool, workers: int) -> tuple[float, dict[str, float], dict[str, str]]:
+    """Wall time of the whole incident suite, each experiment's own wall time, and why any
+    experiment failed (a figure with a failure in it is reported as such, not dropped)."""
     def one(row):
         name, chain, fs = row
         argv = [sys.executable, "-m", "harness", "run", name, "--chain", chain, "--fs", fs, "--json"]
         started = time.monotonic()
         done = subprocess.run(argv + (["--cold"] if cold else []), capture_output=True, text=True)
+        error = None
         if done.returncode != 0:
-            raise RuntimeError(f"{' '.join(argv)} failed: {done.stderr.strip()}")
-        json.loads(done.stdout)
-        return f"{name}/{chain}/{fs}", time.monotonic() - started
+            error = (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1][:300]
+        return f"{name}/{chain}/{fs}", time.monotonic() - started, error
 
     started = time.monotonic()
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        per_experiment = dict(pool.map(one, INCIDENT_SUITE))
-    return time.monotonic() - started, per_experiment
+        results = list(pool.map(one, INCIDENT_SUITE))
+    return (time.monotonic() - started, {name: seconds for name, seconds, _ in results},
+            {name: error for name, _, error in results if error})
 
 
 def run(runs: int = 3, workers: int | None = None, suites: bool = True) -> dict:
@@ -93,7 +95,8 @@ def run(runs: int = 3, workers: int | None = None, suites: bool = True) -> dict:
             label = f"{'cold' if cold_run else 'warm'}_{'serial' if parallel == 1 else f'parallel_{parallel}'}"
             with progress.step(f"bench: incident suite, {label}"):
                 suite_runs[label] = run_suite(cold_run, parallel)
-    figures["suite_s"] = {label: round(wall, 1) for label, (wall, _) in suite_runs.items()}
+    figures["suite_s"] = {label: round(wall, 1) for label, (wall, _, _) in suite_runs.items()}
+    figures["suite_failures"] = {label: failed for label, (_, _, failed) in suite_runs.items() if failed}
     figures["experiment_s"] = {
         name: {"cold": round(suite_runs["cold_serial"][1][name], 1), "warm": round(suite_runs["warm_serial"][1][name], 1)}
         for name in suite_runs["warm_serial"][1]}
@@ -195,6 +198,9 @@ def render(figures: dict) -> str:
         out.append(f"    {name:<32} {pair['cold']:>6.1f} s / {pair['warm']:>5.1f} s")
     out.append("  whole incident suite:")
     for label, seconds in figures["suite_s"].items():
-        out.append(f"    {label:<32} {seconds:>6.1f} s")
+        failed = figures.get("suite_failures", {}).get(label, {})
+        out.append(f"    {label:<32} {seconds:>6.1f} s" + (f"   ({len(failed)} failed, below)" if failed else ""))
+    for label, failed in figures.get("suite_failures", {}).items():
+        out += [f"    failed in {label}: {name}: {error}" for name, error in failed.items()]
     out.append(f"  {'suite speedup (cold / warm serial)':<34} {figures['suite_speedup_warm_vs_cold_serial']:>8.1f} x")
     return "\n".join(out)

@@ -226,11 +226,15 @@ class Instance:
         would; if the agent is gone, asks Docker directly."""
         if self.metadata_status() is not None:
             return {"via": "agent", **self._agent_task(timeout)}
+        # -k: on SIGTERM `docker run` passes the signal to the container and goes on waiting.
+        seconds = int(timeouts.scaled(timeout))
         result = self.machine.run(
-            f"timeout {int(timeout)} docker run --rm --pull never --network none amazon/amazon-ecs-agent:latest "
+            f"timeout -k 5 {seconds} docker run --rm --pull never --network none amazon/amazon-ecs-agent:latest "
             "python3 -c 'print(\"task ran\")'", timeout=timeout + 10)
+        timed_out = result.status in (124, 137) and "task ran" not in result.stdout
         return {"via": "docker", "ok": result.ok and "task ran" in result.stdout,
-                "error": result.stderr.strip()[-500:] or None}
+                "error": f"docker run did not finish within {seconds} s" if timed_out
+                else result.stderr.strip()[-500:] or None}
 
     def can_start_container(self) -> bool:
         return self.start_container()["ok"]
