@@ -1,5 +1,6 @@
 """The QEMU monitor: commands and events over QMP, through the qemu.qmp library."""
 import asyncio
+import os
 import time
 
 from qemu.qmp import ExecuteError, QMPError
@@ -26,6 +27,11 @@ class Monitor:
         """Connects, retrying until DEADLINE (time.monotonic()) while QEMU creates its socket."""
         last_error: Exception | None = None
         while time.monotonic() < deadline:
+            if isinstance(self.address, str) and not os.path.exists(self.address):
+                # qemu.qmp logs every refused attempt at ERROR: wait for the socket quietly.
+                last_error = FileNotFoundError(f"no socket {self.address} yet")
+                time.sleep(0.05)
+                continue
             qmp = QEMUMonitorProtocol(self.address)
             qmp.settimeout(self.timeout)
             try:
