@@ -102,6 +102,9 @@ def _parser() -> argparse.ArgumentParser:
     versions_cmd.add_argument("--release", action="append", dest="releases", metavar="RELEASE",
                               help=f"repeatable: {', '.join(image.RELEASES)} (default: all)")
     versions_cmd.add_argument("--json", action="store_true")
+    versions_cmd.add_argument("--runs", type=int, default=1,
+                              help="runs per experiment and release: what varies between them is not "
+                                   "counted as a difference between releases (default 1)")
     versions_cmd.add_argument("--kernel-lines", metavar="DIR", default=None,
                               help="also write the kernel lines seen, one <release>-<kernel>.json per release")
     _variant_options(versions_cmd)
@@ -436,10 +439,12 @@ def cmd_versions(args) -> int:
     releases = list(dict.fromkeys(args.releases or image.RELEASES))
     for release in releases:
         image.check_release(release)
+    if args.runs < 1:
+        raise UserError(f"--runs {args.runs} is not a number of runs", "use --runs 1 or more")
     for name, chain, fs in rows:
         experiments.get(name)
         units.check(units.Variant(chain=chain, fs=fs, **({"units_dir": Path(args.units)} if args.units else {})))
-    result = versions.run(rows, releases, cold=args.cold, units_dir=args.units)
+    result = versions.run(rows, releases, cold=args.cold, units_dir=args.units, runs=args.runs)
     if args.kernel_lines:
         for path in versions.save_kernel_lines(result, Path(args.kernel_lines)):
             progress.say(f"kernel lines: {path}")

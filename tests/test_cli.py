@@ -96,6 +96,7 @@ def units_with_unknown_key(tmp_path):
     (["versions", "--release", "trixie", "--release", "sid"], "unknown release 'sid'"),
     (["versions", "nope"], "unknown experiment 'nope'"),
     (["versions", "yank", "--fs", "btrfs"], "unknown filesystem 'btrfs'"),
+    (["versions", "yank", "--runs", "0"], "--runs 0 is not a number of runs"),
 ])
 def test_bad_input_is_one_line_and_exit_2(capsys, monkeypatch, argv, problem):
     monkeypatch.delenv("UNITCHAOS_FCOS_IMAGE", raising=False)

@@ -214,3 +214,57 @@ def test_a_release_missing_from_a_row_is_not_run():
     combined = versions.combine([build({"bookworm": BOOKWORM}), other_row])
     yank = next(row for row in combined["rows"] if row["experiment"] == "yank")
     assert yank["cells"]["bookworm"] == {"error": "not run"} and yank["disagree"] == []
+
+
+# The agent of a BindsTo= chain ends failed or inactive depending on how Docker's stop races
+# the container's exit: the same release answers both ways.
+AGENT_FAILED = outcome(BOOKWORM["kernel"], BOOKWORM["systemd"], BOOKWORM["kernel_events"],
+                       units={**UNITS_STOPPED, "ecs-agent.service": "failed"})
+
+
+def test_what_varies_between_runs_of_one_release_is_marked_and_no_disagreement():
+    outcomes = {"bookworm": {ROW: [BOOKWORM, AGENT_FAILED, BOOKWORM]},
+                "trixie": {ROW: [{**TRIXIE, "units": AGENT_FAILED["units"]}]}}
+    row = versions.matrix([ROW], ["bookworm", "trixie"], outcomes, {})["rows"][0]
+    cell = row["cells"]["bookworm"]
+    assert cell["varies"] == ["systemd"] and cell["runs"] == 3
+    assert cell["systemd"] == ("varies: docker inactive, agent inactive, mount gone, vdb inactive | "
+                               "docker inactive, agent failed, mount gone, vdb inactive")
+    assert row["disagree"] == ["kernel"]  # trixie's agent ended failed, as one bookworm run did
+
+
+def test_a_release_that_never_answered_like_a_varying_one_disagrees():
+    stayed_up = outcome(BOOKWORM["kernel"], BOOKWORM["systemd"], BOOKWORM["kernel_events"],
+                        units={**UNITS_STOPPED, "docker.service": "active", "ecs-agent.service": "active"})
+    outcomes = {"bookworm": {ROW: [BOOKWORM, AGENT_FAILED]}, "trixie": {ROW: [stayed_up, stayed_up]}}
+    row = versions.matrix([ROW], ["bookworm", "trixie"], outcomes, {})["rows"][0]
+    assert row["disagree"] == ["systemd"]
+    assert row["cells"]["trixie"]["varies"] == []
+
+
+def test_runs_that_did_not_finish_are_counted_next_to_those_that_did():
+    outcomes = {"bookworm": {ROW: [BOOKWORM, {"error": "guest did not answer within 60 s"},
+                                   {**BOOKWORM, "kernel_lines": ["XFS (vdb): Unmounting Filesystem"]}]}}
+    cell = versions.matrix([ROW], ["bookworm"], outcomes, {})["rows"][0]["cells"]["bookworm"]
+    assert cell["errors"] == ["guest did not answer within 60 s"] and cell["runs"] == 3
+    assert cell["varies"] == []
+    # Every kernel line any run saw is kept for the fixtures, once.
+    assert cell["kernel_lines"] == [*BOOKWORM["kernel_lines"], "XFS (vdb): Unmounting Filesystem"]
+
+
+def test_the_table_marks_varying_cells_and_says_how_many_runs():
+    outcomes = {"bookworm": {ROW: [BOOKWORM, AGENT_FAILED]}, "trixie": {ROW: [TRIXIE, TRIXIE]}}
+    result = {**versions.matrix([ROW], ["bookworm", "trixie"], outcomes, {}), "runs": 2}
+    console = Console(record=True, width=300, file=io.StringIO())
+    console.print(versions.render(result))
+    text = console.export_text()
+    assert text.count("~ systemd: varies:") == 1 and text.count("≠ kernel:") == 2
+    assert "2 runs per cell" in text
+    assert json.loads(versions.to_json(result)) == result
+    assert versions.combine([result])["rows"][0]["disagree"] == ["kernel"]
+
+
+def test_one_run_says_it_cannot_tell_variation_from_versions():
+    console = Console(record=True, width=300, file=io.StringIO())
+    console.print(versions.render(build({"bookworm": BOOKWORM, "trixie": TRIXIE})))
+    assert "one run per cell: --runs 3" in console.export_text()
