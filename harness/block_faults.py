@@ -86,7 +86,9 @@ def io_error(machine: Machine, after: int = 0, op: str = "write", errno: str = "
         raise UserError(f"io-error after={after} is negative", "use after=0 or more")
     require_volume(machine, "io-error")
     if _filter_present(machine):
-        raise UserError("io-error is already injected on this volume", "heal it first")
+        # Say so rather than fail; the first injection's rules stand, these were not applied.
+        return {"already_in_effect": "io-error is already injected on this volume (its first parameters "
+                "stand; heal it to inject others)", "op": op, "after": after, "errno": errno}
     # blkdebug is a state machine. States 1..AFTER count writes (each moves state i to
     # i+1); in state AFTER+1 the error rules fire; HEALED is where clear_io_error sends it.
     healed = after + 2

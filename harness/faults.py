@@ -67,9 +67,22 @@ def guest_command(command: str, timeout: float = 120) -> Callable[[Machine], dic
     return act
 
 
+# Every fault can be injected again on an instance that already has it (a Chaos Monkey
+# client with -count 2 hits the same instance twice): it stacks, or answers with this key
+# saying it is already in effect. It never fails for that reason alone.
+ALREADY = "already_in_effect"
+
+
+def _volume_inserted(machine: Machine) -> bool:
+    devices = {block["device"]: block for block in machine.monitor.command("query-block")}
+    return "inserted" in devices.get(machine.volume.name, {})
+
+
 def _unplug(machine: Machine) -> dict:
     # ACPI hot-unplug: the guest is asked to let go of the disk, then it is gone.
     device = machine.volume.device_id
+    if not _volume_inserted(machine):
+        return {ALREADY: "the volume is already detached (unplug or yank)"}
     try:
         machine.monitor.command("device_del", id=device)
     except MonitorError as exc:
@@ -81,6 +94,8 @@ def _unplug(machine: Machine) -> dict:
 def _yank(machine: Machine) -> dict:
     # drive_del removes the backend but leaves the virtio device: every later I/O gets
     # EIO, as on a force-detached EBS volume whose Xen front end would not let go.
+    if not _volume_inserted(machine):
+        return {ALREADY: "the volume's backend is already gone (yank or unplug)"}
     try:
         done = machine.remove_volume_backend()
     except MonitorError as exc:
@@ -127,15 +142,28 @@ def _exhaust_inodes(machine: Machine) -> dict:
 
 def _shutdown(machine: Machine) -> dict:
     # Terminating an instance: QEMU quits at once, as if the hypervisor pulled the plug.
+    if not machine.running:
+        return {ALREADY: "the instance is already shut down"}
     machine.monitor.command("quit")
     machine.process.wait(timeout=30)
     return {"qmp": "quit"}
 
 
+# The three netem faults stack on the one root qdisc: each keeps its options in a file
+# and the qdisc is set to all of them (tc qdisc add would fail the second time).
+_NETEM_DIR = "/run/unitchaos-netem"
+_NETEM_ADD = (f"mkdir -p {_NETEM_DIR} && echo '{{netem}}' > {_NETEM_DIR}/{{kind}} && "
+              f"tc qdisc replace dev eth0 root netem $(cat {_NETEM_DIR}/*)")
+_NETEM_HEAL = (f"rm -f {_NETEM_DIR}/{{kind}}; if ls {_NETEM_DIR}/* >/dev/null 2>&1; "
+               f"then tc qdisc replace dev eth0 root netem $(cat {_NETEM_DIR}/*); "
+               f"else tc qdisc del dev eth0 root 2>/dev/null || true; fi")
 XFS_SHUTDOWN = r"XFS \(vdb\):.*(Shutting down filesystem|Filesystem has been shut down)"
 # SimianArmy's chaos types act on the instance; where it edits a security group or an EC2
 # API, the lab does the same thing inside the guest (or through QEMU for the network link).
-_BURN = "systemd-run --unit chaos-{name} --collect sh -c {script}"
+# A second burn on an instance that has it answers so: systemd-run would fail ("Unit
+# chaos-burncpu-1.service was already loaded").
+_BURN = ("if systemctl is-active --quiet chaos-{name}; then echo chaos-{name} {already}; "
+         "else systemd-run --unit chaos-{name} --collect sh -c {script}; fi").replace("{already}", ALREADY)
 FAULTS = {fault.name: fault for fault in [
     Fault("unplug", "hot-unplug the volume (QMP device_del): the guest sees the disk removed", "qemu",
           _unplug, {"xfs": r"XFS \(vdb\)", "ext4": r"vdb"}),
@@ -175,7 +203,7 @@ FAULTS = {fault.name: fault for fault in [
           heal_action=lambda m: {"qmp": m.monitor.command("set_link", name="net0", up=True) or "set_link net0 on"}),
     Fault("burn-cpu", "keep every CPU busy (SimianArmy BurnCpu)", "guest",
           guest_command("for i in $(seq $(nproc)); do "
-                        + _BURN.format(name="burncpu-$i", script="'while :; do :; done'") + " >/dev/null; done"),
+                        + _BURN.format(name="burncpu-$i", script="'while :; do :; done'") + " 2>&1; done"),
           heal_action=guest_command("systemctl stop 'chaos-burncpu-*'")),
     Fault("burn-io", "write random data to the root disk in a loop (SimianArmy BurnIo)", "guest",
           guest_command(_BURN.format(name="burnio", script="'while :; do dd if=/dev/urandom of=/var/tmp/burn "
@@ -191,18 +219,20 @@ FAULTS = {fault.name: fault for fault in [
                                      "done; sleep 1; done'")),
           heal_action=guest_command("systemctl stop chaos-killprocesses")),
     Fault("null-route", "blackhole 10.0.0.0/8 (SimianArmy NullRoute)", "guest",
-          guest_command("ip route add blackhole 10.0.0.0/8"), heal_action=guest_command("ip route del blackhole 10.0.0.0/8")),
+          guest_command("ip route replace blackhole 10.0.0.0/8"), heal_action=guest_command("ip route del blackhole 10.0.0.0/8")),
     Fault("fail-dns", "drop DNS traffic, port 53 (SimianArmy FailDns)", "guest",
-          guest_command("iptables -I OUTPUT -p udp --dport 53 -j DROP && iptables -I OUTPUT -p tcp --dport 53 -j DROP"),
+          guest_command(" && ".join(f"{{ iptables -C OUTPUT -p {proto} --dport 53 -j DROP 2>/dev/null && echo {ALREADY} || "
+                                      f"iptables -I OUTPUT -p {proto} --dport 53 -j DROP; }}" for proto in ("udp", "tcp"))),
           heal_action=guest_command("iptables -D OUTPUT -p udp --dport 53 -j DROP; iptables -D OUTPUT -p tcp --dport 53 -j DROP")),
     *[Fault(f"fail-{service}", f"point the {service.upper()} endpoints at 127.0.0.1 in /etc/hosts (SimianArmy)",
-            "guest", guest_command(f"printf '127.0.0.1 {hosts}  # unitchaos-fail-{service}\\n' >> /etc/hosts"),
+            "guest", guest_command(f"grep -q unitchaos-fail-{service} /etc/hosts && echo {ALREADY} || "
+                                  f"printf '127.0.0.1 {hosts}  # unitchaos-fail-{service}\\n' >> /etc/hosts"),
             heal_action=guest_command(f"sed -i '/unitchaos-fail-{service}/d' /etc/hosts"))
       for service, hosts in [("ec2", "ec2.amazonaws.com ec2.us-east-1.amazonaws.com"),
                              ("s3", "s3.amazonaws.com s3.us-east-1.amazonaws.com"),
                              ("dynamodb", "dynamodb.us-east-1.amazonaws.com")]],
     *[Fault(f"network-{kind}", f"netem {netem} on the guest's link (SimianArmy Network{kind.title()})", "guest",
-            guest_command(f"tc qdisc add dev eth0 root netem {netem}"), heal_action=guest_command("tc qdisc del dev eth0 root"))
+            guest_command(_NETEM_ADD.format(kind=kind, netem=netem)), heal_action=guest_command(_NETEM_HEAL.format(kind=kind)))
       for kind, netem in [("corruption", "corrupt 5%"), ("latency", "delay 1000ms 500ms"), ("loss", "loss 7% 25%")]],
 ]}
 

@@ -141,7 +141,8 @@ class Instance:
     def inject(self, name: str, **params) -> dict:
         fault = faults.get(name)
         # The guest's uptime now puts its kernel lines on the host's clock (see timeline.py).
-        uptime = float(self.machine.succeed("cut -d' ' -f1 /proc/uptime", timeout=10))
+        # (A guest already shut down has none: its fault answers that it is in effect.)
+        uptime = float(self.machine.succeed("cut -d' ' -f1 /proc/uptime", timeout=10)) if self.machine.running else None
         record = {"fault": name, "console_offset": self.machine.console_offset(),
                   "at": time.time(), "monotonic": time.monotonic(), "guest_uptime": uptime}
         if params:

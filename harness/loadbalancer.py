@@ -83,7 +83,11 @@ class LoadBalancer:
         target.samples.append((now, status))
         if status == 200:
             target.successes, target.failures = target.successes + 1, 0
-            if target.state != "healthy" and target.successes >= self.check.healthy_threshold:
+            # A newly registered target needs one passing check (AWS: "After your target is
+            # registered, it must pass one health check to be considered healthy"); one that
+            # was unhealthy needs healthy_threshold in a row.
+            needed = 1 if target.state == "initial" else self.check.healthy_threshold
+            if target.state != "healthy" and target.successes >= needed:
                 self._change(target_id, target, "healthy", now)
         else:
             target.successes, target.failures = 0, target.failures + 1
