@@ -44,12 +44,18 @@ class AutoScalingGroup:
     def __init__(self, lab: Lab, name: str, desired: int, lb: LoadBalancer,
                  probe_for: Callable[[Instance], Probe], chain: str = "bindsto", fs: str = "xfs",
                  grace_period: float = 300.0, launch_attempts: int = 3, launch_backoff: float = 30.0,
-                 min_size: int = 0, max_size: int | None = None):
+                 min_size: int = 0, max_size: int | None = None,
+                 watchers: dict[str, tuple[LoadBalancer, Callable[[Instance], Probe]]] | None = None,
+                 check_name: str = "lb"):
         self.lab, self.name, self.desired, self.lb = lab, name, desired, lb
         self.probe_for, self.chain, self.fs = probe_for, chain, fs
         self.grace_period, self.launch_attempts, self.launch_backoff = grace_period, launch_attempts, launch_backoff
         self.min_size, self.max_size = min_size, max(desired, max_size or desired)
         self.members: dict[str, Member] = {}
+        # More target groups the members are registered with, by name: their verdicts are
+        # shown (DescribeTargetHealth) but never acted on; only LB's decide a replacement.
+        self.watchers = watchers or {}
+        self.check_name = check_name
         self.events: list[dict] = []
         # A pass at least once per health-check interval (and at once when woken), so a
         # gone VM is seen within one interval of going.
@@ -79,6 +85,8 @@ class AutoScalingGroup:
         return self
 
     def stop(self) -> None:
+        for watcher, _ in self.watchers.values():
+            watcher.stop()
         self._stop.set()
         self._wake.set()
         if self._worker:
@@ -186,6 +194,8 @@ class AutoScalingGroup:
             with self._lock:
                 self.members[instance_id] = Member(instance, time.time())
             self.lb.register(instance_id, self.probe_for(instance))
+            for watcher, probe_for in self.watchers.values():
+                watcher.register(instance_id, probe_for(instance))
             self._log("Launch", instance_id, reason=reason, seconds=round(instance.boot_seconds, 2))
             return instance_id
         self._next_launch_at = time.time() + self.launch_backoff
@@ -195,6 +205,8 @@ class AutoScalingGroup:
 
     def _terminate(self, instance_id: str, reason: str) -> None:
         self.lb.deregister(instance_id)
+        for watcher, _ in self.watchers.values():
+            watcher.deregister(instance_id)
         member = self.members.pop(instance_id)
         self.lab.release_instance(member.instance)
         self._log("Terminate", instance_id, reason=reason)

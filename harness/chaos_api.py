@@ -82,7 +82,9 @@ class ChaosServer:
 
     def __init__(self, backend: Backend, host: str = "127.0.0.1", port: int = 0,
                  username: str | None = None, password: str | None = None, region: str = "lab",
-                 rng: random.Random | None = None):
+                 rng: random.Random | None = None, aws=None):
+        """AWS: something with handle(method, path, headers, body) -> (status, XML), which
+        then answers the AWS query requests (POST /) on the same port (see aws_api.py)."""
         if bool(username) != bool(password):
             # Half a credential would leave the API open while its owner thinks it is guarded.
             raise UserError("a username without a password (or the reverse) guards nothing",
@@ -90,6 +92,7 @@ class ChaosServer:
         self._credentials = (username, password) if username else None
         self.region = region
         self._backend = backend
+        self.aws = aws
         self._rng = rng or random.Random()
         self._events: list[dict] = []
         self._events_lock = threading.Lock()
@@ -242,7 +245,24 @@ class _Handler(BaseHTTPRequestHandler):
         self._answer(self._list)
 
     def do_POST(self):
+        if self.server.chaos.aws is not None and urlsplit(self.path).path == "/":
+            self._answer_aws()
+            return
         self._answer(self._trigger)
+
+    def _answer_aws(self) -> None:
+        try:
+            body = self._read_body()
+        except ApiError as exc:
+            body, self.close_connection = None, True
+            status, data = exc.status, exc.message.encode()
+        if body is not None:
+            status, data = self.server.chaos.aws.handle("POST", self.path, self.headers, body)
+        self.send_response(status)
+        self.send_header("Content-Type", "text/xml")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
 
     def do_PUT(self):
         self._answer(self._not_allowed)

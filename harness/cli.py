@@ -10,7 +10,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from . import accel, backends, bench, chaos_api, chaos_client, faults, findings, groups, ignition, interactive, kernel_log, prune, report, timeline, experiments, image, progress, snapshots, units, versions
+from . import accel, aws_api, backends, bench, chaos_api, chaos_client, faults, findings, groups, ignition, interactive, kernel_log, prune, report, timeline, experiments, image, progress, snapshots, units, versions
 from .errors import GuestTimeout, UserError
 from .lab import Lab
 from .paths import artifacts_dir, cache_dir
@@ -147,6 +147,10 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--username", default=None)
     serve.add_argument("--password", default=None)
     serve.add_argument("--detach-fault", default="yank", help="what DetachVolumes does: yank or unplug")
+    serve.add_argument("--aws", action="store_true",
+                       help="also answer EC2, Auto Scaling and ELBv2 query requests (POST /) on the same port, "
+                            "for AWS_ENDPOINT_URL (the AWS CLI, boto3, chaosaws); SigV4 with --username as the "
+                            "access key id and --password as the secret key, any credentials without them")
     serve.add_argument("--health-check", default="deep",
                        help="what each group's load balancer checks: deep (:51680/health) or stock (:51678/v1/metadata)")
     _variant_options(serve)
@@ -301,14 +305,22 @@ def cmd_serve(args) -> int:
     with Lab() as lab:
         backend_groups: dict = {}
         backend = groups.LabBackend(backend_groups, args.detach_fault)
+        aws = None
+        if args.aws:
+            if args.host not in ("127.0.0.1", "localhost", "::1"):
+                raise UserError(f"--aws serves only the loopback, not {args.host}", "leave --host at 127.0.0.1")
+            aws = aws_api.AwsApi(backend_groups, (args.username, args.password) if args.username else None)
+            aws.on_call = lambda call: progress.say(f"AWS {call['action']} {call['status']} ({call['agent']})")
         # Bound before any VM boots: a port in use fails at once.
         server = chaos_api.ChaosServer(backend, host=args.host, port=args.port,
-                                       username=args.username, password=args.password)
+                                       username=args.username, password=args.password, aws=aws)
         try:
             backend_groups.update(groups.start_groups(lab, args.group, args.chain, args.fs, args.health_check))
             for name, group in backend_groups.items():
                 progress.say(f"auto scaling group {name}: {', '.join(group.instances)}")
             print(f"Chaos Monkey API on {server.url}{chaos_api.API_PATH} (Ctrl-C to stop and tear down)", flush=True)
+            if aws is not None:
+                print(f"AWS endpoint (EC2, Auto Scaling, ELBv2): AWS_ENDPOINT_URL={server.url}", flush=True)
             server.serve_forever()
         finally:
             server.stop()

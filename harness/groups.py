@@ -74,13 +74,22 @@ def start_groups(lab: Lab, specs: list[str], chain: str, fs: str, check: str = "
     if total > max_parallel_vms(lab.memory_mb, wanted=total):
         raise UserError(f"{total} instances need more memory than this host has free",
                         "ask for fewer instances (--group NAME:SIZE)")
-    port, path = CHECKS[check]
     groups = {}
+    check_config = preset("alb", lb_scale)
+    # A scaled-down timeout below 2 s would fail healthy guests that are merely busy (TCG).
+    check_config = replace(check_config, timeout=max(check_config.timeout, 2.0))
     for name, size in sizes.items():
-        check_config = preset("alb", lb_scale)
-        # A scaled-down timeout below 2 s would fail healthy guests that are merely busy (TCG).
-        lb = LoadBalancer(replace(check_config, timeout=max(check_config.timeout, 2.0)))
-        groups[name] = AutoScalingGroup(lab, name, size, lb, lambda vm: probe(vm, port, path),
-                                        chain=chain, fs=fs, grace_period=grace_period).start()
-        lb.start()
+        # One target group per check: CHECK's decides replacements, the others only watch
+        # (so DescribeTargetHealth can show what each check says of the same instance).
+        lbs = {each: LoadBalancer(check_config) for each in CHECKS}
+        probes = {each: _prober(*CHECKS[each]) for each in CHECKS}
+        watchers = {each: (lbs[each], probes[each]) for each in CHECKS if each != check}
+        groups[name] = AutoScalingGroup(lab, name, size, lbs[check], probes[check], chain=chain, fs=fs,
+                                        grace_period=grace_period, watchers=watchers, check_name=check).start()
+        for lb in lbs.values():
+            lb.start()
     return groups
+
+
+def _prober(port: int, path: str):
+    return lambda vm: probe(vm, port, path)
