@@ -67,7 +67,7 @@ class AwsApi:
             "DescribeVolumes": self._describe_volumes, "DetachVolume": self._detach_volume,
             "StopInstances": self._stop_instances, "StartInstances": self._start_instances,
             "RebootInstances": self._reboot_instances, "TerminateInstances": self._terminate_instances,
-            "CreateTags": self._create_tags,
+            "CreateTags": self._create_tags, "AttachVolume": self._attach_volume,
             "DescribeAutoScalingGroups": self._describe_groups, "DescribeAutoScalingInstances": self._describe_asg_instances,
             "SetInstanceHealth": self._set_instance_health, "SetDesiredCapacity": self._set_desired_capacity,
             "TerminateInstanceInAutoScalingGroup": self._terminate_in_group,
@@ -249,6 +249,14 @@ class AwsApi:
             self.detached[vid] = fault
         return {"AttachTime": view.launched, "Device": volume["device"], "InstanceId": view.instance_id,
                 "State": "detaching", "VolumeId": vid}
+
+    def _attach_volume(self, params: dict, region: str) -> dict:
+        self._find_volume(params["VolumeId"])
+        self._view(params["InstanceId"])
+        # Not yet: after a yank the guest keeps the dead device (a new one would be vdc, not
+        # the chain's vdb), and QEMU deletes an unplugged -drive with its device.
+        raise AwsError("UnsupportedOperation", "The lab cannot attach volumes yet: replace the instance instead "
+                       "(TerminateInstanceInAutoScalingGroup).")
 
     def _create_tags(self, params: dict, region: str) -> dict:
         for resource in params["Resources"]:

@@ -139,6 +139,7 @@ def test_detach_volume_force_yanks_plain_unplugs_and_the_root_volume_stays(endpo
     assert error_of(ec2.detach_volume, VolumeId=root, Force=True) == (
         "IncorrectState", f"Unable to detach root volume '{root}' from instance '{one}'")
     assert error_of(ec2.detach_volume, VolumeId="vol-0123456789abcdef0")[0] == "InvalidVolume.NotFound"
+    assert error_of(ec2.attach_volume, VolumeId=data, InstanceId=one, Device=DATA_DEVICE)[0] == "UnsupportedOperation"
     in_use = ec2.describe_volumes(Filters=[{"Name": "attachment.instance-id", "Values": [one]}])["Volumes"]
     assert [v["VolumeId"] for v in in_use] == [root]
 
@@ -277,3 +278,40 @@ def test_the_aws_cli_drives_the_endpoint_unchanged(endpoint, lab_groups):
     calls = [c["action"] for c in endpoint.api.calls]
     assert calls == ["DetachVolume", "DetachVolume -> IncorrectState", "DescribeAutoScalingGroups"]
     assert all(c["agent"].startswith("aws-cli/") for c in endpoint.api.calls)
+
+
+def test_chaos_run_with_chaosaws_detaches_a_volume_of_the_group(endpoint, lab_groups, tmp_path):
+    """The shipped experiment under the real `chaos run`, with checks served from the fake
+    instance's state: the stock probe passes after the detach, the deep one fails."""
+    import http.server
+    import threading
+    (db,) = lab_groups["db"].instances.values()
+
+    class Checks(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200 if self.path == "/stock" or db.healthy else 503)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+    checks = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Checks)
+    threading.Thread(target=checks.serve_forever, daemon=True).start()
+    experiment = json.loads((Path(__file__).parent.parent / "examples/chaostoolkit/detach-volume.json").read_text())
+    experiment["method"][0]["pauses"] = {}
+    (tmp_path / "experiment.json").write_text(json.dumps(experiment))
+    base = f"http://127.0.0.1:{checks.server_address[1]}"
+    env = {**os.environ, "AWS_ENDPOINT_URL": endpoint.url, "AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "y",
+           "AWS_REGION": "us-east-1", "GROUP": "db", "STOCK_URL": base + "/stock", "DEEP_URL": base + "/deep"}
+    try:
+        subprocess.run([str(Path(sys.executable).parent / "chaos"), "--no-version-check", "run", "--journal-path",
+                        str(tmp_path / "journal.json"), str(tmp_path / "experiment.json")],
+                       env=env, cwd=tmp_path, capture_output=True, text=True, timeout=90)
+    finally:
+        checks.shutdown()
+    run = json.loads((tmp_path / "journal.json").read_text())
+    after = {p["activity"]["name"]: p["tolerance_met"] for p in run["steady_states"]["after"]["probes"]}
+    assert run["deviated"] and after == {"stock-health-check": True, "deep-health-check": False}
+    assert db.faults == ["yank"]
+    assert [c["action"] for c in endpoint.api.calls] == ["DescribeInstances", "DetachVolume", "CreateTags"]
+    assert endpoint.api.calls[0]["agent"].startswith("Boto3/")
