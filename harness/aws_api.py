@@ -373,7 +373,7 @@ class AwsApi:
     def _set_instance_health(self, params: dict, region: str) -> dict:
         view = self._managed(params["InstanceId"])
         if params["HealthStatus"] not in ("Healthy", "Unhealthy"):
-            raise AwsError("ValidationError", f"Valid instance health states are: [Healthy, Unhealthy].")
+            raise AwsError("ValidationError", "Valid instance health states are: [Healthy, Unhealthy].")
         view.asg.set_instance_health(view.instance_id, params["HealthStatus"],
                                      respect_grace=params.get("ShouldRespectGracePeriod", True))
         return {}
@@ -441,7 +441,7 @@ class AwsApi:
                         "Matcher": {"HttpCode": "200"}, "TargetType": "instance"})
         for name in names or []:
             if name not in groups:
-                raise AwsError("TargetGroupNotFound", f"One or more target groups not found")
+                raise AwsError("TargetGroupNotFound", "One or more target groups not found")
         if arns and not out:
             raise AwsError("TargetGroupNotFound", f"Target groups '{', '.join(arns)}' not found")
         return {"TargetGroups": out}

@@ -137,10 +137,9 @@ def _scalar(shape: Shape, text: str, name: str):
         if shape.type_name == "timestamp":
             return datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
-        raise AwsError("InvalidParameterValue" if shape.type_name != "boolean" else "InvalidParameterValue",
-                       f"Value ({text}) for parameter {name} is invalid.") from None
+        raise AwsError("InvalidParameterValue", f"Value ({text}) for parameter {name} is invalid.") from None
     if shape.enum and text not in shape.enum:
-        raise AwsError("InvalidParameterValue" , f"Value ({text}) for parameter {name} is invalid. "
+        raise AwsError("InvalidParameterValue", f"Value ({text}) for parameter {name} is invalid. "
                        f"Valid values: {', '.join(shape.enum)}")
     return text
 
