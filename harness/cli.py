@@ -10,9 +10,15 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from . import accel, aws_api, backends, bench, chaos_api, chaos_client, faults, findings, groups, ignition, interactive, kernel_log, prune, report, timeline, experiments, image, progress, snapshots, units, versions
+from .machines import accel
+from .lab import backends, prune, snapshots
+from .runs import bench, interactive, experiments, versions
+from .chaos import aws_api, chaos_api, chaos_client, groups
+from . import faults, kernel_log, progress, units
+from .evidence import findings, report, timeline
+from .images import ignition, image
 from .errors import GuestTimeout, UserError
-from .lab import Lab
+from .lab.lab import Lab
 from .paths import artifacts_dir, cache_dir
 
 # Wide enough for the findings table when output goes to a log rather than a terminal.

@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 
 from harness import timeouts
-from harness.aws_api import AwsApi
-from harness.chaos_api import ChaosServer
+from harness.chaos.aws_api import AwsApi
+from harness.chaos.chaos_api import ChaosServer
 from harness.faults import XFS_SHUTDOWN
-from harness.groups import LabBackend, start_groups
-from harness.machine import AGENT_PORT, HEALTH_PORT
+from harness.chaos.groups import LabBackend, start_groups
+from harness.machines.machine import AGENT_PORT, HEALTH_PORT
 from harness.paths import REPO
 
 BIN = Path(sys.executable).parent

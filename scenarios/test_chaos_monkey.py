@@ -4,9 +4,9 @@ import json
 import time
 import urllib.request
 
-from harness import chaos_client
-from harness.chaos_api import API_PATH, ChaosServer
-from harness.groups import Group, LabBackend, start_groups
+from harness.chaos import chaos_client
+from harness.chaos.chaos_api import API_PATH, ChaosServer
+from harness.chaos.groups import Group, LabBackend, start_groups
 
 
 def test_the_chaosmonkey_cli_detaches_a_volume_and_the_health_check_keeps_lying(lab, capsys):

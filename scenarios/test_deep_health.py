@@ -4,11 +4,11 @@ import time
 
 import pytest
 
-from harness import experiments
-from harness.autoscaling import AutoScalingGroup
-from harness.health_watch import EXPERIMENT_CHECK, probe
-from harness.loadbalancer import LoadBalancer
-from harness.machine import HEALTH_PORT
+from harness.runs import experiments
+from harness.chaos.autoscaling import AutoScalingGroup
+from harness.evidence.health_watch import EXPERIMENT_CHECK, probe
+from harness.evidence.loadbalancer import LoadBalancer
+from harness.machines.machine import HEALTH_PORT
 
 
 def test_yank_goes_unnoticed_by_the_stock_check_and_the_deep_check_fails_within_5_s(lab):

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from harness import interactive
-from harness.lab import qemu_of, sweep_stale_runs
+from harness.runs import interactive
+from harness.lab.lab import qemu_of, sweep_stale_runs
 from harness.paths import cache_dir
 
 pytestmark = pytest.mark.vm

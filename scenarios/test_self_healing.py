@@ -7,8 +7,8 @@ import urllib.error
 import urllib.request
 
 from harness import faults, timeouts
-from harness.chaos_api import API_PATH, STRATEGIES, ChaosServer
-from harness.groups import Group, LabBackend, start_groups
+from harness.chaos.chaos_api import API_PATH, STRATEGIES, ChaosServer
+from harness.chaos.groups import Group, LabBackend, start_groups
 
 
 def chaos(server, group: str, strategy: str) -> int:

@@ -6,7 +6,7 @@ import subprocess
 import pytest
 
 from harness import timeouts
-from harness.vagrant_machine import LIBVIRT_URI, VagrantMachine
+from harness.machines.vagrant_machine import LIBVIRT_URI, VagrantMachine
 
 # A cold `vagrant up` under TCG takes minutes (the first one also uploads the box).
 pytestmark = [pytest.mark.lab(backend="vagrant"), pytest.mark.timeout(timeouts.scaled(1200))]

@@ -13,10 +13,10 @@ import botocore.exceptions
 import pytest
 from botocore.config import Config
 
-from harness.autoscaling import AutoScalingGroup
-from harness.aws_api import AwsApi, DATA_DEVICE, ROOT_DEVICE, volume_id
-from harness.chaos_api import ChaosServer
-from harness.loadbalancer import HealthCheck, LoadBalancer
+from harness.chaos.autoscaling import AutoScalingGroup
+from harness.chaos.aws_api import AwsApi, DATA_DEVICE, ROOT_DEVICE, volume_id
+from harness.chaos.chaos_api import ChaosServer
+from harness.evidence.loadbalancer import HealthCheck, LoadBalancer
 
 from test_loadbalancer import FakeInstance, FakeLab, wait_for
 

@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from harness import cli, experiments
-from harness.image import Image
+from harness import cli
+from harness.runs import experiments
+from harness.images.image import Image
 from harness.paths import REPO, UNITS_DIR
 
 
@@ -31,10 +32,10 @@ def hermetic(tmp_path, monkeypatch):
             raise AssertionError(f"the CLI tried to {what}")
         return fail
 
-    monkeypatch.setattr("harness.image.ensure_image", forbidden("build or look up the guest image"))
-    monkeypatch.setattr("harness.accel.choose", forbidden("choose an accelerator (a KVM probe boots QEMU)"))
-    monkeypatch.setattr("harness.accel.kvm_verdict", forbidden("probe KVM"))
-    monkeypatch.setattr("harness.machine.Machine.start", forbidden("start QEMU"))
+    monkeypatch.setattr("harness.images.image.ensure_image", forbidden("build or look up the guest image"))
+    monkeypatch.setattr("harness.machines.accel.choose", forbidden("choose an accelerator (a KVM probe boots QEMU)"))
+    monkeypatch.setattr("harness.machines.accel.kvm_verdict", forbidden("probe KVM"))
+    monkeypatch.setattr("harness.machines.machine.Machine.start", forbidden("start QEMU"))
     saved = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGHUP)}
     yield
     for sig, handler in saved.items():
@@ -115,7 +116,7 @@ def test_units_dir_lacking_units_names_them(capsys, tmp_path):
 def test_run_with_a_unit_systemd_rejects_is_one_line_and_exit_2(capsys, monkeypatch, tmp_path,
                                                                  units_with_unknown_key):
     # A cached image and a cold boot: today the units are verified only when an instance is made.
-    monkeypatch.setattr("harness.image.ensure_image", lambda *a, **k: Image(tmp_path / "image"))
+    monkeypatch.setattr("harness.images.image.ensure_image", lambda *a, **k: Image(tmp_path / "image"))
     monkeypatch.setenv("UNITCHAOS_COLD", "1")
     line = assert_one_line_error(capsys, run_cli(["run", "yank", "--units", str(units_with_unknown_key)]))
     assert "Unknown key 'Requiress'" in line

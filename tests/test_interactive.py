@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from harness import cli, interactive, lab as lab_mod
+from harness import cli
+from harness.runs import interactive
+from harness.lab import lab as lab_mod
 from harness.paths import runs_dir
 
 

@@ -1,5 +1,5 @@
-"""Tests for the host-side housekeeping: harness/lab.py's sweep of stale run directories,
-harness/accel.py's choice of accelerator, and harness/timeouts.py's scaling."""
+"""Tests for the host-side housekeeping: harness/lab/lab.py's sweep of stale run directories,
+harness/machines/accel.py's choice of accelerator, and harness/timeouts.py's scaling."""
 import os
 import subprocess
 import sys
@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from harness import accel, lab, timeouts
+from harness.machines import accel
+from harness.lab import lab
+from harness import timeouts
 from harness.errors import UserError
 from harness.paths import runs_dir
 

@@ -6,9 +6,9 @@ import time
 
 import pytest
 
-from harness.autoscaling import AutoScalingGroup
+from harness.chaos.autoscaling import AutoScalingGroup
 from harness.errors import GuestTimeout, UserError
-from harness.loadbalancer import PRESETS, HealthCheck, LoadBalancer, preset
+from harness.evidence.loadbalancer import PRESETS, HealthCheck, LoadBalancer, preset
 
 
 def scripted(*statuses):

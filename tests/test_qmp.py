@@ -1,4 +1,4 @@
-"""Tests for harness/qmp.py's Monitor against a fake QMP server on a unix socket.
+"""Tests for harness/machines/qmp.py's Monitor against a fake QMP server on a unix socket.
 
 The fake speaks just enough QMP: the greeting, capabilities negotiation, command
 replies that echo the client's "id", errors in QEMU's shape, and events sent after
@@ -15,7 +15,7 @@ import time
 import pytest
 
 from harness.errors import GuestTimeout
-from harness.qmp import Monitor, MonitorError, event_time
+from harness.machines.qmp import Monitor, MonitorError, event_time
 
 GREETING = {"QMP": {"version": {"qemu": {"major": 7, "minor": 2, "micro": 0}, "package": ""},
                     "capabilities": []}}

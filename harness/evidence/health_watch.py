@@ -1,0 +1,104 @@
+"""Two load balancers watching one instance through an experiment: one on the stock check
+(the agent's :51678/v1/metadata), one on the deep check (the guest's :51680/health).
+They answer: did each check notice the fault, how long after it the first failing answer
+came, and when the load balancer gave its verdict of unhealthy."""
+import threading
+import time
+
+from ..lab.instance import Instance
+from .loadbalancer import HealthCheck, LoadBalancer
+from ..machines.machine import AGENT_PORT, HEALTH_PORT
+
+# ALB's thresholds with the durations scaled down (30 s -> 1 s interval) so an experiment
+# sees the verdict in seconds; `lb_seconds` scales back up by the same factor.
+EXPERIMENT_CHECK = HealthCheck(interval=1.0, timeout=2.0, healthy_threshold=5, unhealthy_threshold=2)
+CHECKS = {"stock": (AGENT_PORT, "/v1/metadata"), "deep": (HEALTH_PORT, "/health")}
+
+
+def probe(instance: Instance, port: int, path: str, record=None):
+    """The load balancer's probe of PORT/PATH; with RECORD, every answer is also passed to
+    RECORD(started, latency, status, body) for the evidence."""
+    def check(timeout: float) -> int | None:
+        started = time.time()
+        if not instance.machine.running:
+            status, body = None, "instance terminated"
+        else:
+            status, body = instance.machine.http_get(port, path, timeout)
+        if record is not None:
+            record(started, time.time() - started, status, body)
+        return status
+    return check
+
+
+def _failing(body) -> str | None:
+    """Why a check failed, in a few words: the deep daemon's failing checks, or the error."""
+    if isinstance(body, dict) and isinstance(body.get("checks"), dict):
+        reasons = [f"{name}: {check.get('reason')}" for name, check in body["checks"].items()
+                   if isinstance(check, dict) and check.get("status") != "ok"]
+        return "; ".join(reasons) or None
+    if isinstance(body, str) and body:
+        return body[:300]
+    return None
+
+
+class HealthWatch:
+    def __init__(self, instance: Instance, check: HealthCheck = EXPERIMENT_CHECK):
+        self.check = check
+        self.lb = LoadBalancer(check)
+        self.samples: list[dict] = []
+        self._lock = threading.Lock()
+        for name, (port, path) in CHECKS.items():
+            self.lb.register(name, probe(instance, port, path, self._recorder(name, f":{port}{path}")))
+        self.fault_at: float | None = None
+
+    def _recorder(self, name: str, url: str):
+        def record(started: float, latency: float, status, body) -> None:
+            # Stamped when the answer came, as the load balancer stamps its own samples.
+            sample = {"check": name, "url": url, "at": round(started + latency, 3),
+                      "latency_ms": round(latency * 1000, 1),
+                      "status": status, "why": None if status == 200 else _failing(body)}
+            with self._lock:
+                self.samples.append(sample)
+        return record
+
+    def samples_json(self, t0: float | None = None) -> dict:
+        """Every probe's answer (the health.json artifact), with seconds from T0 (the
+        fault's moment on the timeline; default: when the fault was marked)."""
+        t0 = self.fault_at if t0 is None else t0
+        with self._lock:
+            samples = [{**s, "t": None if t0 is None else round(s["at"] - t0, 3)} for s in self.samples]
+        return {"fault_at": t0, "load_balancer": self.check.as_dict(), "samples": samples,
+                "verdicts": [{"check": name, "at": round(at, 3), "t": None if t0 is None else round(at - t0, 3),
+                              "state": state}
+                             for name, target in self.lb.targets.items() for at, state in target.changes]}
+
+    def start(self) -> "HealthWatch":
+        self.lb.start()
+        return self
+
+    def mark_fault(self, at: float) -> None:
+        self.fault_at = at
+
+    def wait(self, window: float) -> None:
+        """Watches until both checks have given their verdict, or WINDOW seconds after the fault."""
+        deadline = (self.fault_at or time.time()) + window
+        while time.time() < deadline:
+            if all(self.lb.unhealthy_after(name, self.fault_at or 0) is not None for name in CHECKS):
+                return
+            time.sleep(0.2)
+
+    def stop(self) -> None:
+        self.lb.stop()
+
+    def result(self) -> dict:
+        since = self.fault_at or 0.0
+        out = {}
+        for name in CHECKS:
+            seconds = self.lb.first_failure(name, since)
+            verdict = self.lb.unhealthy_after(name, since)
+            out[name] = {"detected": verdict is not None,
+                         "seconds": None if seconds is None else round(seconds, 2),
+                         "lb_seconds": None if verdict is None else round(verdict, 2),
+                         "samples": len([s for s in self.lb.targets[name].samples if s[0] >= since])}
+        out["lb"] = {**self.check.as_dict(), "scaled_from": "ALB 30 s / 5 s / 5 / 2"}
+        return out
