@@ -12,17 +12,3 @@ def scale() -> float:
 
 def scaled(seconds: float) -> float:
     return seconds * scale()
-
-
-def wait_until(condition, timeout: float, what: str, every: float = 0.25):
-    """Polls CONDITION until it returns something true (returned), or raises GuestTimeout
-    naming WHAT after TIMEOUT seconds (scaled). WHAT may be a callable, asked only then."""
-    import time
-
-    from .errors import GuestTimeout
-    deadline = time.monotonic() + scaled(timeout)
-    while not (result := condition()):
-        if time.monotonic() > deadline:
-            raise GuestTimeout(f"{what() if callable(what) else what} (waited {scaled(timeout):.0f} s)")
-        time.sleep(every)
-    return result
