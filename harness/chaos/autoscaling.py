@@ -8,7 +8,7 @@ import threading
 import time
 from typing import Callable
 
-from ..errors import GuestTimeout, UserError
+from ..errors import GuestError, UserError
 from ..lab.instance import Instance
 from ..lab.lab import Lab
 from ..evidence.loadbalancer import LoadBalancer, Probe
@@ -56,7 +56,7 @@ class AutoScalingGroup:
         for attempt in range(1, self.launch_attempts + 1):
             try:
                 instance = self.lab.instance(chain=self.chain, fs=self.fs)
-            except (GuestTimeout, UserError, OSError) as exc:
+            except (GuestError, UserError, OSError) as exc:
                 self._log("LaunchFailed", None, attempt=attempt, error=str(exc).splitlines()[0])
                 continue
             instance_id = f"i-{secrets.token_hex(8)}"
