@@ -25,6 +25,10 @@ BOOTS_UNDER_TCG = 3
 
 
 class Instance:
+    """A guest running the incident's unit chain for one variant, and the questions a
+    scenario asks of it. Get one from the lab (`lab.instance(chain="bindsto", fs="xfs")`);
+    break it with `inject`, then ask `unit_states`, `metadata_status`, `mount_listed`,
+    `can_start_container`, `wait_for_kernel_message`."""
     def __init__(self, image: Image, variant: units.Variant, run_dir: Path, memory_mb: int = 1024,
                  machine_class: type[Machine] = Machine):
         self.image = image
@@ -132,6 +136,7 @@ class Instance:
                    machine=self.machine, interval=0.5, on_timeout=refused)
 
     def stop(self) -> None:
+        """Ends the guest at once (its run directory stays: the lab decides about it)."""
         self.machine.stop()
 
     @property
@@ -142,6 +147,11 @@ class Instance:
     # -- faults -------------------------------------------------------------------
 
     def inject(self, name: str, **params) -> dict:
+        """Injects fault NAME (see `unitchaos run --help` for names, PARAMS for its knobs) and
+        returns its record: when, where the console was, and what the fault did.
+
+            vm.inject("io-latency", ms=250)
+        """
         fault = faults.get(name)
         # The guest's uptime now puts its kernel lines on the host's clock (see timeline.py).
         uptime = float(self.machine.succeed("cut -d' ' -f1 /proc/uptime", timeout=10))
@@ -155,6 +165,7 @@ class Instance:
 
     @property
     def last_fault(self) -> dict:
+        """The record of the last fault injected."""
         return self.fault_log[-1]
 
     def wait_for_kernel_message(self, pattern: str, timeout: float = 60) -> str:
@@ -176,6 +187,7 @@ class Instance:
         return fault.heal(self.machine)
 
     def kernel_events(self) -> list[dict]:
+        """The kernel lines since the last fault that kernel_log recognises, classified."""
         return kernel_log.events(self._console_since_fault())
 
     def kernel_lines(self) -> list[str]:
@@ -203,6 +215,7 @@ class Instance:
     # -- what the chain looks like ------------------------------------------------
 
     def unit_states(self) -> dict[str, str]:
+        """Each unit of the chain and its ActiveState; `harness.ALL_ACTIVE` when healthy."""
         return self.machine.unit_states(units.CHAIN)
 
     def device_state(self) -> str:
@@ -222,6 +235,7 @@ class Instance:
         return bool(result.stdout.strip())
 
     def mount_options(self) -> str:
+        """The volume's filesystem type and mount options, or "" if it is not mounted."""
         return self.machine.run("findmnt -no FSTYPE,OPTIONS /var/lib/docker || true").stdout.strip()
 
     def metadata_status(self, timeout: float = 5.0) -> int | None:
@@ -251,6 +265,7 @@ class Instance:
                 else result.stderr.strip()[-500:] or None}
 
     def can_start_container(self) -> bool:
+        """Does a container start (what the stock health check never asks)?"""
         return self.start_container()["ok"]
 
     def wait_until_containers_start(self, timeout: float = 120) -> None:

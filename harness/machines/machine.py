@@ -81,6 +81,15 @@ TCG_HIDDEN_FEATURES = {"bookworm-backports": ("cx16",)}
 
 
 class Machine:
+    """One guest under the harness's QEMU: `start` it (or restore a saved one), talk to it
+    (console, QMP `monitor`, command `channel`, SSH `host`), wait on it, `stop` it.
+
+        with Machine(image, run_dir) as m:
+            m.wait_for_console(BOOTED, 240)
+            m.succeed("systemctl is-active docker")
+
+    Backends (Vagrant, Fedora CoreOS) subclass it; everything else sees a Machine.
+    """
     # block_faults.py finds the volume's nodes by the names _node_names gives them.
     names_volume_nodes = True
     # Instance.boot may boot again on fresh overlays after a kernel panic under TCG.
@@ -190,6 +199,7 @@ class Machine:
                    done=lambda now: now == "completed")
 
     def qemu_argv(self) -> list[str]:
+        """QEMU's command line for this guest (snapshots key their saves on its shape)."""
         forwards = ",".join(f"hostfwd=tcp:127.0.0.1:{host}-:{guest}" for guest, host in self.ports.items())
         if self.accel == "kvm":
             cpu = ["-accel", "kvm", "-cpu", "host"]
@@ -295,11 +305,13 @@ class Machine:
 
     @property
     def running(self) -> bool:
+        """Is QEMU still there?"""
         return self.process is not None and self.process.poll() is None
 
     # -- the serial console -------------------------------------------------------
 
     def console_text(self) -> str:
+        """Everything the guest wrote to its serial console since QEMU started."""
         return self.console_path.read_text(errors="replace")
 
     def wait_for_console(self, pattern: str, timeout: float, since: int = 0) -> re.Match:
@@ -327,6 +339,7 @@ class Machine:
                                    f"{first.group(1).strip()} ... {panic.group(1).strip()}", evidence=self.run_dir)
 
     def console_offset(self) -> int:
+        """Where the console is now: pass it as SINCE to wait only for what comes later."""
         return len(self.console_text())
 
     def wait_for_kernel_message(self, pattern: str, timeout: float = 60, since: int = 0) -> str:
@@ -339,6 +352,7 @@ class Machine:
 
     @property
     def ssh_config(self) -> Path:
+        """An ssh_config file for this guest (`ssh -F PATH unitchaos-guest`), written once."""
         path = self.run_dir / "ssh_config"
         if not path.exists():
             path.write_text(
@@ -412,6 +426,7 @@ class Machine:
                    machine=self, interval=0.3)
 
     def unit_state(self, unit: str) -> str:
+        """UNIT's ActiveState ("active", "inactive", "failed", ...)."""
         return self.unit_states([unit])[unit]
 
     def unit_states(self, units: list[str]) -> dict[str, str]:
