@@ -25,6 +25,8 @@ UNFORCED_MKFS = {"xfs": "/usr/sbin/mkfs.xfs", "ext4": "/usr/sbin/mkfs.ext4 -q"}
 DOCKER_NEEDS_MOUNT = "docker.service.d/10-volume.conf"
 REQUIRED = ["format-ephemeral.service", "var-lib-docker.mount", "ecs-agent.service"]
 CHAIN = ["format-ephemeral.service", "var-lib-docker.mount", "docker.service", "ecs-agent.service"]
+# What systemd says of a healthy chain (Instance.unit_states() of a guest that is up).
+ALL_ACTIVE = {unit: "active" for unit in CHAIN}
 DEVICE = "/dev/vdb"
 # Complaints from systemd-analyze that are about the host, not the unit files.
 HOST_ONLY = re.compile(r"is not executable: No such file or directory|Failed to .*unit file.*not found|"

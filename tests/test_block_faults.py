@@ -13,6 +13,7 @@ from harness.faults import block_faults
 from harness import faults
 from harness.errors import UserError
 from harness.machines.machine import Machine
+from harness.waiting import Deadline
 
 pytestmark = pytest.mark.skipif(not shutil.which("qemu-system-x86_64") and os.environ.get("CI") != "true",
                                 reason="qemu-system-x86_64 not installed (apt-get install qemu-system-x86)")
@@ -36,7 +37,7 @@ def machine(request, tmp_path):
          "-drive", f"file={m.volume.path},if=none,id=volume,format=qcow2,cache=unsafe{m._node_names(m.volume)}",
          "-device", f"virtio-blk-pci,drive=volume,id={m.volume.device_id}"], stdout=out, stderr=out)
     try:
-        m.monitor.connect(time.monotonic() + 10)
+        m.monitor.connect(Deadline(10))
         yield m
     finally:
         m.monitor.close()

@@ -13,6 +13,7 @@ from harness.lab import lab
 from harness import timeouts
 from harness.errors import UserError
 from harness.paths import runs_dir
+from harness.waiting import wait_until
 
 KERNEL = Path("/nonexistent/vmlinuz")  # never read by the paths under test
 
@@ -49,10 +50,8 @@ def spawn():
 
 def wait_for_cmdline(pid: int, needle: str) -> None:
     """Right after exec, /proc/PID/cmdline can still read empty for a moment."""
-    deadline = time.monotonic() + 2
-    while needle.encode() not in Path(f"/proc/{pid}/cmdline").read_bytes():
-        assert time.monotonic() < deadline, f"process {pid}'s command line never showed {needle}"
-        time.sleep(0.005)
+    wait_until(lambda: needle.encode() in Path(f"/proc/{pid}/cmdline").read_bytes(), 2,
+               f"process {pid}'s command line to show {needle}", interval=0.005)
 
 
 def make_run(name: str, owner: int | str | None = None) -> Path:

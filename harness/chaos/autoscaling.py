@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from ..errors import GuestTimeout, UserError
+from ..errors import GuestError, UserError
 from ..lab.instance import Instance
 from ..lab.lab import Lab
 from ..evidence.loadbalancer import LoadBalancer, Probe
@@ -187,7 +187,7 @@ class AutoScalingGroup:
         for attempt in range(1, self.launch_attempts + 1):
             try:
                 instance = self.lab.instance(chain=self.chain, fs=self.fs)
-            except (GuestTimeout, UserError, OSError) as exc:
+            except (GuestError, UserError, OSError) as exc:
                 self._log("LaunchFailed", None, attempt=attempt, error=str(exc).splitlines()[0])
                 continue
             instance_id = new_instance_id()

@@ -29,7 +29,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Protocol
 from urllib.parse import parse_qs, urlsplit
 
-from ..errors import UserError
+from ..errors import GuestError, UserError
 
 log = logging.getLogger(__name__)
 
@@ -283,7 +283,7 @@ class _Handler(BaseHTTPRequestHandler):
             status, payload = HTTPStatus.OK, action(self._query(), body)
         except ApiError as exc:
             status, payload, headers = exc.status, {"message": exc.message}, exc.headers
-        except UserError as exc:
+        except (UserError, GuestError) as exc:  # the guest would not: the client's request cannot apply
             status, payload = HTTPStatus.BAD_REQUEST, {"message": _one_line(str(exc))}
         except Exception as exc:
             # A bug in the backend: the traceback is for whoever runs the server, not the client.

@@ -1,6 +1,7 @@
 """The findings of one experiment in words: what systemd, the kernel and each health check
 did. The terminal's table and the HTML report show the same facts, made here once."""
 from .. import kernel_log
+from .outcome import Outcome
 
 COLUMNS = ["experiment", "chain", "fs", "mount listed", "docker", "ecs-agent", "metadata",
            "container starts", "kernel said", "stock check", "deep check", "seconds"]
@@ -9,24 +10,24 @@ KERNEL_KINDS = ["xfs-shutdown", "ext4-abort-journal", "ext4-remount-ro", "ext4-e
                 "block-io-error", "xfs-unmount"]
 
 
-def row(out: dict) -> list[tuple[str, str | None]]:
+def row(out: Outcome) -> list[tuple[str, str | None]]:
     """One cell per column: (text, tone), tone "good", "bad" or None."""
-    starts = out["container_start_ok"]
-    deep = out.get("health", {}).get("deep", {})
-    if deep.get("seconds") is not None:
-        deep_cell = (f"failed after {deep['seconds']:.1f} s", "good" if not starts else "bad")
+    starts = out.container_start_ok
+    deep = out.health.deep
+    if deep is not None and deep.seconds is not None:
+        deep_cell = (f"failed after {deep.seconds:.1f} s", "good" if not starts else "bad")
     else:
         deep_cell = ("passes", "good" if starts else "bad")
     return [
-        (out["experiment"], None), (out["chain"], None), (out["fs"], None),
-        (yes(out["mount_listed"]), None),
-        _unit(out["units"]["docker.service"]), _unit(out["units"]["ecs-agent.service"]),
-        (str(out["metadata_status"]), None),
+        (out.experiment, None), (out.chain, None), (out.fs, None),
+        (yes(out.mount_listed), None),
+        _unit(out.units["docker.service"]), _unit(out.units["ecs-agent.service"]),
+        (str(out.metadata_status), None),
         (yes(starts), "good" if starts else "bad"),
-        (kernel_summary(out["kernel_events"]), None),
-        ("LIES", "bad") if out["health_check_lies"] else ("truthful", "good"),
+        (kernel_summary(out.kernel_events), None),
+        ("LIES", "bad") if out.health_check_lies else ("truthful", "good"),
         deep_cell,
-        (f"{out['seconds']['total']:.0f}", None),
+        (f"{out.seconds.total:.0f}", None),
     ]
 
 

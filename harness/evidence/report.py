@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 
 from . import findings, timeline, timeline_svg
+from .outcome import CheckVerdict, Outcome
 from ..errors import UserError
 
 OUTCOME = "outcome.json"
@@ -66,7 +67,7 @@ def write(experiment_dirs: list[Path], out: Path) -> Path:
         if missing:
             raise UserError(f"{directory / OUTCOME} is not an experiment's outcome (no {', '.join(missing)})",
                             "name directories kept by unitchaos run/demo/matrix --keep-artifacts")
-        outcomes.append((directory, outcome))
+        outcomes.append((directory, Outcome.from_json(outcome)))
     out.write_text(render(outcomes, out.parent.resolve()))
     return out
 
@@ -76,10 +77,10 @@ def check_output(out: Path) -> None:
         raise UserError(f"cannot write {out}: {out.parent} is not a directory", "create it, or name another file")
 
 
-def render(outcomes: list[tuple[Path, dict]], base: Path) -> str:
+def render(outcomes: list[tuple[Path, Outcome]], base: Path) -> str:
     """The page for OUTCOMES ((artifact directory, outcome)); links are relative to BASE."""
-    ids = [f"exp-{i}-{out.get('experiment', 'x')}" for i, (_, out) in enumerate(outcomes)]
-    versions = sorted({f"kernel {out.get('kernel', '?')}, {out.get('systemd', '?')}, {out.get('accel', '?')}"
+    ids = [f"exp-{i}-{out.experiment or 'x'}" for i, (_, out) in enumerate(outcomes)]
+    versions = sorted({f"kernel {_known(out.kernel)}, {_known(out.systemd)}, {_known(out.accel)}"
                        for _, out in outcomes})
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
@@ -103,39 +104,38 @@ def _matrix(outcomes, ids) -> str:
         first = f'<td><a href="#{anchor}">{_e(cells[0][0])}</a></td>'
         rest = "".join(f'<td class="{tone}">{_e(text)}</td>' if tone else f"<td>{_e(text)}</td>"
                        for text, tone in cells[1:])
-        health = out.get("health", {})
-        lb = "".join(f"<td>{_secs(health.get(name, {}).get('lb_seconds'))}</td>" for name in ("stock", "deep"))
+        lb = "".join(f"<td>{_secs(check.lb_seconds if check else None)}</td>"
+                     for check in (out.health.stock, out.health.deep))
         rows.append(f"<tr>{first}{rest}{lb}</tr>")
     rows.append("</tbody></table>")
     return "\n".join(rows)
 
 
-def _experiment(anchor: str, directory: Path, out: dict, base: Path) -> str:
-    events = out.get("timeline") or []
-    title = f"{out.get('experiment')} ({out.get('chain')}, {out.get('fs')})"
+def _experiment(anchor: str, directory: Path, out: Outcome, base: Path) -> str:
+    events = out.timeline or []
+    title = out.describe()
     parts = [f'<section class="experiment" id="{anchor}"><h2>{_e(title)}</h2>', '<table class="facts">']
-    facts = [("fault", out.get("fault") or "none"),
-             ("units after", ", ".join(f"{u} {s}" for u, s in out.get("units", {}).items())),
-             ("mount", out.get("mount") or "not mounted"),
-             ("container start", _container(out.get("container_start", {}))),
-             ("started from", f"{out.get('start', '?')} in {out.get('seconds', {}).get('boot', '?')} s"),
-             ("guest", f"kernel {out.get('kernel', '?')}, {out.get('systemd', '?')}, {out.get('accel', '?')}, "
-                       f"timeout scale {out.get('timeout_scale', '?')}")]
-    for name in ("stock", "deep"):
-        check = out.get("health", {}).get(name)
+    facts = [("fault", out.fault or "none"),
+             ("units after", ", ".join(f"{u} {s}" for u, s in out.units.items())),
+             ("mount", out.mount or "not mounted"),
+             ("container start", _container(out.container_start)),
+             ("started from", f"{_known(out.start)} in {_known(out.seconds.boot)} s"),
+             ("guest", f"kernel {_known(out.kernel)}, {_known(out.systemd)}, {_known(out.accel)}, "
+                       f"timeout scale {_known(out.timeout_scale)}")]
+    for name, check in (("stock", out.health.stock), ("deep", out.health.deep)):
         if check:
             facts.append((f"{name} check", _check(check)))
     parts += [f"<tr><td>{_e(k)}</td><td>{_e(str(v))}</td></tr>" for k, v in facts]
     parts.append("</table>")
     if events:
-        end = out.get("seconds", {}).get("fault_to_verdict")
+        end = out.seconds.fault_to_verdict
         picture = timeline_svg.render(events, title=title, end=end, samples=_samples(directory))
         parts.append(f"<figure>{picture}</figure>")
         parts.append(f"<details><summary>timeline as text ({len(events)} events)</summary>"
                      f"<pre>{_e(timeline.render(events))}</pre></details>")
     else:
         parts.append('<p class="none">no fault injected: no timeline</p>')
-    for line in out.get("badness", []):
+    for line in out.badness:
         parts.append(f'<p class="badness">badness on the console: {_e(line)}</p>')
     parts.append(_artifacts(directory, base))
     parts.append("</section>")
@@ -163,11 +163,16 @@ def _link(path: Path, base: Path) -> str:
     return "/".join(Path(os.path.relpath(path.resolve(), base)).parts)
 
 
-def _check(check: dict) -> str:
-    if not check.get("detected") and check.get("seconds") is None:
-        return f"never failed ({check.get('samples', '?')} answers)"
-    said = f"first failing answer after {_secs(check.get('seconds'))} s"
-    verdict = check.get("lb_seconds")
+def _known(value) -> str:
+    """VALUE, or "?" for what an older outcome.json did not record."""
+    return "?" if value is None else str(value)
+
+
+def _check(check: CheckVerdict) -> str:
+    if not check.detected and check.seconds is None:
+        return f"never failed ({_known(check.samples)} answers)"
+    said = f"first failing answer after {_secs(check.seconds)} s"
+    verdict = check.lb_seconds
     return said + (f", load balancer verdict unhealthy after {verdict:.1f} s" if verdict is not None
                    else ", no unhealthy verdict in the window")
 

@@ -9,9 +9,8 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from . import block_faults
-from ..errors import UserError
+from ..errors import GuestRefused, MonitorError, UserError
 from ..machines.machine import Machine
-from ..machines.qmp import MonitorError
 
 MOUNT_POINT = "/var/lib/docker"
 
@@ -60,9 +59,9 @@ def guest_command(command: str, timeout: float = 120) -> Callable[[Machine], dic
     def act(machine: Machine) -> dict:
         result = machine.run(command, timeout=timeout)
         if not result.ok:
-            raise UserError(f"the guest refused: {command!r} exited {result.status}: "
+            raise GuestRefused(f"the guest refused: {command!r} exited {result.status}: "
                             f"{(result.stderr or result.stdout).strip().splitlines()[-1:] or ''}",
-                            "check that the instance is in the state this fault needs")
+                               "check that the instance is in the state this fault needs", machine.run_dir)
         return {"command": command, "status": result.status, "stdout": result.stdout.strip()[-500:]}
     return act
 
@@ -124,8 +123,8 @@ def _exhaust_inodes(machine: Machine) -> dict:
     script = (f"mkdir -p {MOUNT_POINT}/.unitchaos-inodes && cd {MOUNT_POINT}/.unitchaos-inodes && "
               "python3 - <<'EOF'\n"
               "import errno, os, time\n"
-              "made, stop, error = 0, time.monotonic() + 90, 'time-limit'\n"
-              "while time.monotonic() < stop:\n"
+              "made, started, error = 0, time.monotonic(), 'time-limit'\n"
+              "while time.monotonic() - started < 90:\n"
               "    try:\n"
               "        for _ in range(1000):\n"
               "            os.close(os.open(str(made), os.O_CREAT | os.O_WRONLY)); made += 1\n"

@@ -18,9 +18,8 @@ more processes under every experiment, for faults that a few use.
 """
 import time
 
-from ..errors import UserError
+from ..errors import MonitorError, UserError
 from ..machines.machine import Machine
-from ..machines.qmp import MonitorError
 
 FILTER_NODE = "volume-blkdebug"
 _NO_LIMITS = {"bps": 0, "bps_rd": 0, "bps_wr": 0, "iops": 0, "iops_rd": 0, "iops_wr": 0}

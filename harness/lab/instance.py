@@ -9,9 +9,10 @@ import time
 from pathlib import Path
 
 from .. import faults, kernel_log, progress, timeouts, units
-from ..errors import GuestKernelPanic, GuestTimeout, UserError
+from ..errors import GuestKernelPanic, GuestRefused, GuestTimeout, UserError
 from ..images.image import Image
 from ..machines.machine import AGENT_PORT, HEALTH_PORT, Machine
+from ..waiting import wait_until
 
 UNITS_FW_CFG = "opt/unitchaos/units.tar"
 BOOTED = r"unitchaos: booted metadata=(\d+) agent=(\S+)"
@@ -24,6 +25,10 @@ BOOTS_UNDER_TCG = 3
 
 
 class Instance:
+    """A guest running the incident's unit chain for one variant, and the questions a
+    scenario asks of it. Get one from the lab (`lab.instance(chain="bindsto", fs="xfs")`);
+    break it with `inject`, then ask `unit_states`, `metadata_status`, `mount_listed`,
+    `can_start_container`, `wait_for_kernel_message`."""
     def __init__(self, image: Image, variant: units.Variant, run_dir: Path, memory_mb: int = 1024,
                  machine_class: type[Machine] = Machine):
         self.image = image
@@ -66,7 +71,7 @@ class Instance:
 
     def _boot_once(self, timeout: float) -> None:
         self.machine.start()
-        self.machine.wait_for_console(BOOTED, timeouts.scaled(timeout))
+        self.machine.wait_for_console(BOOTED, timeout)
         self.machine.wait_until_responsive()
 
     def restore(self, saved) -> "Instance":
@@ -82,15 +87,15 @@ class Instance:
         return self
 
     def require_healthy(self) -> None:
-        """All four units active and metadata 200, or a UserError saying what is not."""
+        """All four units active and metadata 200, or a GuestRefused saying what is not."""
         states = self.unit_states()
         bad = {unit: state for unit, state in states.items() if state != "active"}
         status = self.metadata_status()
         if bad or status != 200:
             journal = self.machine.run("journalctl -b --no-pager -p warning -n 5 -o cat").stdout.strip()
-            raise UserError(f"the unit chain did not come up healthy ({bad or 'units active'}, "
+            raise GuestRefused(f"the unit chain did not come up healthy ({bad or 'units active'}, "
                             f"metadata {status}); last warnings: {' | '.join(journal.splitlines())}",
-                            "check the unit files (unitchaos run healthy --cold shows the boot)")
+                               "check the unit files (unitchaos run healthy --cold shows the boot)", self.run_dir)
 
     def save_artifacts(self) -> Path:
         """Writes what is needed to understand a run without rerunning it into the run
@@ -118,17 +123,20 @@ class Instance:
         return self.machine.http_get(HEALTH_PORT, "/health", timeout)
 
     def wait_for_deep_health(self, timeout: float = 90) -> None:
-        """Waits until the deep check passes (its first container test takes a while)."""
-        deadline = time.monotonic() + timeouts.scaled(timeout)
-        while (answer := self.deep_health())[0] != 200:
-            if time.monotonic() > deadline:
-                failing = {name: check["reason"] for name, check in answer[1]["checks"].items()
-                           if check["status"] != "ok"} if isinstance(answer[1], dict) else answer[1]
-                raise UserError(f"the deep health check did not pass within {timeout:.0f} s: {failing}",
-                                "check the unit chain (unitchaos run healthy --cold --keep-artifacts)")
-            time.sleep(0.5)
+        """Waits until the deep check passes (its first container test takes a while);
+        GuestRefused naming the failing checks if it does not within TIMEOUT (scaled) seconds."""
+        __tracebackhide__ = True
+
+        def refused(message: str, answer) -> GuestRefused:
+            failing = {name: check["reason"] for name, check in answer[1]["checks"].items()
+                       if check["status"] != "ok"} if isinstance(answer[1], dict) else answer[1]
+            return GuestRefused(f"the deep health check did not pass within {timeouts.scaled(timeout):.0f} s: {failing}",
+                                "check the unit chain (unitchaos run healthy --cold --keep-artifacts)", self.run_dir)
+        wait_until(self.deep_health, timeout, "the deep health check to pass", done=lambda answer: answer[0] == 200,
+                   machine=self.machine, interval=0.5, on_timeout=refused)
 
     def stop(self) -> None:
+        """Ends the guest at once (its run directory stays: the lab decides about it)."""
         self.machine.stop()
 
     @property
@@ -139,6 +147,11 @@ class Instance:
     # -- faults -------------------------------------------------------------------
 
     def inject(self, name: str, **params) -> dict:
+        """Injects fault NAME (see `unitchaos run --help` for names, PARAMS for its knobs) and
+        returns its record: when, where the console was, and what the fault did.
+
+            vm.inject("io-latency", ms=250)
+        """
         fault = faults.get(name)
         # The guest's uptime now puts its kernel lines on the host's clock (see timeline.py).
         # (A guest already shut down has none: its fault answers that it is in effect.)
@@ -153,12 +166,18 @@ class Instance:
 
     @property
     def last_fault(self) -> dict:
+        """The record of the last fault injected."""
         return self.fault_log[-1]
 
     def wait_for_kernel_message(self, pattern: str, timeout: float = 60) -> str:
-        """The first kernel line matching PATTERN since the last fault was injected."""
+        """The first kernel line matching PATTERN since the last fault was injected, waiting
+        up to TIMEOUT (scaled) seconds for it.
+
+            vm.wait_for_kernel_message(faults.XFS_SHUTDOWN)
+        """
+        __tracebackhide__ = True
         since = self.fault_log[-1]["console_offset"] if self.fault_log else 0
-        return self.machine.wait_for_kernel_message(pattern, timeouts.scaled(timeout), since)
+        return self.machine.wait_for_kernel_message(pattern, timeout, since)
 
     def heal(self, name: str) -> dict:
         """Undoes fault NAME (where that makes sense); a heal with no such fault is refused."""
@@ -169,6 +188,7 @@ class Instance:
         return fault.heal(self.machine)
 
     def kernel_events(self) -> list[dict]:
+        """The kernel lines since the last fault that kernel_log recognises, classified."""
         return kernel_log.events(self._console_since_fault())
 
     def kernel_lines(self) -> list[str]:
@@ -181,25 +201,34 @@ class Instance:
 
     def wait_until_settled(self, timeout: float = 90, quiet: float = 2.0) -> None:
         """Waits until systemd has had no job queued for QUIET seconds (its reaction is over)."""
-        deadline = time.monotonic() + timeouts.scaled(timeout)
+        __tracebackhide__ = True
         quiet_since = None
-        while True:
+
+        def jobs_queued() -> str:
+            nonlocal quiet_since
             jobs = self.machine.run("systemctl list-jobs --no-legend | wc -l", timeout=30).stdout.strip()
-            now = time.monotonic()
-            if jobs == "0":
-                quiet_since = quiet_since or now
-                if now - quiet_since >= quiet:
-                    return
-            else:
-                quiet_since = None
-            if now > deadline:
-                raise GuestTimeout(f"systemd still had {jobs} job(s) queued after {timeout:.0f} s")
-            time.sleep(0.3)
+            quiet_since = (quiet_since or time.monotonic()) if jobs == "0" else None
+            return jobs
+        wait_until(jobs_queued, timeout, f"systemd to have no job queued for {quiet:g} s", machine=self.machine,
+                   done=lambda jobs: jobs == "0" and time.monotonic() - quiet_since >= quiet, interval=0.3,
+                   last_seen=lambda jobs: f"{jobs} job(s) queued")
 
     # -- what the chain looks like ------------------------------------------------
 
     def unit_states(self) -> dict[str, str]:
+        """Each unit of the chain and its ActiveState; `harness.ALL_ACTIVE` when healthy."""
         return self.machine.unit_states(units.CHAIN)
+
+    def device_state(self) -> str:
+        """systemd's ActiveState of the volume's device unit (dev-vdb.device): "active" while
+        the kernel still has the disk, "inactive" once it is unplugged."""
+        return self.machine.unit_state("dev-vdb.device")
+
+    def volume_io_fails(self) -> bool:
+        """Does I/O on the mounted volume fail with EIO (a filesystem shut down under a
+        mount that is still listed)?"""
+        result = self.machine.run("stat /var/lib/docker/")
+        return not result.ok and "Input/output error" in result.stderr
 
     def mount_listed(self) -> bool:
         """Is /var/lib/docker in /proc/self/mountinfo (what systemd goes by)?"""
@@ -207,6 +236,7 @@ class Instance:
         return bool(result.stdout.strip())
 
     def mount_options(self) -> str:
+        """The volume's filesystem type and mount options, or "" if it is not mounted."""
         return self.machine.run("findmnt -no FSTYPE,OPTIONS /var/lib/docker || true").stdout.strip()
 
     def metadata_status(self, timeout: float = 5.0) -> int | None:
@@ -216,11 +246,9 @@ class Instance:
 
     def wait_for_metadata(self, status: int | None = 200, timeout: float = 30) -> None:
         """Waits until the health check gets STATUS (None: no answer at all)."""
-        deadline = time.monotonic() + timeouts.scaled(timeout)
-        while (current := self.metadata_status(timeout=3)) != status:
-            if time.monotonic() > deadline:
-                raise GuestTimeout(f"the metadata check answers {current}, not {status}, after {timeout:.0f} s")
-            time.sleep(0.3)
+        __tracebackhide__ = True
+        wait_until(lambda: self.metadata_status(timeout=3), timeout, f"the metadata check to answer {status}",
+                   done=lambda current: current == status, machine=self.machine, interval=0.3)
 
     def start_container(self, timeout: float = 30) -> dict:
         """Can this instance still start containers? Asks the agent to run a task, as ECS
@@ -238,16 +266,15 @@ class Instance:
                 else result.stderr.strip()[-500:] or None}
 
     def can_start_container(self) -> bool:
+        """Does a container start (what the stock health check never asks)?"""
         return self.start_container()["ok"]
 
     def wait_until_containers_start(self, timeout: float = 120) -> None:
         """Waits until a container starts again (after a heal, Docker may first have a
         backlog of stalled requests to work off)."""
-        deadline = time.monotonic() + timeouts.scaled(timeout)
-        while not (result := self.start_container())["ok"]:
-            if time.monotonic() > deadline:
-                raise GuestTimeout(f"no container started within {timeout:.0f} s: {result['error']}")
-            time.sleep(1)
+        __tracebackhide__ = True
+        wait_until(self.start_container, timeout, "a container to start", done=lambda result: result["ok"],
+                   machine=self.machine, interval=1, last_seen=lambda result: str(result["error"]))
 
     def _agent_task(self, timeout: float) -> dict:
         conn = http.client.HTTPConnection(*self.machine.endpoint(AGENT_PORT), timeout=timeout)

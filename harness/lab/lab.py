@@ -23,6 +23,8 @@ NOT_EVIDENCE = ("root.qcow2", "volume.qcow2", "old-volume.raw", "qmp.sock", "cmd
 
 
 class Lab:
+    """Hands out instances (warm from a snapshot, or cold-booted) and tears them down: on
+    `close`, on leaving a `with` block, or one by one with `release_instance`."""
     def __init__(self, release: str = "bookworm", keep: bool = False, memory_mb: int = 1024,
                  cold: bool | None = None, hold: bool = False, outlive_owner: bool = False,
                  backend: str = "qemu", guest: str = "debian", fcos_image: str | Path | None = None):
@@ -45,11 +47,13 @@ class Lab:
 
     @property
     def image(self) -> image_mod.Image:
+        """The guest image of this lab's release, built on first use."""
         if self._image is None:
             self._image = image_mod.ensure_image(self.release)
         return self._image
 
     def new_run_dir(self, label: str) -> Path:
+        """A fresh run directory under the cache, stamped with this process as its owner."""
         path = runs_dir() / f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{next(_counter)}-{label}"
         path.mkdir(parents=True)
         (path / "owner").write_text(str(os.getpid()))
@@ -115,6 +119,7 @@ class Lab:
                                     ignore=shutil.ignore_patterns("owner", *NOT_EVIDENCE)))
 
     def close(self, keep: bool = False) -> list[Path]:
+        """Releases every instance still held; returns the directories kept (KEEP)."""
         return [kept for instance in list(self.instances) if (kept := self.release_instance(instance, keep))]
 
     def __enter__(self):

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from ..machines import accel
 from .. import progress
-from ..errors import GuestTimeout, UserError, disk_full_means
+from ..errors import GuestError, UserError, disk_full_means
 from ..images.image import Image
 from .instance import UNITS_FW_CFG
 from ..machines.machine import Machine, SavedState
@@ -125,7 +125,7 @@ def _create(path: Path, lab, variant: Variant, accel_name: str, argv: str) -> No
                 instance.wait_for_deep_health()
                 started = time.monotonic()
                 instance.machine.save_state(staging / "state")
-            except (GuestTimeout, UserError) as failure:
+            except (GuestError, UserError) as failure:
                 if (sign := _ran_out_of_space(instance.machine)) is None:
                     raise
                 disk_full = True
@@ -184,6 +184,11 @@ def _ran_out_of_space(machine: Machine) -> str | None:
     if stderr.exists() and "No space left on device" in stderr.read_text(errors="replace"):
         return "QEMU: No space left on device"
     return None
+
+
+def saved() -> list[tuple[str, dict]]:
+    """(name, meta.json's contents) of every saved snapshot, by name."""
+    return [(meta.parent.name, json.loads(meta.read_text())) for meta in sorted(snapshots_dir().glob("*/meta.json"))]
 
 
 def clear() -> int:

@@ -6,9 +6,9 @@ import itertools
 import json
 import socket
 import threading
-import time
 
 from ..errors import GuestTimeout
+from ..waiting import Deadline, wait_until
 
 
 class GuestChannel:
@@ -19,18 +19,20 @@ class GuestChannel:
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
 
-    def connect(self, deadline: float) -> None:
-        while True:
+    def connect(self, deadline: Deadline) -> None:
+        """Connects to the command port, retrying until DEADLINE while QEMU opens it."""
+        def attempt() -> OSError | None:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             try:
                 sock.connect(self.path)
                 self._sock = sock
-                return
+                return None
             except OSError as exc:
                 sock.close()
-                if time.monotonic() > deadline:
-                    raise GuestTimeout(f"the guest's command port {self.path} did not open: {exc}") from None
-                time.sleep(0.02)
+                return exc
+        wait_until(attempt, deadline.left(), f"the guest's command port {self.path}", done=lambda error: error is None,
+                   scale=False, interval=0.02, on_timeout=lambda _, error: GuestTimeout(
+                       f"the guest's command port {self.path} did not open: {error}"))
 
     def run(self, command: str, timeout: float) -> tuple[int, str, str]:
         """(status, stdout, stderr) of COMMAND run by bash in the guest; the guest kills it
@@ -49,7 +51,7 @@ class GuestChannel:
                 raise GuestTimeout("not connected to the guest's command port")
             request_id = next(self._ids)
             request = {"id": request_id, **request}
-            deadline = time.monotonic() + timeout + 10
+            deadline = Deadline(timeout + 10)
             self._sock.sendall((json.dumps(request) + "\n").encode())
             while True:
                 line = self._read_line(deadline, command)
@@ -57,9 +59,9 @@ class GuestChannel:
                 if reply.get("id") == request_id:  # Skip late answers to abandoned requests.
                     return reply["status"], reply["stdout"], reply["stderr"]
 
-    def _read_line(self, deadline: float, command: str) -> bytes:
+    def _read_line(self, deadline: Deadline, command: str) -> bytes:
         while b"\n" not in self._buffer:
-            left = deadline - time.monotonic()
+            left = deadline.left()
             if left <= 0:
                 raise GuestTimeout(f"the guest did not answer {command!r} in time")
             self._sock.settimeout(left)

@@ -17,6 +17,7 @@ from ..images import ignition
 from ..images.image import Image
 from ..errors import UserError
 from .machine import SSH_ALIAS, Machine, _qemu_img
+from ..waiting import Deadline
 
 # Fedora CoreOS asks for 2 GiB; with less, Ignition and Docker compete for memory at boot.
 MIN_MEMORY_MB = 2048
@@ -31,7 +32,7 @@ class SshChannel:
         self.machine = machine
         self.path = ""
 
-    def connect(self, deadline: float) -> None:
+    def connect(self, deadline: Deadline) -> None:
         """Nothing to do: sshd comes up late in boot, and Machine.wait_until_responsive retries."""
 
     def run(self, command: str, timeout: float) -> tuple[int, str, str]:

@@ -12,10 +12,10 @@ import os
 import shutil
 import signal
 import subprocess
-import time
 from pathlib import Path
 
-from ..errors import UserError
+from ..errors import GuestTimeout, UserError
+from ..waiting import wait_until
 
 STATE_DIR = Path("/run/unitchaos-libvirt")
 SOCKET = Path("/run/libvirt/libvirt-sock")
@@ -98,28 +98,24 @@ def _daemon_pid(pidfile: Path) -> int | None:
 
 
 def _wait_for_pidfile(name: str, pidfile: Path, timeout: float = 15) -> int:
-    deadline = time.monotonic() + timeout
-    while (pid := _daemon_pid(pidfile)) is None:
-        if time.monotonic() > deadline:
-            raise UserError(f"{name} -d did not start (no live pid in {pidfile})",
-                            f"run '{name} -v' by hand to see why")
-        time.sleep(0.1)
-    return pid
+    return wait_until(lambda: _daemon_pid(pidfile), timeout, f"{name} to write its pid", interval=0.1,
+                      done=lambda pid: pid is not None,
+                      on_timeout=lambda *_: UserError(f"{name} -d did not start (no live pid in {pidfile})",
+                                                      f"run '{name} -v' by hand to see why"))
 
 
 def _wait_for_socket(timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while subprocess.run(["virsh", "-c", "qemu:///system", "version"], capture_output=True,
-                         timeout=timeout).returncode != 0:
-        if time.monotonic() > deadline:
-            raise UserError(f"libvirtd did not answer on {SOCKET}", "run 'libvirtd -v' by hand to see why")
-        time.sleep(0.2)
+    wait_until(lambda: subprocess.run(["virsh", "-c", "qemu:///system", "version"], capture_output=True,
+                                      timeout=timeout).returncode == 0, timeout, f"libvirtd to answer on {SOCKET}",
+               interval=0.2, on_timeout=lambda *_: UserError(f"libvirtd did not answer on {SOCKET}",
+                                                             "run 'libvirtd -v' by hand to see why"))
 
 
 def _wait_gone(pid: int, timeout: float = 15) -> None:
-    deadline = time.monotonic() + timeout
-    while _alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.1)
+    try:
+        wait_until(lambda: not _alive(pid), timeout, f"pid {pid} to exit", interval=0.1)
+    except GuestTimeout:
+        pass
     if _alive(pid):
         os.kill(pid, signal.SIGKILL)
 

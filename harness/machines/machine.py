@@ -21,7 +21,8 @@ import testinfra
 
 from . import accel
 from .. import timeouts
-from ..errors import GuestKernelPanic, GuestTimeout, UserError
+from ..errors import GuestCommandFailed, GuestKernelPanic, GuestRefused, GuestTimeout, UserError
+from ..waiting import Deadline, wait_until
 from ..images.image import Image
 from .channel import GuestChannel
 from .qmp import Monitor
@@ -42,14 +43,6 @@ class Result:
     @property
     def ok(self) -> bool:
         return self.status == 0
-
-
-class GuestCommandFailed(AssertionError):
-    def __init__(self, result: Result, expected_failure: bool = False):
-        self.result = result
-        verb = "succeeded but should have failed" if expected_failure else f"failed with status {result.status}"
-        super().__init__(f"guest command {result.command!r} {verb}\n"
-                         f"stdout: {result.stdout.strip()}\nstderr: {result.stderr.strip()}")
 
 
 @dataclass
@@ -88,6 +81,15 @@ TCG_HIDDEN_FEATURES = {"bookworm-backports": ("cx16",)}
 
 
 class Machine:
+    """One guest under the harness's QEMU: `start` it (or restore a saved one), talk to it
+    (console, QMP `monitor`, command `channel`, SSH `host`), wait on it, `stop` it.
+
+        with Machine(image, run_dir) as m:
+            m.wait_for_console(BOOTED, 240)
+            m.succeed("systemctl is-active docker")
+
+    Backends (Vagrant, Fedora CoreOS) subclass it; everything else sees a Machine.
+    """
     # block_faults.py finds the volume's nodes by the names _node_names gives them.
     names_volume_nodes = True
     # Instance.boot may boot again on fresh overlays after a kernel panic under TCG.
@@ -158,18 +160,16 @@ class Machine:
         self._ignore_shared_ram()
         self.monitor.command("migrate-incoming", uri=f"exec:cat {shlex.quote(str(state))}")
         # The guest was paused when saved, so it stays paused once loaded: then resume it.
-        deadline = time.monotonic() + timeouts.scaled(120)
-        while (status := self.monitor.command("query-status")["status"]) != "paused":
-            if status == "running":
-                return
-            if not self.running:
+        def status() -> str:
+            now = self.monitor.command("query-status")["status"]
+            if now not in ("paused", "running") and not self.running:
                 message = (self.run_dir / "qemu.stderr").read_text().strip().splitlines()
                 raise UserError(f"QEMU could not load the saved guest: {message[-1] if message else 'no output'}",
                                 "remove the snapshot cache (unitchaos snapshot clear) and retry")
-            if time.monotonic() > deadline:
-                raise GuestTimeout(f"QEMU did not finish loading the saved guest (status {status})")
-            time.sleep(0.01)
-        self.monitor.command("cont")
+            return now
+        if wait_until(status, 120, "QEMU to finish loading the saved guest", interval=0.01,
+                      done=lambda now: now in ("paused", "running")) == "paused":
+            self.monitor.command("cont")
 
     def save_state(self, state: Path) -> None:
         """Pauses the guest and writes its RAM and device state to STATE. The guest stays
@@ -189,20 +189,17 @@ class Machine:
                                  capabilities=[{"capability": "x-ignore-shared", "state": True}])
 
     def _wait_for_migration(self) -> None:
-        deadline = time.monotonic() + timeouts.scaled(120)
-        while True:
+        def status() -> str:
             info = self.monitor.command("query-migrate")
-            status = info.get("status", "none")
-            if status == "completed":
-                return
-            if status in ("failed", "cancelled"):
-                raise UserError(f"QEMU could not save the guest's state: {info.get('error-desc', status)}",
+            if (now := info.get("status", "none")) in ("failed", "cancelled"):
+                raise UserError(f"QEMU could not save the guest's state: {info.get('error-desc', now)}",
                                 "check free disk space in the cache directory")
-            if time.monotonic() > deadline:
-                raise GuestTimeout(f"saving the guest's state did not finish (status {status})")
-            time.sleep(0.02)
+            return now
+        wait_until(status, 120, "saving the guest's state to finish", interval=0.02,
+                   done=lambda now: now == "completed")
 
     def qemu_argv(self) -> list[str]:
+        """QEMU's command line for this guest (snapshots key their saves on its shape)."""
         forwards = ",".join(f"hostfwd=tcp:127.0.0.1:{host}-:{guest}" for guest, host in self.ports.items())
         if self.accel == "kvm":
             cpu = ["-accel", "kvm", "-cpu", "host"]
@@ -271,17 +268,14 @@ class Machine:
                                             preexec_fn=_die_with_parent if self.die_with_owner else None)
         (self.run_dir / "qemu.pid").write_text(str(self.process.pid))
         self.started_at = time.monotonic()
-        deadline = time.monotonic() + timeouts.scaled(15)
-        while not os.path.exists(self.monitor.address):
-            if self.process.poll() is not None:
-                message = stderr_path.read_text().strip()
-                if "hostfwd" in message or "forwarding rule" in message:
-                    return False
-                raise UserError(f"QEMU failed to start: {message.splitlines()[-1] if message else 'no output'}",
-                                f"see {stderr_path}")
-            if time.monotonic() > deadline:
-                raise GuestTimeout("QEMU did not create its monitor socket")
-            time.sleep(0.02)
+        deadline = Deadline(timeouts.scaled(15))  # socket, monitor and command port together
+        if wait_until(lambda: "socket" if os.path.exists(self.monitor.address) else self.process.poll() is not None and "exited",
+                      15, "QEMU to create its monitor socket", interval=0.02) == "exited":
+            message = stderr_path.read_text().strip()
+            if "hostfwd" in message or "forwarding rule" in message:
+                return False
+            raise UserError(f"QEMU failed to start: {message.splitlines()[-1] if message else 'no output'}",
+                            f"see {stderr_path}")
         self.monitor.connect(deadline)
         self.channel.connect(deadline)
         return True
@@ -311,39 +305,46 @@ class Machine:
 
     @property
     def running(self) -> bool:
+        """Is QEMU still there?"""
         return self.process is not None and self.process.poll() is None
 
     # -- the serial console -------------------------------------------------------
 
     def console_text(self) -> str:
+        """Everything the guest wrote to its serial console since QEMU started."""
         return self.console_path.read_text(errors="replace")
 
     def wait_for_console(self, pattern: str, timeout: float, since: int = 0) -> re.Match:
-        """The first match of PATTERN on the console after offset SINCE, waiting for it."""
+        """The first match of PATTERN on the console after offset SINCE, waiting up to
+        TIMEOUT (scaled) seconds for it; a kernel panic or QEMU's exit ends the wait at once."""
+        __tracebackhide__ = True
         regex = re.compile(pattern)
-        deadline = time.monotonic() + timeout
-        while True:
-            text = self.console_text()
-            match = regex.search(text, since)
-            if match:
-                return match
-            if not self.running:
-                raise GuestTimeout(f"QEMU exited while waiting for {pattern!r} on the console")
-            if panic := PANIC.search(text, since):
-                first = FIRST_OOPS.search(text, since) or panic  # a console without printk times
-                raise GuestKernelPanic(f"the guest kernel panicked while the harness waited for {pattern!r}: "
-                                       f"{first.group(1).strip()} ... {panic.group(1).strip()}")
-            if time.monotonic() > deadline:
-                tail = "\n".join(text.splitlines()[-5:])
-                raise GuestTimeout(f"{pattern!r} did not appear on the console within {timeout:.0f} s; "
-                                   f"last lines:\n{tail}")
-            time.sleep(0.05)
+        return wait_until(lambda: regex.search(self.console_text(), since), timeout,
+                          f"{pattern!r} on the console", machine=self, since=since, interval=0.05,
+                          last_seen=lambda _: "the console's last lines:\n"
+                          + "\n".join(self.console_text().splitlines()[-5:]))
+
+    def check_alive(self, waiting_for: str, since: int = 0) -> None:
+        """Raises at once when a wait can no longer end: QEMU has exited (GuestTimeout), or
+        the guest's kernel panicked after console offset SINCE (GuestKernelPanic, naming the
+        first oops). WAITING_FOR says what was being waited for. wait_until calls this on
+        every round; a backend without a console of its own overrides it."""
+        __tracebackhide__ = True
+        if not self.running:
+            raise GuestTimeout(f"QEMU exited while {waiting_for}", evidence=self.run_dir)
+        text = self.console_text()
+        if panic := PANIC.search(text, since):
+            first = FIRST_OOPS.search(text, since) or panic  # a console without printk times
+            raise GuestKernelPanic(f"the guest kernel panicked while {waiting_for}: "
+                                   f"{first.group(1).strip()} ... {panic.group(1).strip()}", evidence=self.run_dir)
 
     def console_offset(self) -> int:
+        """Where the console is now: pass it as SINCE to wait only for what comes later."""
         return len(self.console_text())
 
     def wait_for_kernel_message(self, pattern: str, timeout: float = 60, since: int = 0) -> str:
         """The kernel line matching PATTERN (printed to the console with its timestamp)."""
+        __tracebackhide__ = True
         match = self.wait_for_console(r"\[\s*\d+\.\d+\][^\n]*" + pattern + r"[^\n]*", timeout, since)
         return match.group(0).strip()
 
@@ -351,6 +352,7 @@ class Machine:
 
     @property
     def ssh_config(self) -> Path:
+        """An ssh_config file for this guest (`ssh -F PATH unitchaos-guest`), written once."""
         path = self.run_dir / "ssh_config"
         if not path.exists():
             path.write_text(
@@ -370,58 +372,61 @@ class Machine:
         return Result(command, status, stdout, stderr)
 
     def succeed(self, command: str, timeout: float = 30) -> str:
+        """COMMAND's stdout; GuestCommandFailed (an AssertionError) if it exits non-zero.
+
+            vm.machine.succeed("xfs_io -c 'pwrite 0 4k' /var/lib/docker/probe")
+        """
+        __tracebackhide__ = True  # pytest points at the scenario's line, not this one
         result = self.run(command, timeout)
         if not result.ok:
-            raise GuestCommandFailed(result)
+            raise GuestCommandFailed(result, evidence=self.run_dir)
         return result.stdout
 
     def fail(self, command: str, timeout: float = 30) -> str:
+        """COMMAND's stderr; GuestCommandFailed if it exits zero (it was meant to fail)."""
+        __tracebackhide__ = True
         result = self.run(command, timeout)
         if result.ok:
-            raise GuestCommandFailed(result, expected_failure=True)
+            raise GuestCommandFailed(result, expected_failure=True, evidence=self.run_dir)
         return result.stderr
 
     def wait_until_succeeds(self, command: str, timeout: float = 60, interval: float = 0.5) -> str:
-        deadline = time.monotonic() + timeouts.scaled(timeout)
-        while True:
-            result = self.run(command, timeout=max(5.0, timeout))
-            if result.ok:
-                return result.stdout
-            if time.monotonic() > deadline:
-                raise GuestTimeout(f"{command!r} did not succeed within {timeout:.0f} s; "
-                                   f"last: {result.stderr.strip() or result.stdout.strip()}")
-            time.sleep(interval)
+        """Runs COMMAND until it exits 0 and returns its stdout; GuestTimeout after TIMEOUT
+        (scaled) seconds, with what it last printed."""
+        __tracebackhide__ = True
+        return wait_until(lambda: self.run(command, timeout=max(5.0, timeout)), timeout,
+                          f"{command!r} to succeed", done=lambda result: result.ok, machine=self,
+                          interval=interval, last_seen=lambda r: r.stderr.strip() or r.stdout.strip()).stdout
 
     def wait_until_responsive(self, timeout: float = 60) -> None:
         """Waits until the guest runs commands (its command port answers)."""
-        deadline = time.monotonic() + timeouts.scaled(timeout)
-        while True:
+        __tracebackhide__ = True
+
+        def answers() -> bool:
             try:
-                if self.run("true", timeout=5).ok:
-                    return
+                return self.run("true", timeout=5).ok
             except GuestTimeout:
-                pass
-            if not self.running:
-                raise GuestTimeout("QEMU exited before the guest answered commands")
-            if time.monotonic() > deadline:
-                raise GuestTimeout(f"the guest did not answer commands within {timeout:.0f} s")
-            time.sleep(0.2)
+                return False
+        wait_until(answers, timeout, "the guest to answer commands", machine=self)
 
     def wait_for_unit(self, unit: str, state: str = "active", timeout: float = 60) -> None:
-        """Waits until UNIT's ActiveState is STATE; fails at once if it failed instead."""
-        deadline = time.monotonic() + timeouts.scaled(timeout)
-        while True:
-            current = self.unit_state(unit)
-            if current == state:
-                return
-            if current == "failed" and state != "failed":
-                raise AssertionError(f"{unit} failed while waiting for it to be {state}:\n"
-                                     + self.run(f"journalctl -u {unit} -n 20 --no-pager").stdout)
-            if time.monotonic() > deadline:
-                raise GuestTimeout(f"{unit} is {current}, not {state}, after {timeout:.0f} s")
-            time.sleep(0.3)
+        """Waits until UNIT's ActiveState is STATE; fails at once if it failed instead.
+
+            vm.machine.wait_for_unit("ecs-agent.service", "inactive")
+        """
+        __tracebackhide__ = True
+
+        def current() -> str:
+            now = self.unit_state(unit)
+            if now == "failed" and state != "failed":
+                raise GuestRefused(f"{unit} failed while waiting for it to be {state}:\n"
+                                   + self.run(f"journalctl -u {unit} -n 20 --no-pager").stdout, evidence=self.run_dir)
+            return now
+        wait_until(current, timeout, f"{unit} to be {state}", done=lambda now: now == state,
+                   machine=self, interval=0.3)
 
     def unit_state(self, unit: str) -> str:
+        """UNIT's ActiveState ("active", "inactive", "failed", ...)."""
         return self.unit_states([unit])[unit]
 
     def unit_states(self, units: list[str]) -> dict[str, str]:

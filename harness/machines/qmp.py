@@ -1,16 +1,12 @@
 """The QEMU monitor: commands and events over QMP, through the qemu.qmp library."""
 import asyncio
 import os
-import time
 
 from qemu.qmp import ExecuteError, QMPError
 from qemu.qmp.legacy import QEMUMonitorProtocol
 
-from ..errors import GuestTimeout
-
-
-class MonitorError(Exception):
-    """QEMU refused a monitor command; the message is QEMU's own."""
+from ..errors import GuestTimeout, MonitorError
+from ..waiting import Deadline, wait_until
 
 
 class Monitor:
@@ -23,28 +19,26 @@ class Monitor:
         self.events: list[dict] = []
         self._qmp: QEMUMonitorProtocol | None = None
 
-    def connect(self, deadline: float) -> None:
-        """Connects, retrying until DEADLINE (time.monotonic()) while QEMU creates its socket."""
-        last_error: Exception | None = None
-        while time.monotonic() < deadline:
+    def connect(self, deadline: Deadline) -> None:
+        """Connects, retrying until DEADLINE while QEMU creates its socket."""
+        def attempt() -> Exception | None:
             if isinstance(self.address, str) and not os.path.exists(self.address):
                 # qemu.qmp logs every refused attempt at ERROR: wait for the socket quietly.
-                last_error = FileNotFoundError(f"no socket {self.address} yet")
-                time.sleep(0.05)
-                continue
+                return FileNotFoundError(f"no socket {self.address} yet")
             qmp = QEMUMonitorProtocol(self.address)
             qmp.settimeout(self.timeout)
             try:
                 # The legacy wrapper's connect() has no timeout of its own, and a peer that
                 # accepts but never greets would hang it: bound each attempt by the deadline.
-                qmp._sync(qmp._qmp.connect(self.address), max(0.05, deadline - time.monotonic()))
+                qmp._sync(qmp._qmp.connect(self.address), max(0.05, deadline.left()))
                 self._qmp = qmp
-                return
+                return None
             except (OSError, QMPError, asyncio.TimeoutError) as exc:
-                last_error = exc
                 qmp._sync(qmp._qmp.disconnect())
-                time.sleep(0.05)
-        raise GuestTimeout(f"QEMU's monitor at {self.address} did not answer: {last_error}")
+                return exc
+        wait_until(attempt, deadline.left(), f"QEMU's monitor at {self.address}", done=lambda error: error is None,
+                   scale=False, interval=0.05, on_timeout=lambda _, error: GuestTimeout(
+                       f"QEMU's monitor at {self.address} did not answer: {error}"))
 
     def command(self, command: str, /, **arguments):
         # Positional-only: QMP commands take arguments called "name" and "command" too.
@@ -63,24 +57,24 @@ class Monitor:
 
     def wait_for_event(self, name: str, timeout: float, match: dict | None = None) -> dict:
         """The first event NAME (whose data contains MATCH) seen since connecting, waiting
-        up to TIMEOUT seconds for it if it has not come yet."""
-        deadline = time.monotonic() + timeout
+        up to TIMEOUT (scaled) seconds for it if it has not come yet."""
+        __tracebackhide__ = True
         seen = 0
-        while True:
+
+        def arrived() -> dict | None:
+            nonlocal seen
             self._drain()
             for event in self.events[seen:]:
                 if event["event"] == name and _matches(event.get("data", {}), match or {}):
                     return event
             seen = len(self.events)
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise GuestTimeout(f"no QMP event {name} {match or ''} within {timeout:.1f} s")
-            try:
-                event = self._client.pull_event(wait=float(min(left, 0.5)))
+            try:  # blocks until an event comes, or half a second
+                if event := self._client.pull_event(wait=0.5):
+                    self.events.append(event)
             except asyncio.TimeoutError:
-                continue
-            if event:
-                self.events.append(event)
+                pass
+            return None
+        return wait_until(arrived, timeout, f"QMP event {name} {match or ''}".rstrip(), interval=0)
 
     def close(self) -> None:
         if self._qmp is not None:

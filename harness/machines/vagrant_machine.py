@@ -30,7 +30,9 @@ from ..images import vagrant_box
 from ..errors import UserError
 from ..images.image import Image
 from .machine import SSH_ALIAS, Disk, Machine
+from .process import AdoptedProcess
 from ..paths import REPO
+from ..waiting import Deadline
 
 SHARED_ROOT = Path("/var/lib/unitchaos/vagrant")
 LIBVIRT_URI = "qemu:///system"
@@ -47,34 +49,6 @@ class LibvirtDisk(Disk):
     @property
     def device_id(self) -> str:
         return self.qdev
-
-
-class _Pid:
-    """Enough of subprocess.Popen for a QEMU that libvirt started: poll, wait, kill."""
-
-    def __init__(self, pid: int):
-        self.pid = pid
-
-    def poll(self):
-        try:
-            state = Path(f"/proc/{self.pid}/stat").read_text().rsplit(") ", 1)[-1][0]
-        except OSError:
-            return 0
-        return 0 if state == "Z" else None
-
-    def wait(self, timeout: float | None = None):
-        deadline = time.monotonic() + (timeout if timeout is not None else 1e9)
-        while self.poll() is None:
-            if time.monotonic() > deadline:
-                raise subprocess.TimeoutExpired(f"qemu pid {self.pid}", timeout)
-            time.sleep(0.05)
-        return 0
-
-    def kill(self):
-        try:
-            os.kill(self.pid, 9)
-        except ProcessLookupError:
-            pass
 
 
 class VagrantMachine(Machine):
@@ -121,11 +95,11 @@ class VagrantMachine(Machine):
             raise UserError(f"vagrant up failed: {self._log_tail()}", f"see {self.run_dir / 'vagrant.log'}") from None
         self.up_seconds = time.monotonic() - started
         pid = int(Path(f"/run/libvirt/qemu/{self.domain}.pid").read_text())
-        self.process = _Pid(pid)
+        self.process = AdoptedProcess(pid)
         # The sweeper of dead owners' run directories kills the QEMU named here.
         (self.run_dir / "qemu.pid").write_text(str(pid))
         self.address = self._ssh_fields()["HostName"]
-        deadline = time.monotonic() + timeouts.scaled(15)
+        deadline = Deadline(timeouts.scaled(15))
         self.monitor.connect(deadline)
         self.channel.connect(deadline)
         self._find_volume()

@@ -5,7 +5,6 @@ snapshot restore to healthy and the ratio; each incident experiment's wall time 
 warm; the whole incident suite cold and warm, serial and in parallel. Each experiment
 in a suite run is a separate `unitchaos run --json` process, as a user would run it.
 """
-import json
 import statistics
 import subprocess
 import sys
@@ -17,7 +16,7 @@ from .. import progress, units
 from ..lab import snapshots
 from ..capacity import max_parallel_vms
 from .experiments import INCIDENT_SUITE
-from ..errors import GuestTimeout, UserError
+from ..errors import GuestError, UserError
 from ..lab.lab import Lab
 
 
@@ -154,7 +153,7 @@ def survey(runs: int = 3, only: list[str] | None = None) -> dict:
                         instance.boot()
                         instance.require_healthy()
                         samples[label].append(time.monotonic() - started)
-                    except (GuestTimeout, UserError) as exc:
+                    except (GuestError, UserError) as exc:
                         failures[label] = str(exc).splitlines()[0][:200]  # an option that breaks boot is a finding
                     finally:
                         lab.release_instance(instance)

@@ -1,7 +1,7 @@
 """Experiments: boot a healthy instance, break it one way, wait for the kernel's word and
 for systemd to finish reacting, then record what everything says.
 
-The outcome is a plain dict (the CLI prints it as JSON), one per experiment.
+The outcome is an Outcome (evidence/outcome.py; the CLI prints its JSON), one per experiment.
 """
 import json
 import time
@@ -11,6 +11,7 @@ from .. import faults, timeouts, units
 from ..evidence import timeline, timeline_svg
 from ..errors import GuestTimeout, UserError
 from ..evidence.health_watch import HealthWatch
+from ..evidence.outcome import CheckVerdict, Health, Outcome, Seconds
 from ..lab.instance import Instance
 from ..lab.lab import Lab
 from ..paths import artifacts_dir
@@ -59,7 +60,7 @@ def get(name: str) -> Experiment:
 
 
 def run(lab: Lab, name: str, chain: str = "bindsto", fs: str = "xfs", units_dir=None,
-        health_window: float = 12.0, params: dict | None = None) -> dict:
+        health_window: float = 12.0, params: dict | None = None) -> Outcome:
     """Runs experiment NAME on a fresh instance. The stock and the deep health checks are
     watched by a load balancer from just before the fault until both have given their
     verdict or HEALTH_WINDOW seconds have passed."""
@@ -70,49 +71,43 @@ def run(lab: Lab, name: str, chain: str = "bindsto", fs: str = "xfs", units_dir=
     instance = lab.instance(chain=chain, fs=fs, units_dir=units_dir, **dict(experiment.boot))
     watch = HealthWatch(instance).start()
     try:
-        outcome = {"experiment": name, "release": lab.release, "chain": chain, "fs": fs, "fault": experiment.fault,
-                   "units_dir": str(instance.variant.units_dir)}
+        outcome = Outcome(experiment=name, release=lab.release, chain=chain, fs=fs, fault=experiment.fault,
+                          units_dir=str(instance.variant.units_dir), params=params or None)
         fault_started = time.monotonic()
         watch.mark_fault(time.time())
-        if params:
-            outcome["params"] = params
         if experiment.fault:
-            outcome["fault_detail"] = inject_and_wait(instance, experiment.fault, fs, params or {})
+            outcome.fault_detail = inject_and_wait(instance, experiment.fault, fs, params or {})
         watch.wait(health_window if experiment.fault else 3.0)
         watch.stop()
-        outcome["health"] = watch.result()
-        outcome["timeline"] = timeline.build(instance, watch.lb)
-        outcome["badness"] = timeline.badness(instance)
-        outcome.update(observe(instance) if instance.machine.running else terminated(instance))
+        verdicts = watch.result()
+        outcome.health = Health(stock=CheckVerdict(**verdicts["stock"]), deep=CheckVerdict(**verdicts["deep"]),
+                                lb=verdicts["lb"])
+        outcome.timeline = timeline.build(instance, watch.lb)
+        outcome.badness = timeline.badness(instance)
+        (observe if instance.machine.running else terminated)(instance, outcome)
         now = time.monotonic()
-        outcome["start"] = "warm snapshot" if instance.restored else "cold boot"
-        outcome["backend"], outcome["guest"] = lab.backend, lab.guest
-        outcome["seconds"] = {"boot": round(instance.boot_seconds, 1),
-                              "fault_to_verdict": round(now - fault_started, 1),
-                              "total": round(now - started, 1)}
+        outcome.start = "warm snapshot" if instance.restored else "cold boot"
+        outcome.backend, outcome.guest = lab.backend, lab.guest
+        outcome.seconds = Seconds(boot=round(instance.boot_seconds, 1), fault_to_verdict=round(now - fault_started, 1),
+                                  total=round(now - started, 1))
         if getattr(instance.machine, "up_seconds", None) is not None:
-            outcome["seconds"]["vagrant_up"] = round(instance.machine.up_seconds, 1)
+            outcome.seconds.vagrant_up = round(instance.machine.up_seconds, 1)
         if lab.keep:
-            outcome["artifacts"] = str(artifacts_dir() / instance.run_dir.name)
+            outcome.artifacts = str(artifacts_dir() / instance.run_dir.name)
         # Written only if the run directory is kept (--keep-artifacts, or a failed test).
         health = watch.samples_json(instance.fault_log[-1]["at"] if instance.fault_log else None)
         instance.evidence.update({
-            "outcome.json": json.dumps(_jsonable(outcome), indent=2) + "\n",
+            "outcome.json": json.dumps(_jsonable(outcome.to_json()), indent=2) + "\n",
             "health.json": json.dumps(_jsonable(health), indent=1) + "\n",
         })
-        if outcome["timeline"]:  # No fault, no timeline: nothing to draw.
+        if outcome.timeline:  # No fault, no timeline: nothing to draw.
             instance.evidence["timeline.svg"] = timeline_svg.render(
-                outcome["timeline"], title=describe(outcome), end=outcome["seconds"]["fault_to_verdict"],
+                outcome.timeline, title=outcome.describe(), end=outcome.seconds.fault_to_verdict,
                 samples=health["samples"])
         return outcome
     finally:
         watch.stop()
         lab.done_with(instance)
-
-
-def describe(outcome: dict) -> str:
-    """One line naming an experiment: "yank (bindsto, xfs)"."""
-    return f"{outcome['experiment']} ({outcome['chain']}, {outcome['fs']})"
 
 
 def inject_and_wait(instance: Instance, fault_name: str, fs: str, params: dict | None = None) -> dict:
@@ -135,43 +130,42 @@ def inject_and_wait(instance: Instance, fault_name: str, fs: str, params: dict |
     return _jsonable(detail)
 
 
-def terminated(instance: Instance) -> dict:
+def terminated(instance: Instance, outcome: Outcome) -> None:
     """What is left to see of an instance whose QEMU is gone: only what the network says."""
-    return {"units": {unit: "terminated" for unit in units.CHAIN}, "volume_device": "terminated", "docker_dir_device": None,
-            "mount_listed": False, "mount": "", "metadata_status": None, "container_start_ok": False,
-            "container_start": {"via": None, "ok": False, "error": "instance terminated"},
-            "health_check_lies": False,
-            "kernel_events": [event["line"] for event in instance.kernel_events()],
-            "kernel_lines": instance.kernel_lines(),
-            **instance.guest_versions, "accel": instance.machine.accel, "timeout_scale": timeouts.scale()}
+    outcome.units = {unit: "terminated" for unit in units.CHAIN}
+    outcome.volume_device, outcome.docker_dir_device = "terminated", None
+    outcome.mount_listed, outcome.mount, outcome.metadata_status = False, "", None
+    outcome.container_start_ok = False
+    outcome.container_start = {"via": None, "ok": False, "error": "instance terminated"}
+    outcome.health_check_lies = False
+    _guest_facts(instance, outcome)
 
 
-def observe(instance: Instance) -> dict:
+def observe(instance: Instance, outcome: Outcome) -> None:
     """What systemd, the kernel, the mount table and the health check say right now."""
-    seen = {
-        "units": instance.unit_states(),
-        "volume_device": instance.machine.unit_state("dev-vdb.device"),
-        "mount_listed": instance.mount_listed(),
-        "mount": instance.mount_options(),
-        "metadata_status": instance.metadata_status(),
-        # Where Docker's files really go: the volume, or (unmounted) the small root disk.
-        "docker_dir_device": instance.machine.run("findmnt -n -o SOURCE --target /var/lib/docker",
-                                                  timeout=10).stdout.strip(),
-    }
+    outcome.units = instance.unit_states()
+    outcome.volume_device = instance.machine.unit_state("dev-vdb.device")
+    outcome.mount_listed = instance.mount_listed()
+    outcome.mount = instance.mount_options()
+    outcome.metadata_status = instance.metadata_status()
+    # Where Docker's files really go: the volume, or (unmounted) the small root disk.
+    outcome.docker_dir_device = instance.machine.run("findmnt -n -o SOURCE --target /var/lib/docker",
+                                                     timeout=10).stdout.strip()
     # Last, because it changes what it looks at: with the agent gone, asking Docker wakes
     # docker.socket, which starts docker.service, which pulls the mount back in.
     container = instance.start_container()
-    return {
-        **seen,
-        "container_start_ok": container["ok"],
-        "container_start": container,
-        "health_check_lies": seen["metadata_status"] == 200 and not container["ok"],
-        "kernel_events": [event["line"] for event in instance.kernel_events()],
-        "kernel_lines": instance.kernel_lines(),
-        **instance.guest_versions,
-        "accel": instance.machine.accel,
-        "timeout_scale": timeouts.scale(),
-    }
+    outcome.container_start_ok = container["ok"]
+    outcome.container_start = container
+    outcome.health_check_lies = outcome.metadata_status == 200 and not container["ok"]
+    _guest_facts(instance, outcome)
+
+
+def _guest_facts(instance: Instance, outcome: Outcome) -> None:
+    outcome.kernel_events = [event["line"] for event in instance.kernel_events()]
+    outcome.kernel_lines = instance.kernel_lines()
+    outcome.guest_versions = dict(instance.guest_versions)
+    outcome.accel = instance.machine.accel
+    outcome.timeout_scale = timeouts.scale()
 
 
 def _jsonable(value):

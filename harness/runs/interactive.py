@@ -13,7 +13,6 @@ and the state file is cleaned by `down` (or the next `up`).
 """
 import fcntl
 import json
-import os
 import re
 import shlex
 import shutil
@@ -30,7 +29,9 @@ from ..images.image import Image
 from ..lab.instance import Instance
 from ..lab.lab import Lab, qemu_of
 from ..machines.machine import AGENT_PORT, HEALTH_PORT, SSH_ALIAS
+from ..machines.process import AdoptedProcess
 from ..paths import cache_dir
+from ..waiting import Deadline
 
 DEFAULT_NAME = "lab"
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -166,34 +167,9 @@ def ssh_argv(state: dict, command: list[str] | None = None) -> list[str]:
 
 # -- attach: the later commands -----------------------------------------------
 
-class _Adopted:
-    """QEMU started by an earlier command is not our child: no Popen, but as much of one as
-    Machine uses (poll, kill, wait, pid)."""
-
-    def __init__(self, pid: int, run_dir: Path):
-        self.pid = pid
-        self.run_dir = run_dir
-
-    def poll(self) -> int | None:
-        return None if qemu_of(self.run_dir) == self.pid else 0
-
-    def kill(self) -> None:
-        self.send_signal(signal.SIGKILL)
-
-    def send_signal(self, signum: int) -> None:
-        if self.poll() is None:
-            try:
-                os.kill(self.pid, signum)
-            except ProcessLookupError:
-                pass
-
-    def wait(self, timeout: float) -> int:
-        deadline = time.monotonic() + timeout
-        while self.poll() is None:
-            if time.monotonic() > deadline:
-                raise subprocess.TimeoutExpired(f"qemu pid {self.pid}", timeout)
-            time.sleep(0.05)
-        return 0
+def _adopt(pid: int, run_dir: Path) -> AdoptedProcess:
+    """The QEMU an earlier `up` started, for as long as RUN_DIR's qemu.pid names it."""
+    return AdoptedProcess(pid, still_ours=lambda: qemu_of(run_dir) == pid)
 
 
 def alive(state: dict) -> bool:
@@ -216,10 +192,10 @@ def attach(name: str | None) -> tuple[Instance, dict]:
     machine = instance.machine
     machine.ports = {int(k): v for k, v in state["ports"].items()}
     machine.accel = state["accel"]
-    machine.process = _Adopted(state["pid"], run_dir)
+    machine.process = _adopt(state["pid"], run_dir)
     instance.guest_versions = state.get("guest_versions") or {}
     instance.fault_log = state.get("fault_log") or []
-    deadline = time.monotonic() + 10
+    deadline = Deadline(10)
     try:
         machine.monitor.connect(deadline)
         machine.channel.connect(deadline)
@@ -333,7 +309,7 @@ def _remove(state: dict) -> None:
     if (run_dir / "ssh-mux").exists():
         subprocess.run(["ssh", "-F", str(run_dir / "ssh_config"), "-O", "exit", SSH_ALIAS],
                        capture_output=True, timeout=10)
-    process = _Adopted(state["pid"], run_dir)
+    process = _adopt(state["pid"], run_dir)
     process.send_signal(signal.SIGTERM)  # QEMU quits cleanly on SIGTERM.
     try:
         process.wait(timeout=10)

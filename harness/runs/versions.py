@@ -14,7 +14,8 @@ from pathlib import Path
 from . import experiments
 from ..images import image
 from .. import kernel_log, progress
-from ..errors import GuestTimeout, UserError
+from ..errors import GuestError, UserError
+from ..evidence.outcome import Outcome
 from ..lab.lab import Lab
 
 # What a cell compares, in the order it is shown.
@@ -29,18 +30,17 @@ def default_rows() -> list[tuple[str, str, str]]:
     return list(experiments.INCIDENT_SUITE)
 
 
-def behaviour(outcome: dict) -> dict[str, str]:
+def behaviour(outcome: Outcome) -> dict[str, str]:
     """What systemd, the kernel and the checks did in OUTCOME, as comparable words."""
-    units = outcome["units"]
+    units = outcome.units
     systemd = (f"docker {units['docker.service']}, agent {units['ecs-agent.service']}, "
-               f"mount {'listed' if outcome['mount_listed'] else 'gone'}, vdb {outcome['volume_device']}")
-    kinds = {kind for line in outcome["kernel_events"] for kind in kernel_log.classify(line)}
+               f"mount {'listed' if outcome.mount_listed else 'gone'}, vdb {outcome.volume_device}")
+    kinds = {kind for line in outcome.kernel_events for kind in kernel_log.classify(line)}
     kernel = ", ".join(kind for kind in KIND_ORDER if kind in kinds) or "silent"
-    health = outcome.get("health", {})
-    deep = health.get("deep", {})
-    checks = (f"metadata {outcome['metadata_status']}, containers {'start' if outcome['container_start_ok'] else 'fail'}, "
-              f"stock {'LIES' if outcome['health_check_lies'] else 'truthful'}, "
-              f"deep {'fails' if deep.get('detected') else 'passes'}")
+    deep = outcome.health.deep
+    checks = (f"metadata {outcome.metadata_status}, containers {'start' if outcome.container_start_ok else 'fail'}, "
+              f"stock {'LIES' if outcome.health_check_lies else 'truthful'}, "
+              f"deep {'fails' if deep and deep.detected else 'passes'}")
     return {"systemd": systemd, "kernel": kernel, "checks": checks}
 
 
@@ -58,7 +58,7 @@ def run(rows: list[tuple[str, str, str]], releases: list[str], cold: bool = Fals
         raise UserError(f"--runs {runs} is not a number of runs", "use --runs 1 or more")
     # Every image first: a release that cannot be built fails before any VM runs.
     images = {release: image.ensure_image(release) for release in releases}
-    outcomes: dict[str, dict[tuple, list[dict]]] = {}
+    outcomes: dict[str, dict[tuple, list[Outcome | dict]]] = {}
     for release in releases:
         with Lab(release=release, cold=cold or None) as lab:
             for row in rows:
@@ -67,7 +67,7 @@ def run(rows: list[tuple[str, str, str]], releases: list[str], cold: bool = Fals
                     progress.say(f"versions: {' '.join(row)} on {release}{of}")
                     try:
                         outcome = experiments.run(lab, *row, units_dir)
-                    except (GuestTimeout, UserError) as exc:
+                    except (GuestError, UserError) as exc:
                         # A release whose guest hangs or never comes up healthy is a finding
                         # (the arguments were checked above); the rest of the matrix still runs.
                         outcome = {"error": str(exc).splitlines()[0]}
@@ -77,16 +77,18 @@ def run(rows: list[tuple[str, str, str]], releases: list[str], cold: bool = Fals
     return result
 
 
-def matrix(rows, releases, outcomes: dict[str, dict[tuple, dict | list[dict]]], manifests: dict[str, dict]) -> dict:
+def matrix(rows, releases, outcomes: dict[str, dict[tuple, Outcome | dict | list]], manifests: dict[str, dict]) -> dict:
     """The matrix from outcomes already run (one outcome, or a list of runs, per release
-    and row): cells, and which aspects disagree per row."""
+    and row; an outcome as an Outcome or its JSON, a run that failed as {"error": why}):
+    cells, and which aspects disagree per row."""
     result = {"releases": {}, "rows": []}
     for release in releases:
-        ran = [out for runs in outcomes.get(release, {}).values() for out in _runs(runs) if "kernel" in out]
+        ran = [out for runs in outcomes.get(release, {}).values() for out in _runs(runs)
+               if isinstance(out, Outcome) and out.kernel]
         manifest = manifests.get(release, {})
         result["releases"][release] = {
-            "kernel": ran[0]["kernel"] if ran else manifest.get("kernel"),
-            "systemd": ran[0]["systemd"] if ran else manifest.get("systemd"),
+            "kernel": ran[0].kernel if ran else manifest.get("kernel"),
+            "systemd": ran[0].systemd if ran else manifest.get("systemd"),
             "image": manifest.get("key"),
         }
     for row in rows:
@@ -97,26 +99,28 @@ def matrix(rows, releases, outcomes: dict[str, dict[tuple, dict | list[dict]]], 
     return result
 
 
-def _runs(outcomes) -> list[dict]:
+def _runs(outcomes) -> list[Outcome | dict]:
+    """The runs of one cell: Outcomes, and {"error": why} for runs that failed."""
     if outcomes is None:
         return []
-    return outcomes if isinstance(outcomes, list) else [outcomes]
+    runs = outcomes if isinstance(outcomes, list) else [outcomes]
+    return [out if isinstance(out, Outcome) or "error" in out else Outcome.from_json(out) for out in runs]
 
 
-def _cell(runs: list[dict]) -> dict:
-    finished = [out for out in runs if "error" not in out]
-    errors = [out["error"] for out in runs if "error" in out]
+def _cell(runs: list[Outcome | dict]) -> dict:
+    finished = [out for out in runs if isinstance(out, Outcome)]
+    errors = [out["error"] for out in runs if not isinstance(out, Outcome)]
     if not finished:
         return {"error": errors[0] if errors else "not run"}
     said = [behaviour(out) for out in finished]
     observed = {aspect: list(dict.fromkeys(words[aspect] for words in said)) for aspect in ASPECTS}
-    seconds = [s for out in finished if (s := out.get("health", {}).get("deep", {}).get("seconds")) is not None]
+    seconds = [out.health.deep.seconds for out in finished if out.health.deep and out.health.deep.seconds is not None]
     cell = {aspect: values[0] if len(values) == 1 else "varies: " + " | ".join(values)
             for aspect, values in observed.items()}
-    cell.update({"kernel_version": finished[0]["kernel"], "systemd_version": finished[0]["systemd"],
+    cell.update({"kernel_version": finished[0].kernel, "systemd_version": finished[0].systemd,
                  "deep_seconds": statistics.median(seconds) if seconds else None,
-                 "kernel_events": _union(out["kernel_events"] for out in finished),
-                 "kernel_lines": _union(out.get("kernel_lines", []) for out in finished)})
+                 "kernel_events": _union(out.kernel_events for out in finished),
+                 "kernel_lines": _union(out.kernel_lines for out in finished)})
     if len(runs) > 1:
         cell.update({"runs": len(runs), "observed": observed,
                      "varies": [aspect for aspect, values in observed.items() if len(values) > 1]})
