@@ -57,20 +57,32 @@ def get(name: str) -> Experiment:
         raise UserError(f"unknown experiment {name!r}", f"use one of: {', '.join(EXPERIMENTS)}") from None
 
 
-def run(lab: Lab, name: str, chain: str = "bindsto", fs: str = "xfs", units_dir=None,
+def run(lab: Lab, name: str, chain: str | None = None, fs: str | None = None, units_dir=None,
         health_window: float = 12.0, params: dict | None = None) -> dict:
-    """Runs experiment NAME on a fresh instance. The stock and the deep health checks are
-    watched by a load balancer from just before the fault until both have given their
-    verdict or HEALTH_WINDOW seconds have passed."""
+    """Runs experiment NAME on a fresh instance of the lab's chain (CHAIN and FS override
+    the chain file's). Each of the chain's checks and the deep check are watched by a load
+    balancer from just before the fault until all have given their verdict or
+    HEALTH_WINDOW seconds have passed."""
     experiment = get(name)
     if params and not experiment.fault:
         experiment.parse_params(list(params))  # says it takes none
+    if experiment.boot and not lab.chain.has_agent:
+        raise UserError(f"{name} is an experiment on the incident's chain",
+                        "run it without --chain-file (chains/ecs-docker.toml)")
     started = time.monotonic()
     instance = lab.instance(chain=chain, fs=fs, units_dir=units_dir, **dict(experiment.boot))
+    chain, fs = instance.variant.chain, instance.variant.fs
     watch = HealthWatch(instance).start()
     try:
-        outcome = {"experiment": name, "release": lab.release, "chain": chain, "fs": fs, "fault": experiment.fault,
-                   "units_dir": str(instance.variant.units_dir)}
+        if not instance.restored and not experiment.boot:
+            # A warm snapshot was saved only once the workload succeeded; a cold boot has
+            # to show it here, or its findings would be about a chain that never worked.
+            before = instance.workload()
+            if not before["ok"]:
+                raise UserError(f"the chain is not healthy before the fault: WORKLOAD said {before['error']}",
+                                f"make [workload] command succeed on a healthy instance ({lab.chain.source.name})")
+        outcome = {"experiment": name, "release": lab.release, "chain_file": lab.chain.name, "chain": chain,
+                   "fs": fs, "fault": experiment.fault, "units_dir": str(instance.variant.units_dir)}
         fault_started = time.monotonic()
         watch.mark_fault(time.time())
         if params:
@@ -82,7 +94,17 @@ def run(lab: Lab, name: str, chain: str = "bindsto", fs: str = "xfs", units_dir=
         outcome["health"] = watch.result()
         outcome["timeline"] = timeline.build(instance, watch.lb)
         outcome["badness"] = timeline.badness(instance)
-        outcome.update(observe(instance) if instance.machine.running else terminated(instance))
+        observed = observe(instance) if instance.machine.running else terminated(instance)
+        # One entry per declared check: what the load balancer saw, and what it says now.
+        observed["checks"] = {name: {**outcome["health"][name], **seen}
+                              for name, seen in observed["checks"].items()}
+        outcome.update(observed)
+        t_seen = time.time() - (instance.fault_log[-1]["at"] if instance.fault_log else time.time())
+        for name, check in observed["checks"].items():
+            if check["lies"]:
+                outcome["timeline"].append({"t": round(t_seen, 2), "source": f"{name} check",
+                                            "event": f"LIES: answers healthy while the workload fails "
+                                                     f"({observed['workload']['error']})"})
         now = time.monotonic()
         outcome["start"] = "warm snapshot" if instance.restored else "cold boot"
         outcome["backend"], outcome["guest"] = lab.backend, lab.guest
@@ -136,9 +158,14 @@ def inject_and_wait(instance: Instance, fault_name: str, fs: str, params: dict |
 
 def terminated(instance: Instance) -> dict:
     """What is left to see of an instance whose QEMU is gone: only what the network says."""
-    return {"units": {unit: "terminated" for unit in units.CHAIN}, "volume_device": "terminated", "docker_dir_device": None,
-            "mount_listed": False, "mount": "", "metadata_status": None, "container_start_ok": False,
-            "container_start": {"via": None, "ok": False, "error": "instance terminated"},
+    gone = {"via": None, "ok": False, "error": "instance terminated"}
+    return {"units": {unit: "terminated" for unit in instance.chain.units}, "volume_device": "terminated",
+            "data_dir_device": None, "mount_listed": False, "mount": "",
+            **({"metadata_status": None, "docker_dir_device": None, "container_start_ok": False,
+                "container_start": gone} if instance.chain.has_agent else {}),
+            "workload_ok": False, "workload": gone,
+            "checks": {check.name: {"now": None, "lies": False} for check in instance.chain.checks},
+            "must_stop": {unit: "terminated" for unit in instance.chain.must_stop}, "must_stop_ok": True,
             "health_check_lies": False,
             "kernel_events": [event["line"] for event in instance.kernel_events()],
             "kernel_lines": instance.kernel_lines(),
@@ -146,25 +173,36 @@ def terminated(instance: Instance) -> dict:
 
 
 def observe(instance: Instance) -> dict:
-    """What systemd, the kernel, the mount table and the health check say right now."""
+    """What systemd, the kernel, the mount table, the checks and the workload say right now."""
+    chain = instance.chain
+    states = instance.unit_states()
     seen = {
-        "units": instance.unit_states(),
-        "volume_device": instance.machine.unit_state("dev-vdb.device"),
+        "units": states,
+        "volume_device": instance.machine.unit_state("dev-" + units.DEVICE.removeprefix("/dev/") + ".device"),
         "mount_listed": instance.mount_listed(),
         "mount": instance.mount_options(),
-        "metadata_status": instance.metadata_status(),
-        # Where Docker's files really go: the volume, or (unmounted) the small root disk.
-        "docker_dir_device": instance.machine.run("findmnt -n -o SOURCE --target /var/lib/docker",
-                                                  timeout=10).stdout.strip(),
+        # Where the service's files really go: the volume, or (unmounted) the small root disk.
+        "data_dir_device": instance.machine.run(f"findmnt -n -o SOURCE --target {chain.mount_point}",
+                                                timeout=10).stdout.strip(),
+        "must_stop": {unit: states[unit] for unit in chain.must_stop},
+        "must_stop_ok": all(states[unit] != "active" for unit in chain.must_stop),
     }
+    now = {check.name: instance.check_answer(check)[0] for check in chain.checks}
+    if chain.has_agent:
+        seen["metadata_status"] = instance.metadata_status()
+        seen["docker_dir_device"] = seen["data_dir_device"]
     # Last, because it changes what it looks at: with the agent gone, asking Docker wakes
     # docker.socket, which starts docker.service, which pulls the mount back in.
-    container = instance.start_container()
+    work = instance.workload()
+    # A check lies when it says healthy while the workload fails.
+    checks = {name: {"now": status, "lies": status == 200 and not work["ok"]} for name, status in now.items()}
     return {
         **seen,
-        "container_start_ok": container["ok"],
-        "container_start": container,
-        "health_check_lies": seen["metadata_status"] == 200 and not container["ok"],
+        "workload_ok": work["ok"],
+        "workload": work,
+        **({"container_start_ok": work["ok"], "container_start": work} if chain.has_agent else {}),
+        "checks": checks,
+        "health_check_lies": any(check["lies"] for check in checks.values()),
         "kernel_events": [event["line"] for event in instance.kernel_events()],
         "kernel_lines": instance.kernel_lines(),
         **instance.guest_versions,

@@ -1,5 +1,8 @@
 """The findings of one experiment in words: what systemd, the kernel and each health check
-did. The terminal's table and the HTML report show the same facts, made here once."""
+did. The terminal's table and the HTML report show the same facts, made here once.
+
+The incident's chain keeps its own columns (docker, ecs-agent, metadata, containers); any
+other chain gets its must_stop units, its workload and one column per declared check."""
 from . import kernel_log
 
 COLUMNS = ["experiment", "chain", "fs", "mount listed", "docker", "ecs-agent", "metadata",
@@ -9,8 +12,29 @@ KERNEL_KINDS = ["xfs-shutdown", "ext4-abort-journal", "ext4-remount-ro", "ext4-e
                 "block-io-error", "xfs-unmount"]
 
 
+def columns(outcomes: list[dict]) -> list[str]:
+    """The table's header for OUTCOMES (all of one chain)."""
+    first = outcomes[0] if outcomes else {}
+    if "container_start_ok" in first or not first:
+        return COLUMNS
+    return (["experiment", "chain", "fs", "mount listed", "must_stop", "workload"] + list(first["checks"])
+            + ["kernel said", "deep check", "seconds"])
+
+
+def check_cell(check: dict, workload_ok: bool) -> tuple[str, str | None]:
+    """A declared check: LIES (healthy while the workload fails), or when it noticed."""
+    if check.get("lies"):
+        return "LIES", "bad"
+    if check.get("seconds") is not None:
+        verdict = f", LB {check['lb_seconds']:.1f} s" if check.get("lb_seconds") is not None else ""
+        return f"failed after {check['seconds']:.1f} s{verdict}", "good" if not workload_ok else "warn"
+    return "passes", "good" if workload_ok else "bad"
+
+
 def row(out: dict) -> list[tuple[str, str | None]]:
     """One cell per column: (text, tone), tone "good", "bad" or None."""
+    if "container_start_ok" not in out:
+        return _chain_row(out)
     starts = out["container_start_ok"]
     deep = out.get("health", {}).get("deep", {})
     if deep.get("seconds") is not None:
@@ -26,6 +50,22 @@ def row(out: dict) -> list[tuple[str, str | None]]:
         (kernel_summary(out["kernel_events"]), None),
         ("LIES", "bad") if out["health_check_lies"] else ("truthful", "good"),
         deep_cell,
+        (f"{out['seconds']['total']:.0f}", None),
+    ]
+
+
+def _chain_row(out: dict) -> list[tuple[str, str | None]]:
+    ok = out["workload_ok"]
+    deep = out.get("health", {}).get("deep", {})
+    stopped = ", ".join(f"{unit.removesuffix('.service')} {state}" for unit, state in out["must_stop"].items())
+    return [
+        (out["experiment"], None), (out["chain"], None), (out["fs"], None),
+        (yes(out["mount_listed"]), None),
+        (stopped or "-", "good" if out["must_stop_ok"] else "bad"),
+        ("works" if ok else "fails", "good" if ok else "bad"),
+        *[check_cell(check, ok) for check in out["checks"].values()],
+        (kernel_summary(out["kernel_events"]), None),
+        check_cell(deep, ok) if deep else ("-", None),
         (f"{out['seconds']['total']:.0f}", None),
     ]
 

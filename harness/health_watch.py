@@ -1,7 +1,8 @@
-"""Two load balancers watching one instance through an experiment: one on the stock check
-(the agent's :51678/v1/metadata), one on the deep check (the guest's :51680/health).
-They answer: did each check notice the fault, how long after it the first failing answer
-came, and when the load balancer gave its verdict of unhealthy."""
+"""Load balancers watching one instance through an experiment: one on each check the chain
+declares (the incident's: the stock check, the agent's :51678/v1/metadata) and one on the
+deep check (the guest's :51680/health), for comparison. They answer: did each check
+notice the fault, how long after it the first failing answer came, and when the load
+balancer gave its verdict of unhealthy."""
 import threading
 import time
 
@@ -13,6 +14,7 @@ from .machine import AGENT_PORT, HEALTH_PORT
 # sees the verdict in seconds; `lb_seconds` scales back up by the same factor.
 EXPERIMENT_CHECK = HealthCheck(interval=1.0, timeout=2.0, healthy_threshold=5, unhealthy_threshold=2)
 CHECKS = {"stock": (AGENT_PORT, "/v1/metadata"), "deep": (HEALTH_PORT, "/health")}
+DEEP = "deep"
 
 
 def probe(instance: Instance, port: int, path: str, record=None):
@@ -28,6 +30,20 @@ def probe(instance: Instance, port: int, path: str, record=None):
             record(started, time.time() - started, status, body)
         return status
     return check
+
+
+def declared_probe(instance: Instance, check, record=None):
+    """The load balancer's probe of one of the chain's checks (see Instance.check_answer)."""
+    def run(timeout: float) -> int | None:
+        started = time.time()
+        if not instance.machine.running:
+            status, body = None, "instance terminated"
+        else:
+            status, body = instance.check_answer(check, timeout)
+        if record is not None:
+            record(started, time.time() - started, status, body)
+        return status
+    return run
 
 
 def _failing(body) -> str | None:
@@ -47,8 +63,11 @@ class HealthWatch:
         self.lb = LoadBalancer(check)
         self.samples: list[dict] = []
         self._lock = threading.Lock()
-        for name, (port, path) in CHECKS.items():
-            self.lb.register(name, probe(instance, port, path, self._recorder(name, f":{port}{path}")))
+        for check in instance.chain.checks:
+            self.lb.register(check.name, declared_probe(instance, check, self._recorder(check.name, check.describe)))
+        port, path = CHECKS[DEEP]
+        self.lb.register(DEEP, probe(instance, port, path, self._recorder(DEEP, f":{port}{path}")))
+        self.names = [check.name for check in instance.chain.checks] + [DEEP]
         self.fault_at: float | None = None
 
     def _recorder(self, name: str, url: str):
@@ -80,10 +99,10 @@ class HealthWatch:
         self.fault_at = at
 
     def wait(self, window: float) -> None:
-        """Watches until both checks have given their verdict, or WINDOW seconds after the fault."""
+        """Watches until every check has given its verdict, or WINDOW seconds after the fault."""
         deadline = (self.fault_at or time.time()) + window
         while time.time() < deadline:
-            if all(self.lb.unhealthy_after(name, self.fault_at or 0) is not None for name in CHECKS):
+            if all(self.lb.unhealthy_after(name, self.fault_at or 0) is not None for name in self.names):
                 return
             time.sleep(0.2)
 
@@ -93,7 +112,7 @@ class HealthWatch:
     def result(self) -> dict:
         since = self.fault_at or 0.0
         out = {}
-        for name in CHECKS:
+        for name in self.names:
             seconds = self.lb.first_failure(name, since)
             verdict = self.lb.unhealthy_after(name, since)
             out[name] = {"detected": verdict is not None,

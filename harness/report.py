@@ -18,8 +18,7 @@ from .errors import UserError
 
 OUTCOME = "outcome.json"
 # What the findings matrix needs of every outcome.
-REQUIRED = ["experiment", "chain", "fs", "units", "mount_listed", "metadata_status", "container_start_ok",
-            "kernel_events", "health_check_lies", "seconds"]
+REQUIRED = ["experiment", "chain", "fs", "units", "mount_listed", "kernel_events", "health_check_lies", "seconds"]
 CSS = """
 body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; color: #24292e;
        margin: 24px auto; max-width: 1200px; padding: 0 16px; }
@@ -96,15 +95,17 @@ def render(outcomes: list[tuple[Path, dict]], base: Path) -> str:
 
 
 def _matrix(outcomes, ids) -> str:
-    rows = ['<table class="findings"><thead><tr>' + "".join(f"<th>{_e(c)}</th>" for c in findings.COLUMNS)
-            + "<th>stock LB s</th><th>deep LB s</th></tr></thead><tbody>"]
+    named = [name for name in (outcomes[0][1].get("health", {}) if outcomes else {}) if name != "lb"]
+    rows = ['<table class="findings"><thead><tr>'
+            + "".join(f"<th>{_e(c)}</th>" for c in findings.columns([out for _, out in outcomes]))
+            + "".join(f"<th>{_e(name)} LB s</th>" for name in named) + "</tr></thead><tbody>"]
     for anchor, (_, out) in zip(ids, outcomes):
         cells = findings.row(out)
         first = f'<td><a href="#{anchor}">{_e(cells[0][0])}</a></td>'
         rest = "".join(f'<td class="{tone}">{_e(text)}</td>' if tone else f"<td>{_e(text)}</td>"
                        for text, tone in cells[1:])
         health = out.get("health", {})
-        lb = "".join(f"<td>{_secs(health.get(name, {}).get('lb_seconds'))}</td>" for name in ("stock", "deep"))
+        lb = "".join(f"<td>{_secs(health.get(name, {}).get('lb_seconds'))}</td>" for name in named)
         rows.append(f"<tr>{first}{rest}{lb}</tr>")
     rows.append("</tbody></table>")
     return "\n".join(rows)
@@ -117,13 +118,13 @@ def _experiment(anchor: str, directory: Path, out: dict, base: Path) -> str:
     facts = [("fault", out.get("fault") or "none"),
              ("units after", ", ".join(f"{u} {s}" for u, s in out.get("units", {}).items())),
              ("mount", out.get("mount") or "not mounted"),
-             ("container start", _container(out.get("container_start", {}))),
+             ("workload" if "workload" in out else "container start",
+              _container(out.get("workload") or out.get("container_start", {}))),
              ("started from", f"{out.get('start', '?')} in {out.get('seconds', {}).get('boot', '?')} s"),
              ("guest", f"kernel {out.get('kernel', '?')}, {out.get('systemd', '?')}, {out.get('accel', '?')}, "
                        f"timeout scale {out.get('timeout_scale', '?')}")]
-    for name in ("stock", "deep"):
-        check = out.get("health", {}).get(name)
-        if check:
+    for name, check in out.get("health", {}).items():
+        if name != "lb" and check:
             facts.append((f"{name} check", _check(check)))
     parts += [f"<tr><td>{_e(k)}</td><td>{_e(str(v))}</td></tr>" for k, v in facts]
     parts.append("</table>")
@@ -173,9 +174,10 @@ def _check(check: dict) -> str:
 
 
 def _container(container: dict) -> str:
+    via = f" via {container['via']}" if container.get("via") else ""
     if container.get("ok"):
-        return f"ok (via {container.get('via')})"
-    return f"failed via {container.get('via')}: {container.get('error')}"
+        return f"ok{via}"
+    return f"failed{via}: {container.get('error')}"
 
 
 def _secs(value) -> str:
