@@ -421,7 +421,8 @@ def cmd_verdict(args) -> int:
                   f"failed once at {c.seconds:.1f} s, LB kept it" if c.seconds is not None else "never noticed")
                  for c in v.checks}
         table.add_row(v.fault, stopped, *[cells.get(name, "-") for name in checks],
-                      f"fails: {v.workload_said}" if v.workload_failed else "works", v.kernel,
+                      (f"fails{'' if v.workload_seconds is None else f' after {v.workload_seconds:.1f} s'}: "
+                       f"{v.workload_said}") if v.workload_failed else "works", v.kernel,
                       "[red]FAIL[/red]" if v.failed else "[green]ok[/green]")
     console.print(table)
     versions = next((v.versions for v in verdicts if v.versions), {})

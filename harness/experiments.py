@@ -88,11 +88,21 @@ def run(lab: Lab, name: str, chain: str | None = None, fs: str | None = None, un
         if params:
             outcome["params"] = params
         if experiment.fault:
-            outcome["fault_detail"] = inject_and_wait(instance, experiment.fault, fs, params or {})
+            outcome["fault_detail"] = inject_and_wait(instance, experiment.fault, fs, params or {},
+                                                      on_injected=watch.mark_fault)
         watch.wait(health_window if experiment.fault else 3.0)
         watch.stop()
         outcome["health"] = watch.result()
+        traffic = watch.workload_result()
+        if traffic is not None:
+            outcome["workload_traffic"] = traffic
         outcome["timeline"] = timeline.build(instance, watch.lb)
+        if traffic and traffic["first_failure"] is not None:
+            why = next((x["why"] for x in watch.samples_json()["samples"]
+                        if x["check"] == "workload" and x["status"] != 200 and (x["t"] or 0) >= 0), None)
+            outcome["timeline"].append({"t": traffic["first_failure"], "source": "workload",
+                                        "event": f"fails first: {why}"})
+            outcome["timeline"].sort(key=lambda e: e["t"])
         outcome["badness"] = timeline.badness(instance)
         observed = observe(instance) if instance.machine.running else terminated(instance)
         # One entry per declared check: what the load balancer saw, and what it says now.
@@ -136,9 +146,15 @@ def describe(outcome: dict) -> str:
     return f"{outcome['experiment']} ({outcome['chain']}, {outcome['fs']})"
 
 
-def inject_and_wait(instance: Instance, fault_name: str, fs: str, params: dict | None = None) -> dict:
-    """Injects the fault, then waits for the kernel's word on it and for systemd to settle."""
+def inject_and_wait(instance: Instance, fault_name: str, fs: str, params: dict | None = None,
+                    on_injected=None) -> dict:
+    """Injects the fault, then waits for the kernel's word on it and for systemd to settle.
+    ON_INJECTED(at) learns the fault's moment: the checks' seconds count from there, not
+    from before the uptime read that precedes it (which took seconds on a just-restored
+    guest on a loaded host)."""
     record = instance.inject(fault_name, **(params or {}))
+    if on_injected is not None:
+        on_injected(record["at"])
     word = faults.get(fault_name).kernel_word.get(fs)
     detail = {**record["detail"], "kernel_word": None, "settled": None}
     if not instance.machine.running:

@@ -62,12 +62,20 @@ def _chain_row(out: dict) -> list[tuple[str, str | None]]:
         (out["experiment"], None), (out["chain"], None), (out["fs"], None),
         (yes(out["mount_listed"]), None),
         (stopped or "-", "good" if out["must_stop_ok"] else "bad"),
-        ("works" if ok else "fails", "good" if ok else "bad"),
+        _workload(out),
         *[check_cell(check, ok) for check in out["checks"].values()],
         (kernel_summary(out["kernel_events"]), None),
         check_cell(deep, ok) if deep else ("-", None),
         (f"{out['seconds']['total']:.0f}", None),
     ]
+
+
+def _workload(out: dict) -> tuple[str, str | None]:
+    first = (out.get("workload_traffic") or {}).get("first_failure")
+    after = f" (first after {first:.1f} s)" if first is not None else ""
+    if out["workload_ok"]:
+        return ("works" + (f", failed once{after}" if after else ""), "good" if not after else "warn")
+    return "fails" + after, "bad"
 
 
 def _unit(state: str) -> tuple[str, str | None]:

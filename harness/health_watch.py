@@ -15,6 +15,7 @@ from .machine import AGENT_PORT, HEALTH_PORT
 EXPERIMENT_CHECK = HealthCheck(interval=1.0, timeout=2.0, healthy_threshold=5, unhealthy_threshold=2)
 CHECKS = {"stock": (AGENT_PORT, "/v1/metadata"), "deep": (HEALTH_PORT, "/health")}
 DEEP = "deep"
+WORKLOAD = "workload"
 
 
 def probe(instance: Instance, port: int, path: str, record=None):
@@ -46,6 +47,19 @@ def declared_probe(instance: Instance, check, record=None):
     return run
 
 
+def workload_probe(instance: Instance, record=None):
+    def run(timeout: float) -> int | None:
+        started = time.time()
+        if not instance.machine.running:
+            work = {"ok": False, "error": "instance terminated"}
+        else:
+            work = instance.workload(timeout)
+        if record is not None:
+            record(started, time.time() - started, 200 if work["ok"] else None, work.get("error"))
+        return 200 if work["ok"] else None
+    return run
+
+
 def _failing(body) -> str | None:
     """Why a check failed, in a few words: the deep daemon's failing checks, or the error."""
     if isinstance(body, dict) and isinstance(body.get("checks"), dict):
@@ -57,10 +71,43 @@ def _failing(body) -> str | None:
     return None
 
 
+class Checkers:
+    """One load balancer per check, each with its own thread, as a real load balancer
+    checks its targets independently: a command check that hangs on a dead disk must not
+    delay the tcp check's next probe (one shared loop put 8-15 s between a Redis chain's
+    tcp probes under yank on a loaded 2-core host). Reads like one LoadBalancer."""
+
+    def __init__(self, check: HealthCheck):
+        self.check = check
+        self.lbs: dict[str, LoadBalancer] = {}
+
+    def register(self, name: str, probe_) -> None:
+        self.lbs[name] = LoadBalancer(self.check)
+        self.lbs[name].register(name, probe_)
+
+    @property
+    def targets(self) -> dict:
+        return {name: lb.targets[name] for name, lb in self.lbs.items()}
+
+    def start(self) -> None:
+        for lb in self.lbs.values():
+            lb.start()
+
+    def stop(self) -> None:
+        for lb in self.lbs.values():
+            lb.stop()
+
+    def first_failure(self, name: str, since: float) -> float | None:
+        return self.lbs[name].first_failure(name, since)
+
+    def unhealthy_after(self, name: str, since: float) -> float | None:
+        return self.lbs[name].unhealthy_after(name, since)
+
+
 class HealthWatch:
     def __init__(self, instance: Instance, check: HealthCheck = EXPERIMENT_CHECK):
         self.check = check
-        self.lb = LoadBalancer(check)
+        self.lb = Checkers(check)
         self.samples: list[dict] = []
         self._lock = threading.Lock()
         for check in instance.chain.checks:
@@ -68,6 +115,14 @@ class HealthWatch:
         port, path = CHECKS[DEEP]
         self.lb.register(DEEP, probe(instance, port, path, self._recorder(DEEP, f":{port}{path}")))
         self.names = [check.name for check in instance.chain.checks] + [DEEP]
+        # Traffic: the workload once a second, as clients keep using the service through
+        # the fault (with the check's timeout, as a client's). It tells when the service
+        # stopped doing its job, and a service may only find out on a write: Redis under
+        # yank acknowledged the first SET after the fault and refused the next ones. The
+        # incident's workload (a container start through the agent) is too heavy for this.
+        self.traffic = LoadBalancer(self.check)
+        if not instance.chain.has_agent:
+            self.traffic.register(WORKLOAD, workload_probe(instance, self._recorder(WORKLOAD, "workload")))
         self.fault_at: float | None = None
 
     def _recorder(self, name: str, url: str):
@@ -93,6 +148,8 @@ class HealthWatch:
 
     def start(self) -> "HealthWatch":
         self.lb.start()
+        if self.traffic.targets:
+            self.traffic.start()
         return self
 
     def mark_fault(self, at: float) -> None:
@@ -108,6 +165,17 @@ class HealthWatch:
 
     def stop(self) -> None:
         self.lb.stop()
+        self.traffic.stop()
+
+    def workload_result(self) -> dict | None:
+        """When the traffic's first failure came after the fault, and how many tries failed."""
+        if not self.traffic.targets:
+            return None
+        since = self.fault_at or 0.0
+        seconds = self.traffic.first_failure(WORKLOAD, since)
+        tries = [status for at, status in self.traffic.targets[WORKLOAD].samples if at >= since]
+        return {"first_failure": None if seconds is None else round(seconds, 2),
+                "tries": len(tries), "failed": sum(status != 200 for status in tries)}
 
     def result(self) -> dict:
         since = self.fault_at or 0.0

@@ -30,6 +30,7 @@ class FaultVerdict:
     checks: list[CheckVerdict]
     workload_failed: bool
     workload_said: str | None
+    workload_seconds: float | None  # to the first failure of the traffic (the workload once a second)
     kernel: str                # the most telling kernel message seen
     versions: dict             # the guest's kernel and systemd
     error: str | None = None   # the experiment did not finish (a finding too)
@@ -53,7 +54,8 @@ def of(outcome: dict) -> FaultVerdict:
               for name, check in outcome["checks"].items()]
     return FaultVerdict(fault=outcome["experiment"], must_stop=outcome["must_stop"], stopped=outcome["must_stop_ok"],
                         checks=checks, workload_failed=not outcome["workload_ok"],
-                        workload_said=outcome["workload"].get("error"), kernel=kernel_summary(outcome["kernel_events"]),
+                        workload_said=outcome["workload"].get("error"),
+                        workload_seconds=(outcome.get("workload_traffic") or {}).get("first_failure"), kernel=kernel_summary(outcome["kernel_events"]),
                         versions={key: outcome.get(key) for key in ("kernel", "systemd")})
 
 
@@ -65,7 +67,7 @@ def run(lab: Lab, names: list[str]) -> list[FaultVerdict]:
             verdicts.append(of(experiments.run(lab, name)))
         except GuestTimeout as exc:
             # A fault whose experiment hangs fails the verdict; the other faults still run.
-            verdicts.append(FaultVerdict(name, {}, False, [], True, None, "-", {}, error=str(exc).splitlines()[0]))
+            verdicts.append(FaultVerdict(name, {}, False, [], True, None, None, "-", {}, error=str(exc).splitlines()[0]))
     return verdicts
 
 
