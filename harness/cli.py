@@ -414,8 +414,8 @@ def cmd_verdict(args) -> int:
         if v.error:
             table.add_row(v.fault, *["-"] * (len(checks) + 3), f"[red]FAIL: {v.error}[/red]")
             continue
-        running = [unit for unit, state in v.must_stop.items() if state == "active"]
-        stopped = "[green]yes[/green]" if v.stopped else f"[red]no: {', '.join(running)} active[/red]"
+        running = [f"{unit} {state}" for unit, state in v.must_stop.items() if state not in experiments.STOPPED]
+        stopped = "[green]yes[/green]" if v.stopped else f"[red]no: {', '.join(running)}[/red]"
         cells = {c.name: "[red]LIES[/red]" if c.lies else
                  (f"noticed after {c.seconds:.1f} s (LB {c.lb_seconds:.1f} s)" if c.noticed else
                   f"failed once at {c.seconds:.1f} s, LB kept it" if c.seconds is not None else "never noticed")
