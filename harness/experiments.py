@@ -77,13 +77,10 @@ def run(lab: Lab, name: str, chain: str | None = None, fs: str | None = None, un
     chain, fs = instance.variant.chain, instance.variant.fs
     watch = HealthWatch(instance).start()
     try:
-        if not instance.restored and not experiment.boot:
+        if not instance.restored and not experiment.boot and not lab.chain.has_agent:
             # A warm snapshot was saved only once the workload succeeded; a cold boot has
             # to show it here, or its findings would be about a chain that never worked.
-            before = instance.workload()
-            if not before["ok"]:
-                raise UserError(f"the chain is not healthy before the fault: WORKLOAD said {before['error']}",
-                                f"make [workload] command succeed on a healthy instance ({lab.chain.source.name})")
+            instance.wait_for_workload()
         outcome = {"experiment": name, "release": lab.release, "chain_file": lab.chain.name, "chain": chain,
                    "fs": fs, "fault": experiment.fault, "units_dir": str(instance.variant.units_dir)}
         fault_started = time.monotonic()
