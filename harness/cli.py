@@ -2,7 +2,6 @@
 import argparse
 import json
 import os
-import shutil
 import signal
 import sys
 from pathlib import Path
@@ -10,10 +9,17 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from . import accel, backends, bench, chaos_api, chaos_client, faults, findings, groups, ignition, interactive, kernel_log, prune, report, timeline, experiments, image, progress, snapshots, units, verdict, versions
-from .errors import GuestTimeout, UserError
-from .lab import Lab
-from .paths import artifacts_dir, cache_dir
+from .machines import host
+from .lab import backends, prune, snapshots
+from .runs import bench, interactive, experiments, verdict, versions
+from .chaos import chaos_api, chaos_client, groups
+from . import faults, progress, units
+from .evidence import findings, report, timeline
+from .evidence.outcome import CheckVerdict, Outcome
+from .images import ignition, image
+from .errors import GuestError, GuestKernelPanic, GuestTimeout, MonitorError, UnitchaosError, UserError
+from .lab.lab import Lab
+from .paths import artifacts_dir
 
 # Wide enough for the findings table when output goes to a log rather than a terminal.
 console = Console(width=None if sys.stdout.isatty() else 160)
@@ -31,13 +37,6 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGHUP, _raise_interrupt)
     try:
         return args.func(args) or 0
-    except UserError as exc:
-        print(f"unitchaos: error: {exc}", file=sys.stderr)
-        return 2
-    except GuestTimeout as exc:
-        print(f"unitchaos: the guest did not respond in time: {str(exc).splitlines()[0]} "
-              "(fix: rerun with UNITCHAOS_TIMEOUT_SCALE=2 on a slow host)", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         print("unitchaos: interrupted; every VM was stopped", file=sys.stderr)
         return 130
@@ -45,6 +44,32 @@ def main(argv: list[str] | None = None) -> int:
         # Output piped into head(1) and the like: stop quietly.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except Exception as exc:
+        if args.debug:
+            raise
+        print(f"unitchaos: {one_line(exc)}", file=sys.stderr)
+        return exc.exit_code if isinstance(exc, UnitchaosError) else 1
+
+
+def one_line(exc: Exception) -> str:
+    """What the CLI says about EXC: one line, with the fix or the evidence's place."""
+    first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    if isinstance(exc, UserError):
+        return f"error: {exc}"
+    if isinstance(exc, GuestKernelPanic):
+        said = f"the guest kernel panicked: {first}"
+    elif isinstance(exc, GuestTimeout):
+        said = f"the guest did not respond in time: {first} (fix: rerun with UNITCHAOS_TIMEOUT_SCALE=2 on a slow host)"
+    elif isinstance(exc, GuestError):
+        said = f"the guest misbehaved: {first}"
+    elif isinstance(exc, MonitorError):
+        said = f"QEMU's monitor refused: {first}"
+    else:
+        return f"internal error: {type(exc).__name__}: {first} (fix: rerun with --debug for the traceback, and report it)"
+    if isinstance(exc, GuestError):
+        where = exc.evidence_location()
+        said += f"; evidence: {where}" if where else " (rerun with --keep-artifacts to keep the evidence)"
+    return said
 
 
 def _raise_interrupt(signum, frame):
@@ -61,6 +86,7 @@ class _Parser(argparse.ArgumentParser):
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="unitchaos", description="Break a systemd unit chain's disk in a local VM "
                      "and see what systemd, the kernel and the health check do.")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an unexpected error")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     doctor = sub.add_parser("doctor", help="check QEMU, KVM, mmdebstrap and free disk")
@@ -287,9 +313,9 @@ def _keep_options(parser: argparse.ArgumentParser) -> None:
                         help="write an HTML report of this run (keeps the artifacts it links to)")
 
 
-def _write_report(outcomes: list[dict], path: Path | None) -> None:
+def _write_report(outcomes: list[Outcome], path: Path | None) -> None:
     if path is not None:
-        report.write([Path(out["artifacts"]) for out in outcomes], path)
+        report.write([Path(out.artifacts) for out in outcomes], path)
         progress.say(f"report: {path}")
 
 
@@ -368,27 +394,27 @@ def cmd_matrix(args) -> int:
                 progress.say(f"matrix: {name} did not finish: {str(exc).splitlines()[0]}")
     _write_report(outcomes, args.report)
     if args.json:
-        print(json.dumps(outcomes, indent=2))
+        print(json.dumps([out.to_json() for out in outcomes], indent=2))
         return 0
-    names = [name for name in (outcomes[0]["health"] if outcomes else ["stock", "deep"]) if name != "lb"]
-    first = outcomes[0] if outcomes else {"chain_file": "ecs-docker", "chain": args.chain, "fs": args.fs}
+    names = list(outcomes[0].health.named()) if outcomes else ["stock", "deep"]
+    first = outcomes[0] if outcomes else Outcome("none", args.chain, args.fs, chain_file="ecs-docker")
     table = Table("fault", *[f"{name}{suffix}" for name in names for suffix in ("", " s", " LB s")],
-                  "workload", title=f"Which health check notices what ({first['chain_file']}: {first['chain']}, "
-                  f"{first['fs']}; LB: ALB thresholds, 1 s interval)")
+                  "workload", title=f"Which health check notices what ({first.chain_file}: {first.chain}, "
+                  f"{first.fs}; LB: ALB thresholds, 1 s interval)")
     for out in outcomes:
         cells = []
         for name in names:
-            check = out["health"][name]
-            lies = out["checks"].get(name, {}).get("lies")
-            cells += ["[red]LIES[/red]" if lies else _detected(check), _secs(check["seconds"]), _secs(check["lb_seconds"])]
-        table.add_row(out["experiment"], *cells, findings.yes(out["workload_ok"]))
+            check = out.health.named()[name]
+            lies = out.checks.get(name, {}).get("lies")
+            cells += ["[red]LIES[/red]" if lies else _detected(check), _secs(check.seconds), _secs(check.lb_seconds)]
+        table.add_row(out.experiment, *cells, findings.yes(out.workload_ok))
     console.print(table)
-    console.print(f"guest kernel {outcomes[0]['kernel']}, {outcomes[0]['systemd']}" if outcomes else "")
+    console.print(f"guest kernel {outcomes[0].kernel}, {outcomes[0].systemd}" if outcomes else "")
     return 0
 
 
-def _detected(check: dict) -> str:
-    return "[green]detected[/green]" if check["detected"] else "[red]missed[/red]"
+def _detected(check: CheckVerdict) -> str:
+    return "[green]detected[/green]" if check.detected else "[red]missed[/red]"
 
 
 def _secs(value) -> str:
@@ -445,9 +471,8 @@ def cmd_bench(args) -> int:
 
 def cmd_snapshot_list(args) -> int:
     table = Table("snapshot", "kernel", "systemd", "state MB", "cold boot s", "created")
-    for meta_path in sorted(snapshots.snapshots_dir().glob("*/meta.json")):
-        meta = json.loads(meta_path.read_text())
-        table.add_row(meta_path.parent.name, meta.get("kernel", "?"), meta.get("systemd", "?"),
+    for name, meta in snapshots.saved():
+        table.add_row(name, meta.get("kernel", "?"), meta.get("systemd", "?"),
                       f"{meta['state_bytes'] / 1e6:.0f}", str(meta.get("boot_seconds")), meta.get("created", "?"))
     console.print(table)
     return 0
@@ -472,34 +497,12 @@ def cmd_snapshot_clear(args) -> int:
 
 
 def cmd_doctor(args) -> int:
-    checks = []
-    for tool, package in [("qemu-system-x86_64", "qemu-system-x86"), ("qemu-img", "qemu-utils"),
-                          ("mmdebstrap", "mmdebstrap"), ("mke2fs", "e2fsprogs"), ("ssh", "openssh-client"),
-                          ("systemd-analyze", "systemd")]:
-        path = shutil.which(tool)
-        checks.append((tool, bool(path), path or f"missing: apt-get install {package}"))
-    if shutil.which("qemu-system-x86_64"):
-        checks.append(("QEMU version", True, accel.qemu_version()))
-    if os.path.exists("/dev/kvm"):
-        try:
-            kernel = next(image.images_dir().glob("*/vmlinuz"), None)
-        except OSError:
-            kernel = None
-        if kernel and shutil.which("qemu-system-x86_64"):
-            verdict = accel.kvm_verdict(kernel)
-            checks.append(("KVM", True, ("usable" if verdict["usable"] else "unusable, using TCG: ")
-                           + ("" if verdict["usable"] else verdict["reason"])))
-        else:
-            checks.append(("KVM", True, "/dev/kvm present; probed at first boot (build the image first)"))
-    else:
-        checks.append(("KVM", True, "no /dev/kvm: guests run under TCG (slower)"))
-    free_gib = shutil.disk_usage(cache_dir()).free / 2**30
-    checks.append(("free disk", free_gib >= 5, f"{free_gib:.1f} GiB free in {cache_dir()} (needs ~5 GiB)"))
+    found = host.checks()
     table = Table("check", "ok", "detail")
-    for name, ok, detail in checks:
-        table.add_row(name, "yes" if ok else "[red]NO[/red]", detail)
+    for check in found:
+        table.add_row(check.name, "yes" if check.ok else "[red]NO[/red]", check.detail)
     console.print(table)
-    failed = [name for name, ok, _ in checks if not ok]
+    failed = [check.name for check in found if not check.ok]
     if failed:
         raise UserError(f"not ready: {', '.join(failed)}", "install what the table says is missing")
     return 0
@@ -539,16 +542,16 @@ def cmd_run(args) -> int:
     with _lab(args, keep=args.keep_artifacts) as lab:
         outcome = experiments.run(lab, args.experiment, args.chain, args.fs, args.units, params=params)
     if args.json:
-        print(json.dumps(outcome, indent=2))
+        print(json.dumps(outcome.to_json(), indent=2))
     else:
         console.print(findings_table([outcome]))
-        if outcome.get("timeline"):
+        if outcome.timeline:
             console.print("Timeline (seconds from the fault):", style="bold")
-            console.print(timeline.render(outcome["timeline"]), highlight=False, markup=False)
-        for line in outcome.get("badness", []):
+            console.print(timeline.render(outcome.timeline), highlight=False, markup=False)
+        for line in outcome.badness:
             console.print(f"badness on the console: {line}", style="red", markup=False)
-        if outcome.get("artifacts"):
-            console.print(f"artifacts: {outcome['artifacts']}")
+        if outcome.artifacts:
+            console.print(f"artifacts: {outcome.artifacts}")
     return 0
 
 
@@ -562,11 +565,11 @@ def cmd_demo(args) -> int:
             outcomes.append(experiments.run(lab, name, chain, fs))
     _write_report(outcomes, args.report)
     if args.json:
-        print(json.dumps(outcomes, indent=2))
+        print(json.dumps([out.to_json() for out in outcomes], indent=2))
     else:
         console.print(findings_table(outcomes))
         first = outcomes[0]
-        console.print(f"guest kernel {first['kernel']}, {first['systemd']}, accelerator {first['accel']}")
+        console.print(f"guest kernel {first.kernel}, {first.systemd}, accelerator {first.accel}")
     return 0
 
 
@@ -581,7 +584,7 @@ def cmd_ignition(args) -> int:
     return 0
 
 
-def findings_table(outcomes: list[dict]) -> Table:
+def findings_table(outcomes: list[Outcome]) -> Table:
     table = Table(*findings.columns(outcomes), title="What systemd, the kernel and the health checks did")
     styles = {"good": "green", "bad": "red", "warn": "yellow"}
     for out in outcomes:

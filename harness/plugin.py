@@ -20,11 +20,12 @@ from pathlib import Path
 
 import pytest
 
-from . import interactive, units
-from .backends import FCOS_IMAGE_ENV
+from . import units
+from .runs import interactive
+from .lab.backends import FCOS_IMAGE_ENV
 from .errors import UserError
-from .image import RELEASES
-from .lab import Lab
+from .images.image import RELEASES
+from .lab.lab import Lab
 
 # Set by the nightly Fedora CoreOS jobs, which download an image: there a missing image
 # is a failure. Elsewhere no image can be had, and the FCOS experiments are skipped,

@@ -41,6 +41,8 @@ def incident() -> chainfile.Chain:
 
 
 CHAIN = list(incident().units)
+# What systemd says of a healthy incident chain (Instance.unit_states() of a guest that is up).
+ALL_ACTIVE = {unit: "active" for unit in CHAIN}
 # Complaints from systemd-analyze that are about the host, not the unit files.
 HOST_ONLY = re.compile(r"is not executable: No such file or directory|Failed to .*unit file.*not found|"
                        r"Unit .* not found")

@@ -1,12 +1,12 @@
 """The story's own tool: a Chaos Monkey client asks the API to detach a volume from an
 instance of the group, and the instance ends up as in the incident."""
 import json
-import time
 import urllib.request
 
-from harness import chaos_client
-from harness.chaos_api import API_PATH, ChaosServer
-from harness.groups import Group, LabBackend, start_groups
+from harness.chaos import chaos_client
+from harness.chaos.chaos_api import API_PATH, ChaosServer
+from harness.chaos.groups import Group, LabBackend, start_groups
+from harness.waiting import wait_until
 
 
 def test_the_chaosmonkey_cli_detaches_a_volume_and_the_health_check_keeps_lying(lab, capsys):
@@ -40,12 +40,12 @@ def test_chaos_monkey_breaks_an_instance_and_the_auto_scaling_group_replaces_it(
     groups = start_groups(lab, ["ecs:1"], chain="bindsto", fs="xfs", check="deep", grace_period=0)
     asg = groups["ecs"]
     try:
-        wait_until(lambda: len(asg.in_service()) == 1, 90, "the first instance never came into service")
+        wait_until(lambda: len(asg.in_service()) == 1, 90, "the first instance to come into service", interval=0.5)
         (broken_id,) = asg.instances
         with ChaosServer(LabBackend(groups)) as server:
             assert chaos_client.main(["-endpoint", server.url, "-group", "ecs", "-strategy", "DetachVolumes"]) == 0
         wait_until(lambda: broken_id not in asg.instances and len(asg.in_service()) == 1, 120,
-                   f"no healthy replacement: {asg.events}")
+                   "a healthy replacement", interval=0.5, last_seen=lambda _: str(asg.events))
         (replacement,) = asg.instances.values()
         assert replacement.metadata_status() == 200
         assert [e["action"] for e in asg.events] == ["Launch", "Terminate", "Launch"]
@@ -54,8 +54,3 @@ def test_chaos_monkey_breaks_an_instance_and_the_auto_scaling_group_replaces_it(
         asg.stop()
 
 
-def wait_until(condition, timeout, message):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, message
-        time.sleep(0.5)

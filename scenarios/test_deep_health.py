@@ -1,22 +1,22 @@
 """The deep health check the incident called for, against the stock one, and the self-
 healing loop around it: load balancer verdict, auto scaling replacement."""
-import time
 
 import pytest
 
-from harness import experiments
-from harness.autoscaling import AutoScalingGroup
-from harness.health_watch import EXPERIMENT_CHECK, probe
-from harness.loadbalancer import LoadBalancer
-from harness.machine import HEALTH_PORT
+from harness.runs import experiments
+from harness.chaos.autoscaling import AutoScalingGroup
+from harness.evidence.health_watch import EXPERIMENT_CHECK, probe
+from harness.evidence.loadbalancer import LoadBalancer
+from harness.machines.machine import HEALTH_PORT
+from harness.waiting import wait_until
 
 
 def test_yank_goes_unnoticed_by_the_stock_check_and_the_deep_check_fails_within_5_s(lab):
     outcome = experiments.run(lab, "yank", chain="bindsto", fs="xfs")
-    stock, deep = outcome["health"]["stock"], outcome["health"]["deep"]
-    assert not stock["detected"] and stock["seconds"] is None
-    assert deep["detected"] and deep["seconds"] <= 5.0
-    assert deep["lb_seconds"] is not None
+    stock, deep = outcome.health.stock, outcome.health.deep
+    assert not stock.detected and stock.seconds is None
+    assert deep.detected and deep.seconds <= 5.0
+    assert deep.lb_seconds is not None
 
 
 @pytest.mark.parametrize("fault, fs", [("xfs-shutdown", "xfs"), ("xfs-shutdown", "ext4"), ("yank", "ext4"),
@@ -24,20 +24,17 @@ def test_yank_goes_unnoticed_by_the_stock_check_and_the_deep_check_fails_within_
                                        ("agent-disconnect", "xfs"), ("exhaust-inodes", "ext4")])
 def test_the_deep_check_notices_what_the_stock_check_misses(lab, fault, fs):
     outcome = experiments.run(lab, fault, fs=fs)
-    assert outcome["metadata_status"] == 200
-    assert not outcome["health"]["stock"]["detected"]
-    assert outcome["health"]["deep"]["detected"]
+    assert outcome.metadata_status == 200
+    assert not outcome.health.stock.detected
+    assert outcome.health.deep.detected
 
 
 def test_the_deep_check_explains_why(lab):
     vm = lab.instance()
     vm.inject("yank")
     vm.wait_for_kernel_message(r"XFS \(vdb\): Filesystem has been shut down")
-    deadline = time.monotonic() + 15
-    while "xfs-shutdown" not in (answer := vm.deep_health())[1]["kernel_matches"]:
-        assert time.monotonic() < deadline, f"the deep check did not see the kernel's word: {answer}"
-        time.sleep(0.5)
-    status, body = answer
+    status, body = wait_until(vm.deep_health, 15, "the deep check to see the kernel's word", interval=0.5,
+                              done=lambda answer: "xfs-shutdown" in answer[1]["kernel_matches"])
     assert status == 503 and body["healthy"] is False
     checks = body["checks"]
     assert checks["kernel"]["status"] == "fail"
@@ -52,15 +49,11 @@ def test_the_group_replaces_the_broken_instance_and_the_replacement_serves_200(l
     group.start()
     lb.start()
     try:
-        deadline = time.monotonic() + 60
-        while len(group.in_service()) < 1:
-            assert time.monotonic() < deadline, "the first instance never came into service"
-            time.sleep(0.5)
+        wait_until(lambda: group.in_service(), 60, "the first instance to come into service", interval=0.5)
         (broken_id, broken), = group.instances.items()
         broken.inject("yank")
-        while broken_id in group.instances or len(group.in_service()) < 1:
-            assert time.monotonic() < deadline + 90, f"no healthy replacement: {group.events}"
-            time.sleep(0.5)
+        wait_until(lambda: broken_id not in group.instances and group.in_service(), 150,
+                   "a healthy replacement", interval=0.5, last_seen=lambda _: str(group.events))
         (replacement,) = group.instances.values()
         assert replacement.metadata_status() == 200
         assert replacement.machine.http_get(HEALTH_PORT, "/health")[0] == 200

@@ -5,8 +5,8 @@ import time
 
 import pytest
 
-ALL_ACTIVE = {"format-ephemeral.service": "active", "var-lib-docker.mount": "active",
-              "docker.service": "active", "ecs-agent.service": "active"}
+from harness import ALL_ACTIVE
+
 
 
 @pytest.mark.parametrize("fs, word", [("xfs", r"XFS \(vdb\):.*shut"), ("ext4", r"EXT4-fs \(vdb\): shut down")])

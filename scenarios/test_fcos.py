@@ -1,15 +1,14 @@
-"""The incident on Fedora CoreOS, provisioned by Ignition (harness/ignition.py) from a
+"""The incident on Fedora CoreOS, provisioned by Ignition (harness/images/ignition.py) from a
 user-supplied image (UNITCHAOS_FCOS_IMAGE: the `qemu` platform qcow2). Without an image
 these tests are skipped and say why; the nightly FCOS jobs download one and set
 UNITCHAOS_REQUIRE_FCOS=1, so that there a missing image fails instead."""
 import pytest
 
-from harness.fcos_machine import FcosMachine
+from harness import ALL_ACTIVE
+from harness.machines.fcos_machine import FcosMachine
 
 pytestmark = pytest.mark.lab(guest="fcos")
 
-ALL_ACTIVE = {"format-ephemeral.service": "active", "var-lib-docker.mount": "active",
-              "docker.service": "active", "ecs-agent.service": "active"}
 
 
 def test_fcos_boots_the_chain_from_ignition(lab):

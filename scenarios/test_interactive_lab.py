@@ -6,14 +6,15 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from harness import interactive
-from harness.lab import qemu_of, sweep_stale_runs
+from harness.runs import interactive
+from harness.lab.lab import qemu_of, sweep_stale_runs
 from harness.paths import cache_dir
+from harness.errors import GuestTimeout
+from harness.waiting import wait_until
 
 pytestmark = pytest.mark.vm
 
@@ -28,13 +29,18 @@ def status_once_the_deep_check_fails(name: str, timeout: float = 90) -> tuple[di
     deep check's answers until then. A 200 means its probes have not run since the fault;
     no answer (None) is not a verdict either: in one CI run the first status after a yank
     got none within 5 s while the guest was busy with the dead disk."""
-    answers, deadline = [], time.monotonic() + timeout
-    while True:
-        seen = json.loads(unitchaos("status", "--name", name, "--json").stdout)
+    answers, seen = [], {}
+
+    def status() -> dict:
+        seen.update(json.loads(unitchaos("status", "--name", name, "--json").stdout))
         answers.append((seen["deep"]["status"], seen["deep"]["ms"], seen["deep"]["failing"]))
-        if seen["deep"]["status"] == 503 or time.monotonic() > deadline:
-            return seen, answers
-        time.sleep(2)
+        return seen
+    try:
+        wait_until(status, timeout, "the deep check to answer 503", done=lambda now: now["deep"]["status"] == 503,
+                   interval=2)
+    except GuestTimeout:
+        pass  # the caller asserts on what was seen last
+    return dict(seen), answers
 
 
 def test_up_status_inject_yank_status_down(lab):  # `lab`: the fixture's QEMU check (and the sweep)

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from harness import snapshots
+from harness.lab import snapshots
 from harness.errors import UserError
-from harness.lab import Lab
+from harness.lab.lab import Lab
 from harness.paths import cache_dir
 
 

@@ -5,14 +5,12 @@ import subprocess
 
 import pytest
 
-from harness import timeouts
-from harness.vagrant_machine import LIBVIRT_URI, VagrantMachine
+from harness import ALL_ACTIVE, timeouts
+from harness.machines.vagrant_machine import LIBVIRT_URI, VagrantMachine
 
 # A cold `vagrant up` under TCG takes minutes (the first one also uploads the box).
 pytestmark = [pytest.mark.lab(backend="vagrant"), pytest.mark.timeout(timeouts.scaled(1200))]
 
-ALL_ACTIVE = {"format-ephemeral.service": "active", "var-lib-docker.mount": "active",
-              "docker.service": "active", "ecs-agent.service": "active"}
 STOPPED = ("inactive", "failed")
 
 

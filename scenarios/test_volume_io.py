@@ -3,8 +3,8 @@ pause-volume-io), slow, or failing. And a volume that mkfs refused to format at 
 Measured on Debian bookworm (kernel 6.1, systemd 252) under TCG."""
 import pytest
 
-ALL_ACTIVE = {"format-ephemeral.service": "active", "var-lib-docker.mount": "active",
-              "docker.service": "active", "ecs-agent.service": "active"}
+from harness import ALL_ACTIVE
+
 # One O_DIRECT 4 KiB read of the raw volume, timed in the guest: a single block request.
 DIRECT_READ_MS = ("python3 -c 'import mmap,os,time; fd=os.open(\"/dev/vdb\",os.O_RDONLY|os.O_DIRECT); "
                   "b=mmap.mmap(-1,4096); t=[]\nfor i in range(8):\n s=time.monotonic(); os.preadv(fd,[b],i*(1<<20)); "

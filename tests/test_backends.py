@@ -1,5 +1,5 @@
-"""Choosing the machine (harness/backends.py), and starting and stopping libvirt's
-daemons for the Vagrant backend (harness/libvirt_daemons.py), with stand-in daemons."""
+"""Choosing the machine (harness/lab/backends.py), and starting and stopping libvirt's
+daemons for the Vagrant backend (harness/machines/libvirt_daemons.py), with stand-in daemons."""
 import os
 import subprocess
 import textwrap
@@ -7,11 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from harness import backends, libvirt_daemons, units
+from harness.lab import backends
+from harness.machines import libvirt_daemons
+from harness import units
 from harness.errors import UserError
-from harness.image import Image
-from harness.lab import Lab
-from harness.machine import Machine
+from harness.images.image import Image
+from harness.lab.lab import Lab
+from harness.machines.machine import Machine
 
 
 @pytest.fixture(autouse=True)
@@ -37,14 +39,14 @@ def test_fcos_image_comes_from_the_environment(tmp_path, monkeypatch):
 
 
 def test_machine_class_by_backend_and_guest(tmp_path, monkeypatch):
-    from harness.fcos_machine import FcosMachine
-    from harness.vagrant_machine import VagrantMachine
+    from harness.machines.fcos_machine import FcosMachine
+    from harness.machines.vagrant_machine import VagrantMachine
     image = Image(tmp_path / "image")
     variant = units.Variant()
     assert backends.machine_class("qemu", None, image, variant, tmp_path) is Machine
     assert backends.machine_class("vagrant", None, image, variant, tmp_path) is VagrantMachine
     written = {}
-    monkeypatch.setattr("harness.ignition.write", lambda v, i, out: written.setdefault("path", out))
+    monkeypatch.setattr("harness.images.ignition.write", lambda v, i, out: written.setdefault("path", out))
     factory = backends.machine_class("qemu", tmp_path / "fcos.qcow2", image, variant, tmp_path)
     machine = factory(image, tmp_path / "run", memory_mb=1024, fw_cfg={"opt/unitchaos/units.tar": tmp_path / "u"})
     assert isinstance(machine, FcosMachine)
@@ -122,7 +124,7 @@ def test_daemons_already_running_are_never_stopped(fake_libvirt):
 
 
 def test_fcos_commands_go_over_ssh_as_core_through_sudo(tmp_path, monkeypatch):
-    from harness.fcos_machine import FcosMachine
+    from harness.machines.fcos_machine import FcosMachine
     image = Image(tmp_path / "image")
     machine = FcosMachine(image, tmp_path / "run", disk=tmp_path / "fcos.qcow2", ignition_config=tmp_path / "c.ign")
     (tmp_path / "run").mkdir()
@@ -134,7 +136,7 @@ def test_fcos_commands_go_over_ssh_as_core_through_sudo(tmp_path, monkeypatch):
         seen["argv"] = argv
         return subprocess.CompletedProcess(argv, 3, "out", "err")
 
-    monkeypatch.setattr("harness.fcos_machine.subprocess.run", fake_run)
+    monkeypatch.setattr("harness.machines.fcos_machine.subprocess.run", fake_run)
     result = machine.run("systemctl is-active docker", timeout=7)
     assert (result.status, result.stdout, result.stderr) == (3, "out", "err")
     assert seen["argv"][:3] == ["ssh", "-F", str(machine.ssh_config)]

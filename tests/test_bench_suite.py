@@ -4,8 +4,8 @@ next to the figure it spoils, not raised half an hour into the run."""
 import subprocess
 import time
 
-from harness import bench
-from harness.experiments import INCIDENT_SUITE
+from harness.runs import bench
+from harness.runs.experiments import INCIDENT_SUITE
 
 FAILED = "unitchaos: the guest did not respond in time: docker run did not finish (fix: ...)"
 

@@ -1,7 +1,7 @@
 """Which options `unitchaos bench --survey --only` measures (no guest is booted here)."""
 import pytest
 
-from harness import bench
+from harness.runs import bench
 from harness.errors import UserError
 
 DEFAULT = next(iter(bench.SURVEY))

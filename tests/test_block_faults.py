@@ -1,4 +1,4 @@
-"""The volume faults in QEMU's block layer (harness/block_faults.py), against a real QEMU
+"""The volume faults in QEMU's block layer (harness/faults/block_faults.py), against a real QEMU
 that is started paused with no guest: the volume drive is set up as Machine sets it up,
 and I/O is issued with HMP's qemu-io, so the block graph surgery is checked for real in
 about a second."""
@@ -9,9 +9,11 @@ import time
 
 import pytest
 
-from harness import block_faults, faults
+from harness.faults import block_faults
+from harness import faults
 from harness.errors import UserError
-from harness.machine import Machine
+from harness.machines.machine import Machine
+from harness.waiting import Deadline
 
 pytestmark = pytest.mark.skipif(not shutil.which("qemu-system-x86_64") and os.environ.get("CI") != "true",
                                 reason="qemu-system-x86_64 not installed (apt-get install qemu-system-x86)")
@@ -35,7 +37,7 @@ def machine(request, tmp_path):
          "-drive", f"file={m.volume.path},if=none,id=volume,format=qcow2,cache=unsafe{m._node_names(m.volume)}",
          "-device", f"virtio-blk-pci,drive=volume,id={m.volume.device_id}"], stdout=out, stderr=out)
     try:
-        m.monitor.connect(time.monotonic() + 10)
+        m.monitor.connect(Deadline(10))
         yield m
     finally:
         m.monitor.close()

@@ -8,9 +8,9 @@ import time
 import pytest
 
 from harness.errors import GuestKernelPanic
-from harness.image import Image
-from harness.instance import BOOTED, BOOTS_UNDER_TCG, Instance
-from harness.machine import Machine
+from harness.images.image import Image
+from harness.lab.instance import BOOTED, BOOTS_UNDER_TCG, Instance
+from harness.machines.machine import Machine
 
 PANICKED_CONSOLE = """\
 [    4.185854] ------------[ cut here ]------------

@@ -1,4 +1,4 @@
-"""Tests for harness/chaos_api.py and harness/chaos_client.py: the SimianArmy Chaos Monkey
+"""Tests for harness/chaos/chaos_api.py and harness/chaos/chaos_client.py: the SimianArmy Chaos Monkey
 REST API over a fake backend, and the chaosmonkey-flag client against it.
 
 No VM: the backend is a fake that records what it was asked to break. Everything talks
@@ -16,8 +16,8 @@ import time
 
 import pytest
 
-from harness import chaos_api, chaos_client
-from harness.chaos_api import API_PATH, STRATEGIES, ChaosServer
+from harness.chaos import chaos_api, chaos_client
+from harness.chaos.chaos_api import API_PATH, STRATEGIES, ChaosServer
 from harness.errors import UserError
 from harness.paths import REPO
 
@@ -370,7 +370,7 @@ def test_client_bad_flags_are_one_line(capsys, argv, says):
 
 def test_client_bad_flag_in_a_subprocess_exits_2_without_traceback():
     result = subprocess.run(
-        [sys.executable, "-c", "import sys; from harness.chaos_client import main; sys.exit(main(sys.argv[1:]))",
+        [sys.executable, "-c", "import sys; from harness.chaos.chaos_client import main; sys.exit(main(sys.argv[1:]))",
          "-probability", "7"],
         cwd=REPO, capture_output=True, text=True, timeout=30)
     assert result.returncode == 2

@@ -16,8 +16,10 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from harness import cli, experiments
-from harness.image import Image
+from harness import cli, errors
+from harness.runs import experiments
+from harness.evidence.outcome import Outcome
+from harness.images.image import Image
 from harness.paths import REPO, UNITS_DIR
 
 
@@ -31,10 +33,10 @@ def hermetic(tmp_path, monkeypatch):
             raise AssertionError(f"the CLI tried to {what}")
         return fail
 
-    monkeypatch.setattr("harness.image.ensure_image", forbidden("build or look up the guest image"))
-    monkeypatch.setattr("harness.accel.choose", forbidden("choose an accelerator (a KVM probe boots QEMU)"))
-    monkeypatch.setattr("harness.accel.kvm_verdict", forbidden("probe KVM"))
-    monkeypatch.setattr("harness.machine.Machine.start", forbidden("start QEMU"))
+    monkeypatch.setattr("harness.images.image.ensure_image", forbidden("build or look up the guest image"))
+    monkeypatch.setattr("harness.machines.accel.choose", forbidden("choose an accelerator (a KVM probe boots QEMU)"))
+    monkeypatch.setattr("harness.machines.accel.kvm_verdict", forbidden("probe KVM"))
+    monkeypatch.setattr("harness.machines.machine.Machine.start", forbidden("start QEMU"))
     saved = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGHUP)}
     yield
     for sig, handler in saved.items():
@@ -115,7 +117,7 @@ def test_units_dir_lacking_units_names_them(capsys, tmp_path):
 def test_run_with_a_unit_systemd_rejects_is_one_line_and_exit_2(capsys, monkeypatch, tmp_path,
                                                                  units_with_unknown_key):
     # A cached image and a cold boot: today the units are verified only when an instance is made.
-    monkeypatch.setattr("harness.image.ensure_image", lambda *a, **k: Image(tmp_path / "image"))
+    monkeypatch.setattr("harness.images.image.ensure_image", lambda *a, **k: Image(tmp_path / "image"))
     monkeypatch.setenv("UNITCHAOS_COLD", "1")
     line = assert_one_line_error(capsys, run_cli(["run", "yank", "--units", str(units_with_unknown_key)]))
     assert "Unknown key 'Requiress'" in line
@@ -143,9 +145,57 @@ def test_module_entry_point_exits_2_without_traceback(tmp_path, argv, problem):
     assert problem in done.stderr and "fix:" in done.stderr
 
 
-def outcome(experiment: str, lies: bool, kernel_events: list[str]) -> dict:
+def failing_prune(monkeypatch, exc: Exception) -> None:
+    def raise_it(args):
+        raise exc
+    monkeypatch.setattr(cli, "cmd_prune", raise_it)
+
+
+@pytest.mark.parametrize("exc, code, said", [
+    (errors.UserError("no such thing", "use another"), 2, "unitchaos: error: no such thing (fix: use another)"),
+    (errors.GuestTimeout("'booted' did not appear"), 1, "the guest did not respond in time: 'booted' did not appear"),
+    (errors.GuestKernelPanic("Oops: int3 ... Kernel panic"), 1, "the guest kernel panicked: Oops: int3"),
+    (errors.GuestRefused("the unit chain did not come up healthy", "check the units"), 1,
+     "the guest misbehaved: the unit chain did not come up healthy (fix: check the units)"),
+    (errors.MonitorError("drive_del: Device 'volume' not found"), 1, "QEMU's monitor refused: drive_del"),
+    (RuntimeError("a bug"), 1, "internal error: RuntimeError: a bug (fix: rerun with --debug"),
+])
+def test_every_error_is_one_line_with_its_exit_code(capsys, monkeypatch, exc, code, said):
+    failing_prune(monkeypatch, exc)
+    assert run_cli(["prune"]) == code
+    out, err = capsys.readouterr()
+    assert "Traceback" not in err and err.count("\n") == 1, err
+    assert said in err
+
+
+def test_a_guest_error_names_where_its_evidence_is_kept(capsys, monkeypatch, tmp_path):
+    run_dir = tmp_path / "cache" / "runs" / "20260101-000000-1-0-warm-bindsto-xfs"
+    failing_prune(monkeypatch, errors.GuestTimeout("ecs-agent.service is inactive", evidence=run_dir))
+    assert run_cli(["prune"]) == 1
+    assert "rerun with --keep-artifacts to keep the evidence" in capsys.readouterr().err
+    kept = tmp_path / "cache" / "artifacts" / run_dir.name
+    kept.mkdir(parents=True)
+    assert run_cli(["prune"]) == 1
+    assert capsys.readouterr().err.rstrip().endswith(f"evidence: {kept}")
+
+
+def test_debug_shows_the_traceback_of_an_unexpected_error(monkeypatch):
+    failing_prune(monkeypatch, RuntimeError("a bug"))
+    with pytest.raises(RuntimeError, match="a bug"):
+        cli.main(["--debug", "prune"])
+
+
+def test_every_error_the_harness_raises_has_one_root():
+    for kind in (errors.UserError, errors.GuestError, errors.GuestTimeout, errors.GuestKernelPanic,
+                 errors.GuestCommandFailed, errors.GuestRefused, errors.MonitorError):
+        assert issubclass(kind, errors.UnitchaosError)
+    # A failed guest command is also a failed expectation in a scenario.
+    assert issubclass(errors.GuestCommandFailed, AssertionError)
+
+
+def outcome(experiment: str, lies: bool, kernel_events: list[str]) -> Outcome:
     """An outcome shaped like experiments.run()'s."""
-    return {
+    return Outcome.from_json({
         "experiment": experiment, "chain": "bindsto", "fs": "xfs",
         "fault": None if experiment == "healthy" else experiment,
         "units": {"format-ephemeral.service": "active", "var-lib-docker.mount": "active",
@@ -154,7 +204,7 @@ def outcome(experiment: str, lies: bool, kernel_events: list[str]) -> dict:
         "health_check_lies": lies, "kernel_events": kernel_events,
         "seconds": {"boot": 21.3, "fault_to_verdict": 9.6, "total": 47.4},
         "kernel": "6.1.0-27-cloud-amd64", "systemd": "systemd 252 (252.30-1~deb12u2)",
-    }
+    })
 
 
 HEALTHY = outcome("healthy", False, [])
@@ -162,7 +212,7 @@ YANK = outcome("yank", True, ["I/O error, dev vdb, sector 192 op 0x1:(WRITE) fla
                               "XFS (vdb): Filesystem has been shut down due to log error (0x2)."])
 
 
-def render(outcomes: list[dict]) -> str:
+def render(outcomes: list[Outcome]) -> str:
     console = Console(record=True, width=200, file=io.StringIO())
     console.print(cli.findings_table(outcomes))
     return console.export_text()

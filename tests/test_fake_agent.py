@@ -10,17 +10,18 @@ import re
 import shutil
 import signal
 import socket
-import socketserver
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 import urllib.parse
-from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
+from fake_docker import FakeDockerServer
+
+from harness.waiting import wait_until
 
 AGENT = Path(__file__).resolve().parents[1] / "vm" / "agent" / "fake_ecs_agent.py"
 DOCKER_TIMEOUT = 2.0
@@ -28,33 +29,12 @@ CONTAINER_ID = "c0ffee" * 10 + "abcd"
 IO_ERROR = "mkdir /var/lib/docker/overlay2/3f1c9e/merged: input/output error"
 
 
-class FakeDocker:
-    """The few Docker Engine API calls the agent makes, over a unix socket."""
+class FakeDocker(FakeDockerServer):
+    """The few Docker Engine API calls the agent makes."""
+    # mode: "ok", "fail_create", "hang" or "trickle"
 
-    def __init__(self, path):
-        self.mode = "ok"  # "ok", "fail_create", "hang" or "trickle"
-        self.calls = []  # (method, path, json body)
-        self.release = threading.Event()  # frees hung requests at teardown
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_POST(self):
-                fake.handle(self)
-
-            do_GET = do_PUT = do_DELETE = do_POST  # record every call
-
-        self.server = socketserver.ThreadingUnixStreamServer(str(path), Handler)
-        self.server.daemon_threads = True
-        threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
-
-    def handle(self, req):
-        length = int(req.headers.get("Content-Length") or 0)
-        body = json.loads(req.rfile.read(length)) if length else None
+    def respond(self, req, path, body):
         self.calls.append((req.command, req.path, body))
-        path = urllib.parse.urlsplit(req.path).path
         if self.mode == "hang":
             self.release.wait()
             return
@@ -73,26 +53,12 @@ class FakeDocker:
             return self.reply(req, 200, {"StatusCode": 0, "Error": None})
         self.reply(req, 404, {"message": f"page not found: {req.path}"})
 
-    @staticmethod
-    def reply(req, status, payload):
-        data = b"" if payload is None else json.dumps(payload).encode()
-        req.send_response(status)
-        req.send_header("Content-Type", "application/json")
-        req.send_header("Content-Length", str(len(data)))
-        req.end_headers()
-        req.wfile.write(data)
-
     def stages(self):
         names = []
         for method, path, _ in self.calls:
             path = urllib.parse.urlsplit(path).path
             names.append("delete" if method == "DELETE" else path.rsplit("/", 1)[-1])
         return names
-
-    def close(self):
-        self.release.set()
-        self.server.shutdown()
-        self.server.server_close()
 
 
 class Agent:
@@ -144,17 +110,15 @@ def start_agent():
         agent = Agent(proc, port, fake, output)
         started.append(agent)
         # The port opens just before the startup line is printed: wait for both.
-        deadline = time.monotonic() + 10
-        while True:
+        def up() -> bool:
             assert proc.poll() is None, output.read_text()
             try:
                 socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                if "listening on" in output.read_text():
-                    return agent
             except OSError:
-                pass
-            assert time.monotonic() < deadline, "agent never came up"
-            time.sleep(0.02)
+                return False
+            return "listening on" in output.read_text()
+        wait_until(up, 10, "the agent to come up", interval=0.02)
+        return agent
 
     yield start
     for agent in started:
@@ -169,11 +133,8 @@ def agent(start_agent):
     return start_agent()
 
 
-def wait_until(predicate, timeout=5.0):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.05)
+def wait_for(predicate, timeout=5.0):
+    wait_until(predicate, timeout, "the condition", interval=0.05)
 
 
 def test_metadata_reports_cluster_and_registers(agent):
@@ -182,7 +143,7 @@ def test_metadata_reports_cluster_and_registers(agent):
     assert meta["Cluster"] == "test"
     assert meta["Version"] == "Amazon ECS Agent - v1.57.0 (unitchaos)"
 
-    wait_until(lambda: agent.request("GET", "/v1/metadata")[1]["ContainerInstanceArn"])
+    wait_for(lambda: agent.request("GET", "/v1/metadata")[1]["ContainerInstanceArn"])
     arn = agent.request("GET", "/v1/metadata")[1]["ContainerInstanceArn"]
     assert re.fullmatch(r"arn:aws:ecs:us-east-1:000000000000:container-instance/test/[0-9a-f]{32}", arn)
     assert agent.request("GET", "/unitchaos/agent")[1]["registered"] is True
@@ -252,7 +213,7 @@ def test_hung_docker_times_out_with_504(agent, mode):
 def test_metadata_stays_fast_while_docker_hangs(agent):
     agent.fake.mode = "hang"
     agent.request_in_background("POST", "/v1/tasks")
-    wait_until(lambda: agent.fake.calls)
+    wait_for(lambda: agent.fake.calls)
 
     for _ in range(5):
         began = time.monotonic()
@@ -288,7 +249,7 @@ def test_sigterm_exits_cleanly(agent):
 def test_sigterm_exits_even_with_a_docker_call_hung(agent):
     agent.fake.mode = "hang"
     agent.request_in_background("POST", "/v1/tasks")
-    wait_until(lambda: agent.fake.calls)
+    wait_for(lambda: agent.fake.calls)
 
     agent.proc.send_signal(signal.SIGTERM)
     assert agent.proc.wait(timeout=DOCKER_TIMEOUT / 2) == 0

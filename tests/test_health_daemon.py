@@ -13,17 +13,18 @@ import re
 import shutil
 import signal
 import socket
-import socketserver
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from fake_docker import FakeDockerServer
+
+from harness.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 DAEMON = ROOT / "vm" / "guest" / "usr" / "local" / "sbin" / "unitchaos-health"
@@ -61,32 +62,11 @@ def free_port():
         return sock.getsockname()[1]
 
 
-class FakeDocker:
-    """Docker's /_ping and the container test's calls, over a unix socket."""
+class FakeDocker(FakeDockerServer):
+    """Docker's /_ping and the container test's calls."""
+    # mode: "ok", "hang", "error" (ping 500) or "create_fails"
 
-    def __init__(self, path):
-        self.mode = "ok"  # "ok", "hang", "error" (ping 500) or "create_fails"
-        self.calls = []  # (method, path, json body)
-        self.release = threading.Event()  # frees hung requests at teardown
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_GET(self):
-                fake.handle(self)
-
-            do_POST = do_DELETE = do_GET
-
-        self.server = socketserver.ThreadingUnixStreamServer(str(path), Handler)
-        self.server.daemon_threads = True
-        threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
-
-    def handle(self, req):
-        length = int(req.headers.get("Content-Length") or 0)
-        body = json.loads(req.rfile.read(length)) if length else None
-        path = urllib.parse.urlsplit(req.path).path
+    def respond(self, req, path, body):
         self.calls.append((req.command, path, body))
         if self.mode == "hang":
             self.release.wait()
@@ -103,23 +83,9 @@ class FakeDocker:
         else:
             self.reply(req, 204, None)
 
-    @staticmethod
-    def reply(req, status, payload):
-        data = b"" if payload is None else payload.encode() if isinstance(payload, str) \
-            else json.dumps(payload).encode()
-        req.send_response(status)
-        req.send_header("Content-Length", str(len(data)))
-        req.end_headers()
-        req.wfile.write(data)
-
     def stages(self):
         return [("delete" if m == "DELETE" else p.rsplit("/", 1)[-1]) for m, p, _ in self.calls
                 if not p.endswith("/_ping")]
-
-    def close(self):
-        self.release.set()
-        self.server.shutdown()
-        self.server.server_close()
 
 
 class FakeAgent:
@@ -178,14 +144,12 @@ class Daemon:
 
     def wait_for(self, predicate, timeout=5.0):
         """The first /health answer (status, json) for which PREDICATE holds."""
-        deadline = time.monotonic() + timeout
-        while True:
-            answer = self.health()
+        def holds(answer) -> bool:
             if predicate(*answer):
-                return answer
+                return True
             assert self.proc.poll() is None, self.output.read_text()
-            assert time.monotonic() < deadline, f"never happened; last answer {answer}"
-            time.sleep(0.05)
+            return False
+        return wait_until(self.health, timeout, "a /health answer that fits", done=holds, interval=0.05)
 
     def wait_healthy(self):
         return self.wait_for(lambda status, body: status == 200)
@@ -266,15 +230,15 @@ class Env:
                                     env={**clean, **env})
         daemon = Daemon(proc, port, output)
         self.daemons.append(daemon)
-        deadline = time.monotonic() + 10
-        while True:
+        def answers() -> bool:
             assert proc.poll() is None, output.read_text()
             try:
                 daemon.get("/health", timeout=0.5)
-                return daemon
+                return True
             except OSError:
-                assert time.monotonic() < deadline, "the daemon never answered"
-                time.sleep(0.02)
+                return False
+        wait_until(answers, 10, "the daemon to answer", interval=0.02)
+        return daemon
 
     def healthy(self, *extra):
         daemon = self.start(*extra)
@@ -469,10 +433,7 @@ def test_a_hung_probe_fails_io_without_blocking_health_or_piling_up(env):
     (child,) = children(daemon.proc.pid)
     daemon.proc.send_signal(signal.SIGTERM)
     assert daemon.proc.wait(3) == 0
-    deadline = time.monotonic() + 3
-    while alive(child):
-        assert time.monotonic() < deadline, "the stuck probe outlived the daemon"
-        time.sleep(0.05)
+    wait_until(lambda: not alive(child), 3, "the stuck probe to die with the daemon", interval=0.05)
 
 
 # -- space -----------------------------------------------------------------------------------

@@ -10,7 +10,8 @@ import tarfile
 
 import pytest
 
-from harness import ignition, units
+from harness.images import ignition
+from harness import units
 from harness.paths import VM_DIR
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOvXhHgm8wr3c2Yt6jk7dPZ3Kp2b9XgV3VJ0zOe0BTqS unitchaos"
@@ -117,12 +118,12 @@ def test_health_daemon_runs_from_the_agent_image_and_zincati_never_reboots(archi
 def test_cli_prints_a_config_ignition_accepts(tmp_path, archive, monkeypatch, capsys):
     require_ignition_validate()
     from harness import cli
-    from harness.image import Image
+    from harness.images.image import Image
     image_dir = tmp_path / "image"
     image_dir.mkdir()
     (image_dir / "id_ed25519.pub").write_text(KEY + "\n")
-    monkeypatch.setattr("harness.image.ensure_image", lambda *a, **k: Image(image_dir))
-    monkeypatch.setattr("harness.ignition.agent_archive", lambda image: archive)
+    monkeypatch.setattr("harness.images.image.ensure_image", lambda *a, **k: Image(image_dir))
+    monkeypatch.setattr("harness.images.ignition.agent_archive", lambda image: archive)
     assert cli.main(["ignition", "--chain", "bindsto", "--fs", "xfs"]) == 0
     out = capsys.readouterr().out
     path = tmp_path / "printed.ign"

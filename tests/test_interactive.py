@@ -4,15 +4,17 @@ pid whose command line names the run directory."""
 import json
 import os
 import subprocess
-import time
 import sys
 
 from pathlib import Path
 
 import pytest
 
-from harness import cli, interactive, lab as lab_mod
+from harness import cli
+from harness.runs import interactive
+from harness.lab import lab as lab_mod
 from harness.paths import runs_dir
+from harness.waiting import wait_until
 
 
 @pytest.fixture(autouse=True)
@@ -39,10 +41,8 @@ def fake_up():
         qemu = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", str(run)])
         started.append(qemu)
         # Until it has exec'd, the child's command line is pytest's: wait for its own.
-        deadline = time.monotonic() + 10
-        while str(run).encode() not in Path(f"/proc/{qemu.pid}/cmdline").read_bytes():
-            assert time.monotonic() < deadline, "the stand-in QEMU did not start"
-            time.sleep(0.01)
+        wait_until(lambda: str(run).encode() in Path(f"/proc/{qemu.pid}/cmdline").read_bytes(), 10,
+                   "the stand-in QEMU to start", interval=0.01)
         (run / "qemu.pid").write_text(str(qemu.pid))
         (run / "owner").write_text(str(qemu.pid))
         state = {"name": name, "run_dir": str(run), "pid": qemu.pid, "ports": {"22": 1, "51678": 2, "51680": 3},

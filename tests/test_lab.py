@@ -1,5 +1,5 @@
-"""Tests for the host-side housekeeping: harness/lab.py's sweep of stale run directories,
-harness/accel.py's choice of accelerator, and harness/timeouts.py's scaling."""
+"""Tests for the host-side housekeeping: harness/lab/lab.py's sweep of stale run directories,
+harness/machines/accel.py's choice of accelerator, and harness/timeouts.py's scaling."""
 import os
 import subprocess
 import sys
@@ -8,9 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from harness import accel, lab, timeouts
+from harness.machines import accel
+from harness.lab import lab
+from harness import timeouts
 from harness.errors import UserError
 from harness.paths import runs_dir
+from harness.waiting import wait_until
 
 KERNEL = Path("/nonexistent/vmlinuz")  # never read by the paths under test
 
@@ -47,10 +50,8 @@ def spawn():
 
 def wait_for_cmdline(pid: int, needle: str) -> None:
     """Right after exec, /proc/PID/cmdline can still read empty for a moment."""
-    deadline = time.monotonic() + 2
-    while needle.encode() not in Path(f"/proc/{pid}/cmdline").read_bytes():
-        assert time.monotonic() < deadline, f"process {pid}'s command line never showed {needle}"
-        time.sleep(0.005)
+    wait_until(lambda: needle.encode() in Path(f"/proc/{pid}/cmdline").read_bytes(), 2,
+               f"process {pid}'s command line to show {needle}", interval=0.005)
 
 
 def make_run(name: str, owner: int | str | None = None) -> Path:

@@ -5,9 +5,10 @@ import time
 
 import pytest
 
-from harness.autoscaling import AutoScalingGroup
+from harness.chaos.autoscaling import AutoScalingGroup
 from harness.errors import GuestTimeout, UserError
-from harness.loadbalancer import PRESETS, HealthCheck, LoadBalancer, preset
+from harness.evidence.loadbalancer import PRESETS, HealthCheck, LoadBalancer, preset
+from harness.waiting import wait_until
 
 
 def scripted(*statuses):
@@ -94,10 +95,7 @@ class FakeLab:
 
 
 def wait_for(condition, timeout=5.0):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.01)
+    wait_until(condition, timeout, "the condition", interval=0.01)
 
 
 def make_group(lab, grace_period=0.0, launch_attempts=3):

@@ -1,4 +1,4 @@
-"""Tests for harness/prune.py and `unitchaos prune`: a cache laid out as real runs leave
+"""Tests for harness/lab/prune.py and `unitchaos prune`: a cache laid out as real runs leave
 it (images, snapshots whose root disk is backed by an image, staging directories), with
 small files standing in for the big ones."""
 import fcntl
@@ -8,7 +8,9 @@ import sys
 
 import pytest
 
-from harness import accel, image, prune, snapshots
+from harness.machines import accel
+from harness.images import image
+from harness.lab import prune, snapshots
 from harness.paths import REPO
 
 

@@ -1,4 +1,4 @@
-"""Tests for harness/qmp.py's Monitor against a fake QMP server on a unix socket.
+"""Tests for harness/machines/qmp.py's Monitor against a fake QMP server on a unix socket.
 
 The fake speaks just enough QMP: the greeting, capabilities negotiation, command
 replies that echo the client's "id", errors in QEMU's shape, and events sent after
@@ -15,7 +15,9 @@ import time
 import pytest
 
 from harness.errors import GuestTimeout
-from harness.qmp import Monitor, MonitorError, event_time
+from harness.errors import MonitorError
+from harness.machines.qmp import Monitor, event_time
+from harness.waiting import Deadline
 
 GREETING = {"QMP": {"version": {"qemu": {"major": 7, "minor": 2, "micro": 0}, "package": ""},
                     "capabilities": []}}
@@ -154,7 +156,7 @@ def monitor(server):
     """A Monitor connected to a running fake server."""
     server.start()
     mon = Monitor(server.path, timeout=2.0)
-    mon.connect(time.monotonic() + 5)
+    mon.connect(Deadline(5))
     yield mon
     mon.close()
 
@@ -164,7 +166,7 @@ def test_connect_retries_until_the_socket_appears(server):
     mon = Monitor(server.path, timeout=2.0)
     started = time.monotonic()
     try:
-        mon.connect(started + 5)
+        mon.connect(Deadline(5))
         assert time.monotonic() - started >= 0.3
         assert server.received[0]["execute"] == "qmp_capabilities"
     finally:
@@ -175,7 +177,7 @@ def test_connect_gives_up_at_its_deadline(sock_path):
     mon = Monitor(sock_path)
     started = time.monotonic()
     with pytest.raises(GuestTimeout, match="did not answer") as caught:
-        mon.connect(started + 0.5)
+        mon.connect(Deadline(0.5))
     took = time.monotonic() - started
     assert 0.5 <= took < 2.0
     assert sock_path in str(caught.value)
@@ -189,7 +191,7 @@ def test_connect_gives_up_at_its_deadline_when_the_peer_never_greets(sock_path):
     def attempt():
         mon = Monitor(sock_path)
         try:
-            mon.connect(time.monotonic() + 0.5)
+            mon.connect(Deadline(0.5))
             outcome["result"] = "connected"
         except Exception as exc:  # noqa: BLE001 - any outcome is recorded and asserted below
             outcome["result"] = exc

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from harness import cli, report, timeline_svg
+from harness import cli
+from harness.evidence import report, timeline_svg
 
 RUNS = Path(__file__).parent / "fixtures" / "runs"
 SVG = "{http://www.w3.org/2000/svg}"

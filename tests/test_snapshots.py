@@ -1,4 +1,4 @@
-"""Tests for harness/snapshots.py without booting: when a saved guest is used, when it is
+"""Tests for harness/lab/snapshots.py without booting: when a saved guest is used, when it is
 made again, and what two workers or a full disk do. Snapshots here are laid out as
 _create leaves them, with real qcow2 disks on a small stand-in image."""
 import json
@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from harness import accel, image, snapshots
+from harness.machines import accel
+from harness.images import image
+from harness.lab import snapshots
 from harness.errors import GuestTimeout, UserError
 from harness.paths import REPO
 from harness.units import Variant

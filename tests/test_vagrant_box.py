@@ -8,8 +8,8 @@ import tarfile
 
 import pytest
 
-from harness import vagrant_box
-from harness.image import Image
+from harness.images import vagrant_box
+from harness.images.image import Image
 from harness.paths import REPO
 
 
@@ -66,7 +66,7 @@ def vagrant_validate(tmp_path, config: dict) -> subprocess.CompletedProcess:
 
 def test_vagrant_validates_the_description_the_backend_writes(tmp_path, image):
     require_vagrant()
-    from harness.vagrant_machine import VagrantMachine
+    from harness.machines.vagrant_machine import VagrantMachine
     (image.path / "id_ed25519").write_text("not a real key, but a file\n")
     machine = VagrantMachine(image, tmp_path / "run", fw_cfg={"opt/unitchaos/units.tar": tmp_path / "units.tar"})
     config = machine.vagrant_config("unitchaos/" + image.key)

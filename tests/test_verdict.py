@@ -1,8 +1,8 @@
-"""Tests for harness/verdict.py: what makes `unitchaos verdict` exit 1 (a check that lies,
+"""Tests for harness/runs/verdict.py: what makes `unitchaos verdict` exit 1 (a check that lies,
 a must_stop unit that keeps running, an experiment that did not finish)."""
 import pytest
 
-from harness import verdict
+from harness.runs import verdict
 from harness.errors import UserError
 
 

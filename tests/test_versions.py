@@ -1,5 +1,5 @@
-"""Tests for harness/versions.py (the matrix across releases), the releases in
-harness/image.py and the pytest plugin's --release. No guest is booted here."""
+"""Tests for harness/runs/versions.py (the matrix across releases), the releases in
+harness/images/image.py and the pytest plugin's --release. No guest is booted here."""
 import io
 import json
 import os
@@ -9,7 +9,8 @@ import shutil
 import pytest
 from rich.console import Console
 
-from harness import agent_image, image, versions
+from harness.images import agent_image, image
+from harness.runs import versions
 from harness.errors import UserError
 
 pytest_plugins = ["pytester"]

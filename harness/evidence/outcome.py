@@ -1,0 +1,161 @@
+"""What one experiment found, typed. `Outcome.to_json()` is what `unitchaos run --json`
+prints and what outcome.json holds: the same keys as ever, so the bars and users' scripts
+keep working. `Outcome.from_json()` reads it back (the report, older runs), taking a
+missing key as "not known"."""
+from dataclasses import dataclass, field, fields
+
+
+@dataclass
+class CheckVerdict:
+    """One health check under the load balancer: did it notice the fault, after how many
+    seconds (its first failed probe), and when the load balancer took the target out."""
+    detected: bool = False
+    seconds: float | None = None
+    lb_seconds: float | None = None
+    samples: int | None = None  # answers seen after the fault
+
+    @classmethod
+    def from_json(cls, data: dict) -> "CheckVerdict":
+        return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
+
+    def to_json(self) -> dict:
+        return {"detected": self.detected, "seconds": self.seconds, "lb_seconds": self.lb_seconds,
+                "samples": self.samples}
+
+
+@dataclass
+class Health:
+    """The stock check (:51678/v1/metadata) and the deep one (:51680/health), and the load
+    balancer's settings they were judged by."""
+    stock: CheckVerdict | None = None
+    deep: CheckVerdict | None = None
+    lb: dict = field(default_factory=dict)
+    others: dict[str, CheckVerdict] = field(default_factory=dict)  # a chain file's named checks
+
+    @classmethod
+    def from_json(cls, data: dict) -> "Health":
+        return cls(**{name: CheckVerdict.from_json(data[name]) for name in ("stock", "deep") if name in data},
+                   lb=data.get("lb", {}),
+                   others={name: CheckVerdict.from_json(value) for name, value in data.items()
+                           if name not in ("stock", "deep", "lb") and isinstance(value, dict)})
+
+    def named(self) -> dict[str, CheckVerdict]:
+        """Every check by name: a chain's own, then the deep check."""
+        out = {"stock": self.stock} if self.stock else {}
+        out.update(self.others)
+        return {**out, **({"deep": self.deep} if self.deep else {})}
+
+    def to_json(self) -> dict:
+        out = {name: verdict.to_json() for name, verdict in self.named().items()}
+        return {**out, "lb": self.lb} if self.lb else out
+
+
+@dataclass
+class Seconds:
+    """How long the boot (or restore), the fault to the last verdict, and the whole run took."""
+    boot: float | None = None
+    fault_to_verdict: float | None = None
+    total: float | None = None
+    vagrant_up: float | None = None  # the Vagrant backend's `vagrant up`
+
+    def to_json(self) -> dict:
+        out = {"boot": self.boot, "fault_to_verdict": self.fault_to_verdict, "total": self.total}
+        return {**out, "vagrant_up": self.vagrant_up} if self.vagrant_up is not None else out
+
+
+@dataclass
+class Outcome:
+    """One experiment's findings: what systemd, the kernel, the mount table and the health
+    checks said after the fault, with the versions and timings they depend on."""
+    experiment: str
+    chain: str
+    fs: str
+    release: str | None = None
+    chain_file: str | None = None       # the chain file's name (ecs-docker: the incident's)
+    fault: str | None = None
+    units_dir: str | None = None
+    params: dict | None = None          # the fault's parameters, when given
+    fault_detail: dict | None = None    # what the fault did and the kernel's word on it
+    health: Health = field(default_factory=Health)
+    timeline: list[dict] = field(default_factory=list)
+    badness: list[str] = field(default_factory=list)
+    units: dict[str, str] = field(default_factory=dict)
+    volume_device: str | None = None
+    mount_listed: bool = False
+    mount: str = ""
+    metadata_status: int | None = None
+    docker_dir_device: str | None = None
+    container_start_ok: bool = False
+    container_start: dict = field(default_factory=dict)
+    health_check_lies: bool = False
+    kernel_events: list[str] = field(default_factory=list)
+    kernel_lines: list[str] = field(default_factory=list)
+    guest_versions: dict[str, str] = field(default_factory=dict)  # "kernel", "systemd"
+    accel: str | None = None
+    timeout_scale: float | None = None
+    start: str | None = None            # "warm snapshot" or "cold boot"
+    backend: str | None = None
+    guest: str | None = None
+    seconds: Seconds = field(default_factory=Seconds)
+    artifacts: str | None = None        # the kept run directory
+    # A chain file's: per declared check {detected, seconds, lb_seconds, samples, now, lies};
+    # the workload (the incident's is the container start); what must_stop units did.
+    checks: dict[str, dict] = field(default_factory=dict)
+    workload_ok: bool | None = None
+    workload: dict = field(default_factory=dict)
+    workload_traffic: dict | None = None
+    must_stop: dict[str, str] = field(default_factory=dict)
+    must_stop_ok: bool = True
+    data_dir_device: str | None = None
+
+    @property
+    def is_incident(self) -> bool:
+        return self.chain_file in (None, "ecs-docker")
+
+    @property
+    def kernel(self) -> str | None:
+        return self.guest_versions.get("kernel")
+
+    @property
+    def systemd(self) -> str | None:
+        return self.guest_versions.get("systemd")
+
+    def describe(self) -> str:
+        """One line naming the experiment: "yank (bindsto, xfs)"."""
+        return f"{self.experiment} ({self.chain}, {self.fs})"
+
+    def to_json(self) -> dict:
+        """The JSON object, keys in the order `unitchaos run --json` has always printed them."""
+        out = {"experiment": self.experiment, "release": self.release, "chain_file": self.chain_file,
+               "chain": self.chain, "fs": self.fs, "fault": self.fault, "units_dir": self.units_dir}
+        if self.params:
+            out["params"] = self.params
+        if self.fault_detail is not None:
+            out["fault_detail"] = self.fault_detail
+        out.update({"health": self.health.to_json(), "timeline": self.timeline, "badness": self.badness,
+                    "units": self.units, "volume_device": self.volume_device, "mount_listed": self.mount_listed,
+                    "mount": self.mount, "metadata_status": self.metadata_status,
+                    "docker_dir_device": self.docker_dir_device, "container_start_ok": self.container_start_ok,
+                    "container_start": self.container_start, "health_check_lies": self.health_check_lies,
+                    "kernel_events": self.kernel_events, "kernel_lines": self.kernel_lines, **self.guest_versions,
+                    "accel": self.accel, "timeout_scale": self.timeout_scale, "start": self.start,
+                    "backend": self.backend, "guest": self.guest, "seconds": self.seconds.to_json(),
+                    "checks": self.checks, "workload_ok": self.workload_ok, "workload": self.workload,
+                    "workload_traffic": self.workload_traffic, "must_stop": self.must_stop,
+                    "must_stop_ok": self.must_stop_ok, "data_dir_device": self.data_dir_device})
+        if not self.is_incident:  # the agent's metadata and container start are the incident's
+            for key in ("metadata_status", "docker_dir_device", "container_start_ok", "container_start"):
+                out.pop(key)
+        if self.artifacts is not None:
+            out["artifacts"] = self.artifacts
+        return out
+
+    @classmethod
+    def from_json(cls, data: dict) -> "Outcome":
+        """An Outcome from its JSON object; keys it lacks keep their defaults."""
+        simple = {f.name for f in fields(cls)} - {"health", "seconds", "guest_versions"}
+        return cls(**{name: data[name] for name in simple if name in data},
+                   health=Health.from_json(data.get("health", {})),
+                   seconds=Seconds(**{k: v for k, v in data.get("seconds", {}).items()
+                                      if k in {f.name for f in fields(Seconds)}}),
+                   guest_versions={key: data[key] for key in ("kernel", "systemd") if key in data})

@@ -1,0 +1,228 @@
+"""Ways to break the volume: through the QEMU monitor (what the hypervisor does to a
+disk) and inside the guest (what an operator or a script does).
+
+A fault acts on a Machine and knows nothing of experiments or pytest. Each one says
+what to wait for afterwards, so that an experiment can give its verdict at the right
+moment rather than after a fixed sleep.
+"""
+from dataclasses import dataclass, field
+from typing import Callable
+
+from . import block_faults
+from ..errors import GuestRefused, MonitorError, UserError
+from ..machines.machine import Machine
+
+# Commands name the chain's volume by these words, filled in from the machine at run time.
+MOUNT_POINT, MOUNT_UNIT = "{mount_point}", "{mount_unit}"
+
+
+def for_volume(command: str, machine: Machine) -> str:
+    return command.replace(MOUNT_POINT, machine.mount_point).replace(MOUNT_UNIT, machine.mount_unit)
+
+
+@dataclass(frozen=True)
+class Fault:
+    name: str
+    summary: str
+    where: str                      # "qemu" or "guest"
+    action: Callable[[Machine], dict]
+    # Kernel words that show the fault has landed, by filesystem (regular expressions).
+    kernel_word: dict[str, str] = field(default_factory=dict)
+    heal_action: Callable[[Machine], dict] | None = None
+    # Parameters the action takes (name -> default), set with KEY=VALUE on the CLI.
+    params: dict[str, object] = field(default_factory=dict)
+
+    def inject(self, machine: Machine, **params) -> dict:
+        """Breaks MACHINE; returns what was done (commands, QMP events) for the record."""
+        return self.action(machine, **params)
+
+    def parse_params(self, pairs: list[str]) -> dict:
+        """KEY=VALUE strings, checked against this fault's parameters and typed like their defaults."""
+        parsed = {}
+        for pair in pairs:
+            key, sep, value = pair.partition("=")
+            if not sep or key not in self.params:
+                known = ", ".join(f"{name}={default}" for name, default in self.params.items()) or "none"
+                raise UserError(f"{self.name} has no parameter {pair!r}", f"its parameters: {known}")
+            kind = type(self.params[key])
+            try:
+                parsed[key] = kind(value)
+            except ValueError:
+                what = {int: "a whole number", float: "a number"}.get(kind, "a word")
+                raise UserError(f"{self.name} {key}={value!r} is not {what}",
+                                f"give {key} like its default, {self.params[key]}") from None
+        return parsed
+
+    def heal(self, machine: Machine) -> dict:
+        if self.heal_action is None:
+            raise UserError(f"{self.name} cannot be healed", "start a new instance instead")
+        return self.heal_action(machine)
+
+
+def guest_command(command: str, timeout: float = 120) -> Callable[[Machine], dict]:
+    """A fault (or its heal) that is one shell command in the guest; it must succeed."""
+    def act(machine: Machine) -> dict:
+        result = machine.run(for_volume(command, machine), timeout=timeout)
+        if not result.ok:
+            raise GuestRefused(f"the guest refused: {command!r} exited {result.status}: "
+                            f"{(result.stderr or result.stdout).strip().splitlines()[-1:] or ''}",
+                               "check that the instance is in the state this fault needs", machine.run_dir)
+        return {"command": command, "status": result.status, "stdout": result.stdout.strip()[-500:]}
+    return act
+
+
+def _unplug(machine: Machine) -> dict:
+    # ACPI hot-unplug: the guest is asked to let go of the disk, then it is gone.
+    device = machine.volume.device_id
+    try:
+        machine.monitor.command("device_del", id=device)
+    except MonitorError as exc:
+        raise UserError(f"unplug does not apply: {exc}", "inject it on a guest that still has its volume") from None
+    event = machine.monitor.wait_for_event("DEVICE_DELETED", timeout=30, match={"device": device})
+    return {"qmp": f"device_del id={device}", "event": event}
+
+
+def _yank(machine: Machine) -> dict:
+    # drive_del removes the backend but leaves the virtio device: every later I/O gets
+    # EIO, as on a force-detached EBS volume whose Xen front end would not let go.
+    try:
+        done = machine.remove_volume_backend()
+    except MonitorError as exc:
+        raise UserError(f"yank does not apply: {exc}", "inject it on a guest that still has its volume") from None
+    # Nothing notices until something writes back; Docker would, sooner or later.
+    write = machine.run(f"dd if=/dev/zero of={machine.mount_point}/.unitchaos-writeback bs=4k count=1 conv=fsync",
+                        timeout=60)
+    return {**done, "writeback": {"status": write.status, "stderr": write.stderr.strip()}}
+
+
+def _umount(machine: Machine) -> dict:
+    # A plain umount fails ("target is busy") while dockerd holds files there; the lazy
+    # one takes the mount away behind systemd's back, as the incident's operator did.
+    result = machine.run(f"umount {machine.mount_point} || umount -l {machine.mount_point}", timeout=30)
+    return {"command": result.command, "status": result.status, "stderr": result.stderr.strip()}
+
+
+def _stop_mount(machine: Machine) -> dict:
+    result = machine.run(f"systemctl stop {machine.mount_unit}", timeout=120)
+    return {"command": result.command, "status": result.status, "stderr": result.stderr.strip()}
+
+
+def _exhaust_inodes(machine: Machine) -> dict:
+    # Many empty files until the filesystem says ENOSPC (or a time limit: XFS allocates
+    # inodes as it goes, so it runs out of blocks long after ext4 runs out of inodes).
+    script = (f"mkdir -p {MOUNT_POINT}/.unitchaos-inodes && cd {MOUNT_POINT}/.unitchaos-inodes && "
+              "python3 - <<'EOF'\n"
+              "import errno, os, time\n"
+              "made, started, error = 0, time.monotonic(), 'time-limit'\n"
+              "while time.monotonic() - started < 90:\n"
+              "    try:\n"
+              "        for _ in range(1000):\n"
+              "            os.close(os.open(str(made), os.O_CREAT | os.O_WRONLY)); made += 1\n"
+              "    except OSError as exc:\n"
+              "        error = errno.errorcode.get(exc.errno, str(exc.errno)); break\n"
+              "print(made, error)\n"
+              "EOF\n"
+              f"df --output=iused,iavail,avail -B1 {MOUNT_POINT} | tail -1")
+    result = machine.run(for_volume(script, machine), timeout=150)
+    lines = result.stdout.split("\n")
+    made, error = (lines[0].split() + ["?", "?"])[:2]
+    return {"files_created": made, "stopped_by": error, "df_iused_iavail_avail": lines[1].strip() if len(lines) > 1 else ""}
+
+
+def _shutdown(machine: Machine) -> dict:
+    # Terminating an instance: QEMU quits at once, as if the hypervisor pulled the plug.
+    machine.monitor.command("quit")
+    machine.process.wait(timeout=30)
+    return {"qmp": "quit"}
+
+
+XFS_SHUTDOWN = r"XFS \(vdb\):.*(Shutting down filesystem|Filesystem has been shut down)"
+# SimianArmy's chaos types act on the instance; where it edits a security group or an EC2
+# API, the lab does the same thing inside the guest (or through QEMU for the network link).
+_BURN = "systemd-run --unit chaos-{name} --collect sh -c {script}"
+FAULTS = {fault.name: fault for fault in [
+    Fault("unplug", "hot-unplug the volume (QMP device_del): the guest sees the disk removed", "qemu",
+          _unplug, {"xfs": r"XFS \(vdb\)", "ext4": r"vdb"}),
+    Fault("yank", "remove the volume's backend (drive_del): the disk stays, every I/O fails with EIO",
+          "qemu", _yank, {"xfs": XFS_SHUTDOWN, "ext4": r"(Buffer I/O error on dev vdb|JBD2|EXT4-fs error)"}),
+    Fault("pause-io", "stall every volume I/O, no errors (AWS FIS pause-volume-io), until healed or for "
+          "duration seconds", "qemu", block_faults.pause_io, heal_action=block_faults.resume_io,
+          params={"duration": 0.0}),
+    Fault("io-latency", "slow every volume I/O to one request per ms milliseconds (QEMU I/O throttling)",
+          "qemu", block_faults.io_latency, heal_action=block_faults.resume_io, params={"ms": 100}),
+    Fault("io-error", "fail the volume's writes (op=read|all: reads too) with EIO, after the first `after` "
+          "writes (blkdebug under the qcow2 node)", "qemu", block_faults.io_error,
+          {"xfs": XFS_SHUTDOWN, "ext4": r"(Buffer I/O error on dev vdb|JBD2|EXT4-fs error|Aborting journal)"},
+          heal_action=block_faults.clear_io_error, params={"after": 0, "op": "write", "errno": "EIO"}),
+    Fault("umount", "unmount the chain's volume behind systemd's back (lazily if busy)", "guest", _umount),
+    Fault("stop-mount", "systemctl stop the volume's .mount unit", "guest", _stop_mount),
+    Fault("shutdown", "terminate the instance (QMP quit), as SimianArmy's ShutdownInstance", "qemu", _shutdown),
+    Fault("xfs-shutdown", "shut the volume's filesystem down on purpose (xfs_io -x -c shutdown; ext4 too)",
+          "guest", guest_command(f"xfs_io -x -c shutdown {MOUNT_POINT}"),
+          {"xfs": r"XFS \(vdb\):.*(User initiated shutdown|shut down)", "ext4": r"EXT4-fs \(vdb\): shut down"}),
+    Fault("fill-volume", "fill the volume to the last block (fallocate)", "guest",
+          # fallocate takes the bulk at once; dd then takes the last blocks fallocate leaves.
+          guest_command(f"fallocate -l $(( $(df --output=avail -B1 {MOUNT_POINT} | tail -1) - (16 << 20) ))"
+                        f" {MOUNT_POINT}/.unitchaos-fill;"
+                        f" dd if=/dev/zero of={MOUNT_POINT}/.unitchaos-fill2 bs=64k 2>/dev/null || true;"
+                        f" df --output=avail -B1 {MOUNT_POINT} | tail -1"),
+          heal_action=guest_command(f"rm -f {MOUNT_POINT}/.unitchaos-fill {MOUNT_POINT}/.unitchaos-fill2")),
+    Fault("exhaust-inodes", "create empty files on the volume until it says ENOSPC", "guest", _exhaust_inodes,
+          heal_action=guest_command(f"rm -rf {MOUNT_POINT}/.unitchaos-inodes", timeout=300)),
+    Fault("hang-docker", "freeze dockerd (SIGSTOP): the socket accepts, nothing answers", "guest",
+          guest_command("kill -STOP $(pidof dockerd)"), heal_action=guest_command("kill -CONT $(pidof dockerd)")),
+    Fault("agent-disconnect", "the agent drops its control-plane connection; metadata still answers 200",
+          "guest", guest_command("curl -sf -XPOST http://127.0.0.1:51678/unitchaos/disconnect"),
+          heal_action=guest_command("curl -sf -XPOST http://127.0.0.1:51678/unitchaos/connect")),
+    Fault("link-down", "take the instance's network link down (QMP set_link): it drops off the network",
+          "qemu", lambda m: {"qmp": m.monitor.command("set_link", name="net0", up=False) or "set_link net0 off"},
+          heal_action=lambda m: {"qmp": m.monitor.command("set_link", name="net0", up=True) or "set_link net0 on"}),
+    Fault("burn-cpu", "keep every CPU busy (SimianArmy BurnCpu)", "guest",
+          guest_command("for i in $(seq $(nproc)); do "
+                        + _BURN.format(name="burncpu-$i", script="'while :; do :; done'") + " >/dev/null; done"),
+          heal_action=guest_command("systemctl stop 'chaos-burncpu-*'")),
+    Fault("burn-io", "write random data to the root disk in a loop (SimianArmy BurnIo)", "guest",
+          guest_command(_BURN.format(name="burnio", script="'while :; do dd if=/dev/urandom of=/var/tmp/burn "
+                                     "bs=1M count=128 iflag=fullblock conv=fsync 2>/dev/null; done'")),
+          heal_action=guest_command("systemctl stop chaos-burnio; rm -f /var/tmp/burn")),
+    Fault("fill-root", "fill the root disk (SimianArmy FillDisk)", "guest",
+          guest_command("fallocate -l $(df --output=avail -B1 / | tail -1) /var/tmp/unitchaos-fill || true"),
+          heal_action=guest_command("rm -f /var/tmp/unitchaos-fill")),
+    Fault("kill-processes", "kill every java and python process each second (SimianArmy KillProcesses), "
+          "sparing the harness's own command port", "guest",
+          guest_command(_BURN.format(name="killprocesses", script="'while :; do for p in $(pgrep -f \"java|python\"); do "
+                                     "[ $p = $(systemctl show -p MainPID --value unitchaos-cmdd) ] || kill -9 $p; "
+                                     "done; sleep 1; done'")),
+          heal_action=guest_command("systemctl stop chaos-killprocesses")),
+    Fault("null-route", "blackhole 10.0.0.0/8 (SimianArmy NullRoute)", "guest",
+          guest_command("ip route add blackhole 10.0.0.0/8"), heal_action=guest_command("ip route del blackhole 10.0.0.0/8")),
+    Fault("fail-dns", "drop DNS traffic, port 53 (SimianArmy FailDns)", "guest",
+          guest_command("iptables -I OUTPUT -p udp --dport 53 -j DROP && iptables -I OUTPUT -p tcp --dport 53 -j DROP"),
+          heal_action=guest_command("iptables -D OUTPUT -p udp --dport 53 -j DROP; iptables -D OUTPUT -p tcp --dport 53 -j DROP")),
+    *[Fault(f"fail-{service}", f"point the {service.upper()} endpoints at 127.0.0.1 in /etc/hosts (SimianArmy)",
+            "guest", guest_command(f"printf '127.0.0.1 {hosts}  # unitchaos-fail-{service}\\n' >> /etc/hosts"),
+            heal_action=guest_command(f"sed -i '/unitchaos-fail-{service}/d' /etc/hosts"))
+      for service, hosts in [("ec2", "ec2.amazonaws.com ec2.us-east-1.amazonaws.com"),
+                             ("s3", "s3.amazonaws.com s3.us-east-1.amazonaws.com"),
+                             ("dynamodb", "dynamodb.us-east-1.amazonaws.com")]],
+    *[Fault(f"network-{kind}", f"netem {netem} on the guest's link (SimianArmy Network{kind.title()})", "guest",
+            guest_command(f"tc qdisc add dev eth0 root netem {netem}"), heal_action=guest_command("tc qdisc del dev eth0 root"))
+      for kind, netem in [("corruption", "corrupt 5%"), ("latency", "delay 1000ms 500ms"), ("loss", "loss 7% 25%")]],
+]}
+
+# The 15 SimianArmy chaos types, by the fault that does the same in the lab. DetachVolumes
+# is a yank by default: what the incident's Xen instance saw.
+STRATEGIES = {
+    "ShutdownInstance": "shutdown", "BlockAllNetworkTraffic": "link-down", "DetachVolumes": "yank",
+    "BurnCpu": "burn-cpu", "BurnIo": "burn-io", "KillProcesses": "kill-processes", "NullRoute": "null-route",
+    "FailEc2": "fail-ec2", "FailDns": "fail-dns", "FailDynamoDb": "fail-dynamodb", "FailS3": "fail-s3",
+    "FillDisk": "fill-root", "NetworkCorruption": "network-corruption", "NetworkLatency": "network-latency",
+    "NetworkLoss": "network-loss",
+}
+
+
+def get(name: str) -> Fault:
+    try:
+        return FAULTS[name]
+    except KeyError:
+        raise UserError(f"unknown fault {name!r}", f"use one of: {', '.join(FAULTS)}") from None

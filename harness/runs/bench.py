@@ -1,0 +1,207 @@
+"""`unitchaos bench`: what a warm snapshot buys, measured in one run on this machine.
+
+Figures (medians, with min and max): image lookup from cache, cold boot to healthy,
+snapshot restore to healthy and the ratio; each incident experiment's wall time cold and
+warm; the whole incident suite cold and warm, serial and in parallel. Each experiment
+in a suite run is a separate `unitchaos run --json` process, as a user would run it.
+"""
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from ..images import image
+from .. import progress, units
+from ..lab import snapshots
+from ..capacity import max_parallel_vms
+from .experiments import INCIDENT_SUITE
+from ..errors import GuestError, UserError
+from ..lab.lab import Lab
+
+
+def summary(samples: list[float]) -> dict:
+    return {"median": round(statistics.median(samples), 3), "min": round(min(samples), 3),
+            "max": round(max(samples), 3), "runs": len(samples)}
+
+
+def measure_image_cached(runs: int) -> list[float]:
+    image.ensure_image()
+    samples = []
+    for _ in range(runs):
+        started = time.monotonic()
+        image.ensure_image()
+        samples.append(time.monotonic() - started)
+    return samples
+
+
+def measure_start(lab: Lab, cold: bool, runs: int) -> list[float]:
+    """Seconds from nothing running to healthy: units active, metadata 200, commands answered."""
+    if not cold:
+        snapshots.ensure(lab, units.Variant())  # Made once, outside the measurement.
+    samples = []
+    for _ in range(runs):
+        started = time.monotonic()
+        instance = lab.instance(cold=cold)
+        instance.require_healthy()
+        samples.append(time.monotonic() - started)
+        lab.release_instance(instance)
+    return samples
+
+
+def run_suite(cold: bool, workers: int) -> tuple[float, dict[str, float], dict[str, str]]:
+    """Wall time of the whole incident suite, each experiment's own wall time, and why any
+    experiment failed (a figure with a failure in it is reported as such, not dropped)."""
+    def one(row):
+        name, chain, fs = row
+        argv = [sys.executable, "-m", "harness", "run", name, "--chain", chain, "--fs", fs, "--json"]
+        started = time.monotonic()
+        done = subprocess.run(argv + (["--cold"] if cold else []), capture_output=True, text=True)
+        error = None
+        if done.returncode != 0:
+            error = (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1][:300]
+        return f"{name}/{chain}/{fs}", time.monotonic() - started, error
+
+    started = time.monotonic()
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        results = list(pool.map(one, INCIDENT_SUITE))
+    return (time.monotonic() - started, {name: seconds for name, seconds, _ in results},
+            {name: error for name, _, error in results if error})
+
+
+def run(runs: int = 3, workers: int | None = None, suites: bool = True) -> dict:
+    workers = workers or max_parallel_vms()
+    figures: dict = {"machine": _machine()}
+    with progress.step("bench: image lookup from cache"):
+        figures["image_cached_s"] = summary(measure_image_cached(max(runs, 5)))
+    with Lab() as lab:
+        with progress.step(f"bench: restore from snapshot to healthy x{max(runs, 5)}"):
+            restore = measure_start(lab, cold=False, runs=max(runs, 5))
+        with progress.step(f"bench: cold boot to healthy x{runs}"):
+            cold = measure_start(lab, cold=True, runs=runs)
+    figures["cold_boot"] = summary(cold)
+    figures["restore"] = summary(restore)
+    figures["cold_boot_s"] = figures["cold_boot"]["median"]
+    figures["restore_s"] = figures["restore"]["median"]
+    figures["restore_speedup"] = round(figures["cold_boot_s"] / figures["restore_s"], 1)
+    if not suites:
+        return figures
+    with progress.step("bench: warm snapshots of the incident suite's variants"), Lab() as lab:
+        # Made here, so that the warm suite measures restores, not the first cold boots.
+        for chain, fs in dict.fromkeys((chain, fs) for _, chain, fs in INCIDENT_SUITE):
+            snapshots.ensure(lab, units.Variant(chain=chain, fs=fs))
+    suite_runs = {}
+    for cold_run in (False, True):
+        for parallel in (1, workers):
+            label = f"{'cold' if cold_run else 'warm'}_{'serial' if parallel == 1 else f'parallel_{parallel}'}"
+            with progress.step(f"bench: incident suite, {label}"):
+                suite_runs[label] = run_suite(cold_run, parallel)
+    figures["suite_s"] = {label: round(wall, 1) for label, (wall, _, _) in suite_runs.items()}
+    figures["suite_failures"] = {label: failed for label, (_, _, failed) in suite_runs.items() if failed}
+    figures["experiment_s"] = {
+        name: {"cold": round(suite_runs["cold_serial"][1][name], 1), "warm": round(suite_runs["warm_serial"][1][name], 1)}
+        for name in suite_runs["warm_serial"][1]}
+    figures["suite_speedup_warm_vs_cold_serial"] = round(
+        figures["suite_s"]["cold_serial"] / figures["suite_s"]["warm_serial"], 1)
+    return figures
+
+
+# Cold-boot options measured by `bench --survey`: each changes one thing from the default,
+# but the last, which stacks the small wins to see whether they add up.
+SURVEY = {
+    "default (-smp 2, -cpu qemu64, tcg multi-thread)": {},
+    "-smp 1": {"cpus": 1},
+    "tcg single-thread": {"tcg_threads": "single"},
+    "-cpu max": {"cpu_model": "max"},
+    # Plain `quiet` hides the notice-level line the harness waits for: keep notices.
+    "kernel: quiet loglevel=5": {"kernel_args": "+quiet loglevel=5"},
+    "kernel: mitigations=off": {"kernel_args": "+mitigations=off"},
+    "kernel: systemd.show_status=0": {"kernel_args": "+systemd.show_status=0"},
+    "kernel: mitigations=off systemd.show_status=0": {"kernel_args": "+mitigations=off systemd.show_status=0"},
+}
+
+
+def survey_options(only: list[str] | None = None) -> dict[str, dict]:
+    """The SURVEY options whose label contains one of ONLY (all without), always with the
+    default first: every figure is a ratio to it."""
+    default = next(iter(SURVEY))
+    chosen = {label: changes for label, changes in SURVEY.items()
+              if label == default or not only or any(word in label for word in only)}
+    if only and len(chosen) == 1:
+        raise UserError(f"no survey option matches {', '.join(only)}",
+                        f"choose among: {'; '.join(list(SURVEY)[1:])}")
+    return chosen
+
+
+def survey(runs: int = 3, only: list[str] | None = None) -> dict:
+    """Cold boot to healthy under each SURVEY option, RUNS times each, interleaved so that
+    a change in the host's load touches every option alike."""
+    options = survey_options(only)
+    samples: dict[str, list[float]] = {label: [] for label in options}
+    failures: dict[str, str] = {}
+    with Lab() as lab:
+        for round_ in range(runs):
+            for label, changes in options.items():
+                with progress.step(f"bench survey {round_ + 1}/{runs}: {label}"):
+                    instance = lab.new_instance(units.Variant(), "survey")
+                    for key, value in changes.items():
+                        if key == "kernel_args":
+                            value = f"{instance.machine.kernel_args} {value.lstrip('+')}"
+                        setattr(instance.machine, key, value)
+                    started = time.monotonic()
+                    try:
+                        instance.boot()
+                        instance.require_healthy()
+                        samples[label].append(time.monotonic() - started)
+                    except (GuestError, UserError) as exc:
+                        failures[label] = str(exc).splitlines()[0][:200]  # an option that breaks boot is a finding
+                    finally:
+                        lab.release_instance(instance)
+    base = statistics.median(samples[next(iter(options))])
+    return {"machine": _machine(), "failed": failures, "cold_boot_by_option": {
+        label: {**summary(values), "vs_default": round(statistics.median(values) / base, 3)}
+        for label, values in samples.items() if values}}
+
+
+def render_survey(figures: dict) -> str:
+    m = figures["machine"]
+    out = [f"unitchaos bench --survey on {m['cores']} cores, {m['qemu']}, accel {m['accel']}: cold boot to healthy"]
+    for label, s in figures["cold_boot_by_option"].items():
+        out.append(f"  {label:<46} {s['median']:>7.2f} s (min {s['min']:.2f}, max {s['max']:.2f}, "
+                   f"{s['runs']} runs)  {s['vs_default']:.2f}x default")
+    for label, reason in figures.get("failed", {}).items():
+        out.append(f"  {label:<46} failed: {reason}")
+    return "\n".join(out)
+
+
+def _machine() -> dict:
+    import os
+    from ..machines import accel
+    built = image.ensure_image()
+    return {"cores": os.cpu_count(), "qemu": accel.qemu_version(), "accel": accel.choose(built.kernel),
+            "kernel": built.manifest.get("kernel"), "systemd": built.manifest.get("systemd")}
+
+
+def render(figures: dict) -> str:
+    def line(label, s):
+        return f"  {label:<34} {s['median']:>8.2f} s   (min {s['min']:.2f}, max {s['max']:.2f}, {s['runs']} runs)"
+    m = figures["machine"]
+    out = [f"unitchaos bench on {m['cores']} cores, {m['qemu']}, accel {m['accel']}, "
+           f"guest kernel {m['kernel']}",
+           line("image lookup from cache", figures["image_cached_s"]),
+           line("cold boot to healthy", figures["cold_boot"]),
+           line("snapshot restore to healthy", figures["restore"]),
+           f"  {'restore speedup (cold / restore)':<34} {figures['restore_speedup']:>8.1f} x"]
+    if "suite_s" not in figures:
+        return "\n".join(out)
+    out.append("  incident experiments, wall time (cold / warm):")
+    for name, pair in figures["experiment_s"].items():
+        out.append(f"    {name:<32} {pair['cold']:>6.1f} s / {pair['warm']:>5.1f} s")
+    out.append("  whole incident suite:")
+    for label, seconds in figures["suite_s"].items():
+        failed = figures.get("suite_failures", {}).get(label, {})
+        out.append(f"    {label:<32} {seconds:>6.1f} s" + (f"   ({len(failed)} failed, below)" if failed else ""))
+    for label, failed in figures.get("suite_failures", {}).items():
+        out += [f"    failed in {label}: {name}: {error}" for name, error in failed.items()]
+    out.append(f"  {'suite speedup (cold / warm serial)':<34} {figures['suite_speedup_warm_vs_cold_serial']:>8.1f} x")
+    return "\n".join(out)
