@@ -11,7 +11,7 @@ from rich.table import Table
 
 from .machines import host
 from .lab import backends, prune, snapshots
-from .runs import bench, interactive, experiments, versions
+from .runs import bench, interactive, experiments, verdict, versions
 from .chaos import aws_api, chaos_api, chaos_client, groups
 from . import faults, progress, units
 from .evidence import findings, report, timeline
@@ -28,6 +28,10 @@ console = Console(width=None if sys.stdout.isatty() else 160)
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
+    if not hasattr(args, "chain_file"):
+        # Commands that run only the incident's chain: its dependency and filesystem by default.
+        args.chain = getattr(args, "chain", None) or "bindsto"
+        args.fs = getattr(args, "fs", None) or "xfs"
     # A killed CLI (SIGTERM from CI, a closed terminal) unwinds like Ctrl-C: VMs are torn down.
     signal.signal(signal.SIGTERM, _raise_interrupt)
     signal.signal(signal.SIGHUP, _raise_interrupt)
@@ -98,6 +102,7 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run one experiment and print its outcome")
     run.add_argument("experiment", help=f"one of: {', '.join(experiments.EXPERIMENTS)}")
     _variant_options(run)
+    _chain_file_option(run)
     run.add_argument("--param", "-p", action="append", default=[], metavar="KEY=VALUE",
                      help="a fault parameter, e.g. ms=250 for io-latency, after=100 for io-error, "
                      "duration=20 for pause-io (repeatable)")
@@ -141,11 +146,24 @@ def _parser() -> argparse.ArgumentParser:
     matrix.add_argument("faults", nargs="*", help="faults to run (default: all)")
     matrix.add_argument("--json", action="store_true")
     _variant_options(matrix)
+    _chain_file_option(matrix)
     _start_options(matrix)
     _keep_options(matrix)
     _backend_options(matrix)
     _release_option(matrix)
     matrix.set_defaults(func=cmd_matrix)
+
+    verdict_cmd = sub.add_parser("verdict", help="per volume fault: did systemd stop the must_stop units, did each "
+                                 "check notice, did the workload fail; exit 1 if a check lies or a unit keeps running")
+    verdict_cmd.add_argument("faults", nargs="*", metavar="FAULT",
+                             help=f"faults to run (default: every volume fault: {', '.join(verdict.VOLUME_FAULTS)})")
+    verdict_cmd.add_argument("--json", action="store_true", help="print the verdict as one JSON object")
+    _chain_file_option(verdict_cmd)
+    _start_options(verdict_cmd)
+    _keep_options(verdict_cmd)
+    _backend_options(verdict_cmd)
+    _release_option(verdict_cmd)
+    verdict_cmd.set_defaults(func=cmd_verdict, chain=None, fs=None, units=None)
 
     report_cmd = sub.add_parser("report", help="an HTML report of kept runs: findings, timelines, artifacts")
     report_cmd.add_argument("run_dirs", nargs="*", metavar="RUN_DIR", type=Path,
@@ -226,10 +244,17 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _variant_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--chain", default="bindsto", help="how the agent depends on the mount: "
-                        f"{' or '.join(units.CHAINS)} (default bindsto)")
-    parser.add_argument("--fs", default="xfs", help=f"the volume's filesystem: {' or '.join(units.FILESYSTEMS)}")
-    parser.add_argument("--units", default=None, help="a directory of your own unit files (default: vm/units)")
+    parser.add_argument("--chain", default=None, help="how the service depends on the mount: "
+                        f"{' or '.join(units.CHAINS)} (default: the chain file's, bindsto for the incident)")
+    parser.add_argument("--fs", default=None, help=f"the volume's filesystem: {' or '.join(units.FILESYSTEMS)} "
+                        "(default: the chain file's, xfs for the incident)")
+    parser.add_argument("--units", default=None, help="a directory of your own unit files (default: the chain file's)")
+
+
+def _chain_file_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--chain-file", default=None, metavar="FILE",
+                        help=f"the chain to run (TOML; default: ${units.chainfile.ENV}, else ./unitchaos.toml, "
+                             "else chains/ecs-docker.toml, the incident's)")
 
 
 def _release_option(parser: argparse.ArgumentParser) -> None:
@@ -238,8 +263,12 @@ def _release_option(parser: argparse.ArgumentParser) -> None:
 
 
 def _check_units(args) -> None:
-    """Bad unit files (or chain, or fs) fail here, before any image or VM work."""
-    units.check(units.Variant(chain=args.chain, fs=args.fs, **({"units_dir": Path(args.units)} if args.units else {})))
+    """Bad chain files, unit files, chain or fs fail here, before any image or VM work.
+    Commands without --chain-file run the incident's chain."""
+    chain = units.load_chain(args.chain_file) if hasattr(args, "chain_file") else units.incident()
+    args.chain_spec = chain
+    units.check(units.Variant(chain=args.chain or chain.dependency, fs=args.fs or chain.fs, spec=chain,
+                              **({"units_dir": Path(args.units)} if args.units else {})))
 
 
 def _name_option(parser: argparse.ArgumentParser) -> None:
@@ -316,7 +345,8 @@ def _backend_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _lab(args, **options) -> Lab:
-    return Lab(release=args.release, cold=args.cold or None, backend=args.backend, guest=args.guest, fcos_image=args.image, **options)
+    return Lab(release=args.release, cold=args.cold or None, backend=args.backend, guest=args.guest, fcos_image=args.image,
+               chain=getattr(args, "chain_spec", None), **options)
 
 
 def _start_options(parser: argparse.ArgumentParser) -> None:
@@ -378,13 +408,18 @@ def cmd_matrix(args) -> int:
     if args.json:
         print(json.dumps([out.to_json() for out in outcomes], indent=2))
         return 0
-    table = Table("fault", "stock check", "stock s", "stock LB s", "deep check", "deep s", "deep LB s",
-                  "containers start", title=f"Which health check notices what ({args.chain}, {args.fs}; "
-                  "LB: ALB thresholds, 1 s interval)")
+    names = list(outcomes[0].health.named()) if outcomes else ["stock", "deep"]
+    first = outcomes[0] if outcomes else Outcome("none", args.chain, args.fs, chain_file="ecs-docker")
+    table = Table("fault", *[f"{name}{suffix}" for name in names for suffix in ("", " s", " LB s")],
+                  "workload", title=f"Which health check notices what ({first.chain_file}: {first.chain}, "
+                  f"{first.fs}; LB: ALB thresholds, 1 s interval)")
     for out in outcomes:
-        stock, deep = out.health.stock, out.health.deep
-        table.add_row(out.experiment, _detected(stock), _secs(stock.seconds), _secs(stock.lb_seconds),
-                      _detected(deep), _secs(deep.seconds), _secs(deep.lb_seconds), findings.yes(out.container_start_ok))
+        cells = []
+        for name in names:
+            check = out.health.named()[name]
+            lies = out.checks.get(name, {}).get("lies")
+            cells += ["[red]LIES[/red]" if lies else _detected(check), _secs(check.seconds), _secs(check.lb_seconds)]
+        table.add_row(out.experiment, *cells, findings.yes(out.workload_ok))
     console.print(table)
     console.print(f"guest kernel {outcomes[0].kernel}, {outcomes[0].systemd}" if outcomes else "")
     return 0
@@ -396,6 +431,42 @@ def _detected(check: CheckVerdict) -> str:
 
 def _secs(value) -> str:
     return "-" if value is None else f"{value:.1f}"
+
+
+def cmd_verdict(args) -> int:
+    names = verdict.check_faults(args.faults)
+    image.check_release(args.release)
+    _check_units(args)
+    _check_report_path(args.report)
+    with _lab(args, keep=args.keep_artifacts or args.report is not None) as lab:
+        verdicts = verdict.run(lab, names)
+    failed = any(v.failed for v in verdicts)
+    if args.json:
+        print(json.dumps(verdict.as_json(lab, verdicts), indent=2))
+        return 1 if failed else 0
+    checks = list(dict.fromkeys(c.name for v in verdicts for c in v.checks))
+    table = Table("fault", "must_stop stopped", *checks, "workload", "kernel said", "verdict",
+                  title=f"unitchaos verdict: {args.chain_spec.name} ({args.chain_spec.source.name}); "
+                        "LB: ALB thresholds, 1 s interval")
+    for v in verdicts:
+        if v.error:
+            table.add_row(v.fault, *["-"] * (len(checks) + 3), f"[red]FAIL: {v.error}[/red]")
+            continue
+        running = [f"{unit} {state}" for unit, state in v.must_stop.items() if state not in experiments.STOPPED]
+        stopped = "[green]yes[/green]" if v.stopped else f"[red]no: {', '.join(running)}[/red]"
+        cells = {c.name: "[red]LIES[/red]" if c.lies else
+                 (f"noticed after {c.seconds:.1f} s (LB {c.lb_seconds:.1f} s)" if c.noticed else
+                  f"failed once at {c.seconds:.1f} s, LB kept it" if c.seconds is not None else "never noticed")
+                 for c in v.checks}
+        table.add_row(v.fault, stopped, *[cells.get(name, "-") for name in checks],
+                      (f"fails{'' if v.workload_seconds is None else f' after {v.workload_seconds:.1f} s'}: "
+                       f"{v.workload_said}") if v.workload_failed else "works", v.kernel,
+                      "[red]FAIL[/red]" if v.failed else "[green]ok[/green]")
+    console.print(table)
+    versions = next((v.versions for v in verdicts if v.versions), {})
+    console.print(f"guest kernel {versions.get('kernel', '?')}, {versions.get('systemd', '?')}; "
+                  + ("FAIL: a check lies or a must_stop unit kept running" if failed else "ok"))
+    return 1 if failed else 0
 
 
 def cmd_bench(args) -> int:
@@ -526,7 +597,7 @@ def cmd_ignition(args) -> int:
 
 
 def findings_table(outcomes: list[Outcome]) -> Table:
-    table = Table(*findings.COLUMNS, title="What systemd, the kernel and the health checks did")
+    table = Table(*findings.columns(outcomes), title="What systemd, the kernel and the health checks did")
     styles = {"good": "green", "bad": "red", "warn": "yellow"}
     for out in outcomes:
         table.add_row(*(f"[{styles[tone]}]{text}[/{styles[tone]}]" if tone else text

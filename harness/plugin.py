@@ -5,6 +5,10 @@ systemd it ran on.
 `--release R` (repeatable; or UNITCHAOS_RELEASE=R[,R...]) picks the guest release; with
 more than one, every test that uses `lab` runs once per release (test ids gain `[R]`).
 
+`--chain-file FILE` (or UNITCHAOS_CHAIN_FILE, else ./unitchaos.toml, else the incident's
+chains/ecs-docker.toml) picks the chain lab.instance() boots; a test module can pin its
+own with @pytest.mark.lab(chain_file=...).
+
 Under CI=true a missing QEMU fails the test: a skipped VM experiment must never pass
 for a green run. With --keep-on-failure a failed test's instances stay up (as
 `unitchaos up` leaves one) and the failure says how to reach them.
@@ -16,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from . import units
 from .runs import interactive
 from .lab.backends import FCOS_IMAGE_ENV
 from .errors import UserError
@@ -48,6 +53,10 @@ def pytest_addoption(parser):
         "--release", action="append", default=None, metavar="RELEASE",
         help=f"guest release the lab fixture boots, repeatable ({', '.join(RELEASES)}; "
              f"default $UNITCHAOS_RELEASE, else {DEFAULT_RELEASE}, and {', '.join(EVERY_RELEASE)} for tests marked every_release)")
+    parser.getgroup("unitchaos").addoption(
+        "--chain-file", default=None, metavar="FILE",
+        help="the chain file lab.instance() boots (default $UNITCHAOS_CHAIN_FILE, else ./unitchaos.toml, "
+             "else the incident's chains/ecs-docker.toml)")
 
 
 def pytest_configure(config):
@@ -120,18 +129,20 @@ def _require(backend: str, guest: str) -> None:
 
 @pytest.fixture
 def lab(request, unitchaos_release):
-    """Hands out instances (lab.instance(chain=..., fs=...)) and tears them all down after
-    the test. A failed test keeps each instance's artifacts (console, journal, dmesg, QMP
+    """Hands out instances of the chain file's chain (lab.instance(), or with overrides
+    chain=..., fs=...) and tears them all down after the test. A failed test keeps each instance's artifacts (console, journal, dmesg, QMP
     events, unit files) and names the directory in the report. A test marked
     @pytest.mark.lab(backend="vagrant") or @pytest.mark.lab(guest="fcos") gets its guests
     from Vagrant or Fedora CoreOS (cold boots)."""
     marker = request.node.get_closest_marker("lab")
     options = {"backend": "qemu", "guest": "debian", **(marker.kwargs if marker else {})}
+    chain_file = options.pop("chain_file", None) or request.config.getoption("chain_file")
     _require(options["backend"], options["guest"])
     keep_up = request.config.getoption("keep_on_failure")
     try:
+        chain = _chain(request.config, chain_file)
         # Experiments leave their instance to this fixture, which knows whether the test failed.
-        lab = Lab(release=unitchaos_release, hold=True, outlive_owner=keep_up, **options)
+        lab = Lab(release=unitchaos_release, hold=True, outlive_owner=keep_up, chain=chain, **options)
     except UserError as exc:
         pytest.fail(str(exc), pytrace=False)
     try:
@@ -150,6 +161,14 @@ def lab(request, unitchaos_release):
             _keep_up(request, lab)
         for path in lab.close(keep=failed):
             request.node.user_properties.append(("artifacts", str(path)))
+
+
+def _chain(config, chain_file):
+    """The chain file, loaded and checked once a session (systemd-analyze, apt-cache)."""
+    loaded = config.__dict__.setdefault("unitchaos_chains", {})
+    if chain_file not in loaded:
+        loaded[chain_file] = units.load_chain(chain_file)
+    return loaded[chain_file]
 
 
 def _keep_up(request, lab: Lab) -> None:

@@ -1,8 +1,9 @@
-"""The incident's unit chain, rendered for one variant and packed for the guest.
+"""A chain's unit files (the incident's by default), rendered for one variant and packed
+for the guest.
 
 Unit files may hold placeholders ({{fs}}, {{mkfs}}, {{dependency}}, {{device}},
-{{device_unit}}) that the variant fills in; a user's own units directory may use them
-or not. The result is a tar that the guest's generator unpacks at boot (see
+{{device_unit}}, {{mount_point}}, {{mount_unit}}, {{mount_options}}) that the variant
+fills in; a user's own units directory may use them or not. The result is a tar that the guest's generator unpacks at boot (see
 vm/guest/usr/lib/systemd/system-generators/unitchaos-units).
 """
 import io
@@ -12,9 +13,11 @@ import shutil
 import subprocess
 import tarfile
 import tempfile
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
+from functools import cache
 from pathlib import Path
 
+from . import chainfile
 from .errors import UserError
 from .paths import UNITS_DIR
 
@@ -23,11 +26,23 @@ FILESYSTEMS = {"xfs": "/usr/sbin/mkfs.xfs -f", "ext4": "/usr/sbin/mkfs.ext4 -F -
 # Without -f/-F, mkfs refuses a device that already holds a filesystem.
 UNFORCED_MKFS = {"xfs": "/usr/sbin/mkfs.xfs", "ext4": "/usr/sbin/mkfs.ext4 -q"}
 DOCKER_NEEDS_MOUNT = "docker.service.d/10-volume.conf"
-REQUIRED = ["format-ephemeral.service", "var-lib-docker.mount", "ecs-agent.service"]
-CHAIN = ["format-ephemeral.service", "var-lib-docker.mount", "docker.service", "ecs-agent.service"]
-# What systemd says of a healthy chain (Instance.unit_states() of a guest that is up).
-ALL_ACTIVE = {unit: "active" for unit in CHAIN}
 DEVICE = "/dev/vdb"
+# The guest's own services learn the chain from these drop-ins (see vm/guest): which
+# unit says boot is over, where the volume is, which deep probes apply.
+HEALTH_DROPIN = "unitchaos-health.service.d/50-chain.conf"
+READY_DROPIN = "unitchaos-ready.service.d/50-chain.conf"
+GENERATED = (HEALTH_DROPIN, READY_DROPIN)
+
+
+@cache
+def incident() -> chainfile.Chain:
+    """The incident's chain (chains/ecs-docker.toml), the default."""
+    return chainfile.parse_file(chainfile.DEFAULT, check_packages=False)
+
+
+CHAIN = list(incident().units)
+# What systemd says of a healthy incident chain (Instance.unit_states() of a guest that is up).
+ALL_ACTIVE = {unit: "active" for unit in CHAIN}
 # Complaints from systemd-analyze that are about the host, not the unit files.
 HOST_ONLY = re.compile(r"is not executable: No such file or directory|Failed to .*unit file.*not found|"
                        r"Unit .* not found")
@@ -37,14 +52,17 @@ HOST_ONLY = re.compile(r"is not executable: No such file or directory|Failed to 
 class Variant:
     chain: str = "bindsto"
     fs: str = "xfs"
-    units_dir: Path = UNITS_DIR
+    units_dir: Path | None = None  # None: the chain file's
     mkfs: str | None = None  # overrides the filesystem's mkfs command (a fault may need that)
     # The mkfs-refuses experiments: the volume already holds a filesystem and the format
     # unit neither wipes it nor forces mkfs; and, optionally, Docker does not require the mount.
     old_fs: bool = False
     docker_requires_mount: bool = True
+    spec: chainfile.Chain = field(default_factory=incident)
 
     def __post_init__(self):
+        if self.units_dir is None:
+            object.__setattr__(self, "units_dir", self.spec.units_dir)
         if self.chain not in CHAINS:
             raise UserError(f"unknown chain {self.chain!r}", f"use one of: {', '.join(CHAINS)}")
         if self.fs not in FILESYSTEMS:
@@ -55,10 +73,18 @@ class Variant:
 
     @property
     def values(self) -> dict[str, str]:
-        mkfs = self.mkfs or (UNFORCED_MKFS if self.old_fs else FILESYSTEMS)[self.fs]
+        mkfs = self.mkfs or " ".join(filter(None, [(UNFORCED_MKFS if self.old_fs else FILESYSTEMS)[self.fs],
+                                                   self.spec.mkfs_options]))
         return {"fs": self.fs, "mkfs": mkfs,
                 "dependency": CHAINS[self.chain], "device": DEVICE,
-                "device_unit": "dev-" + DEVICE.removeprefix("/dev/") + ".device"}
+                "device_unit": "dev-" + DEVICE.removeprefix("/dev/") + ".device",
+                "mount_point": self.spec.mount_point, "mount_unit": self.spec.mount_unit,
+                "mount_options": self.spec.mount_options}
+
+    @property
+    def deep_probes(self) -> list[str]:
+        """The deep check's probes for this chain: Docker and the agent only where it has them."""
+        return ["volume", "io", "space", "kernel"] + ["docker"] * self.spec.has_docker + ["agent"] * self.spec.has_agent
 
 
 def render(variant: Variant) -> dict[str, str]:
@@ -66,10 +92,13 @@ def render(variant: Variant) -> dict[str, str]:
     units_dir = Path(variant.units_dir)
     if not units_dir.is_dir():
         raise UserError(f"units directory {units_dir} does not exist", "pass --units a directory of unit files")
-    missing = [name for name in REQUIRED if not (units_dir / name).is_file()]
+    # A unit of the chain is a file here, or a package's unit this directory has a drop-in for.
+    missing = [name for name in variant.spec.units
+               if not (units_dir / name).is_file() and not (units_dir / f"{name}.d").is_dir()]
     if missing:
-        raise UserError(f"{units_dir} lacks {', '.join(missing)}",
-                        f"add them (see {UNITS_DIR} for the incident's chain)")
+        raise UserError(f"{units_dir} lacks {', '.join(missing)} (in units.chain of {variant.spec.source.name})",
+                        f"add the unit file, or a {missing[0]}.d/ drop-in if a package installs it "
+                        f"(see {UNITS_DIR} for the incident's chain)")
     rendered = {}
     for path in sorted(p for p in units_dir.rglob("*") if p.is_file()):
         rel = path.relative_to(units_dir)
@@ -91,6 +120,14 @@ def render(variant: Variant) -> dict[str, str]:
         rendered[str(rel)] = text
     if not variant.docker_requires_mount:
         rendered.pop(DOCKER_NEEDS_MOUNT, None)
+    rendered[HEALTH_DROPIN] = ("[Service]\n"
+                               f"Environment=UNITCHAOS_HEALTH_MOUNT_POINT={variant.spec.mount_point}\n"
+                               f"Environment=UNITCHAOS_HEALTH_DEVICE={DEVICE}\n"
+                               f"Environment=UNITCHAOS_HEALTH_FSTYPE={variant.fs}\n"
+                               f"Environment=UNITCHAOS_HEALTH_PROBES={','.join(variant.deep_probes)}\n")
+    if not variant.spec.has_agent:
+        # Without the agent, boot is over when the chain's last unit has started (or failed).
+        rendered[READY_DROPIN] = f"[Service]\nEnvironment=UNITCHAOS_READY_UNIT={variant.spec.units[-1]}\n"
     return rendered
 
 
@@ -123,6 +160,14 @@ def check(variant: Variant) -> dict[str, str]:
     rendered = render(variant)
     verify(rendered)
     return rendered
+
+
+def load_chain(explicit: str | Path | None = None, check_packages: bool = True) -> chainfile.Chain:
+    """The chain file (see chainfile.find), parsed, with its unit files rendered and checked
+    by systemd-analyze: everything wrong with it is found before any VM starts."""
+    chain = chainfile.load(explicit, check_packages=check_packages)
+    check(Variant(chain=chain.dependency, fs=chain.fs, spec=chain))
+    return chain
 
 
 def wanted_by(text: str) -> list[str]:

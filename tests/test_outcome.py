@@ -12,10 +12,12 @@ KEPT = sorted(RUNS.glob("*/outcome.json"))
 
 # The keys experiments.run() wrote when the outcome was a dict, in its order (optional
 # ones: params, fault_detail, artifacts).
-KEYS = ["experiment", "release", "chain", "fs", "fault", "units_dir", "params", "fault_detail", "health",
+KEYS = ["experiment", "release", "chain_file", "chain", "fs", "fault", "units_dir", "params", "fault_detail", "health",
         "timeline", "badness", "units", "volume_device", "mount_listed", "mount", "metadata_status",
         "docker_dir_device", "container_start_ok", "container_start", "health_check_lies", "kernel_events",
         "kernel_lines", "kernel", "systemd", "accel", "timeout_scale", "start", "backend", "guest", "seconds",
+        # A chain file's (issue 13): its named checks, workload and must_stop units.
+        "checks", "workload_ok", "workload", "workload_traffic", "must_stop", "must_stop_ok", "data_dir_device",
         "artifacts"]
 
 

@@ -88,7 +88,7 @@ def test_the_key_changes_with_whatever_a_restore_depends_on(cache, monkeypatch):
     }
     monkeypatch.setattr(accel, "qemu_version", lambda: "QEMU emulator version 9.2.0")
     changed["QEMU version"] = snapshots.snapshot_key(lab.image, Variant(), 1024, "tcg", argv)
-    assert key.startswith("bindsto-xfs-")
+    assert key.startswith("ecs-docker-bindsto-xfs-")
     assert {what for what, other in changed.items() if other == key} == set()
     assert len(set(changed.values())) == len(changed)
     # The command line's shape has no per-run paths or ports in it: every run shares it.

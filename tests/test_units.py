@@ -10,7 +10,9 @@ from harness.errors import UserError
 from harness.paths import UNITS_DIR
 
 SHIPPED = {"ecs-agent.service", "format-ephemeral.service", "var-lib-docker.mount",
-           "docker.service.d/10-volume.conf"}
+           "docker.service.d/10-volume.conf",
+           # Generated: tells the deep check where the chain's volume is and what to probe.
+           units.HEALTH_DROPIN}
 needs_systemd_analyze = pytest.mark.skipif(not shutil.which("systemd-analyze"),
                                            reason="systemd-analyze is not installed on this host")
 

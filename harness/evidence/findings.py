@@ -1,5 +1,8 @@
 """The findings of one experiment in words: what systemd, the kernel and each health check
-did. The terminal's table and the HTML report show the same facts, made here once."""
+did. The terminal's table and the HTML report show the same facts, made here once.
+
+The incident's chain keeps its own columns (docker, ecs-agent, metadata, containers); any
+other chain gets its must_stop units, its workload and one column per declared check."""
 from .. import kernel_log
 from .outcome import Outcome
 
@@ -10,8 +13,28 @@ KERNEL_KINDS = ["xfs-shutdown", "ext4-abort-journal", "ext4-remount-ro", "ext4-e
                 "block-io-error", "xfs-unmount"]
 
 
+def columns(outcomes: list[Outcome]) -> list[str]:
+    """The table's header for OUTCOMES (all of one chain)."""
+    if not outcomes or outcomes[0].is_incident:
+        return COLUMNS
+    return (["experiment", "chain", "fs", "mount listed", "must_stop", "workload"] + list(outcomes[0].checks)
+            + ["kernel said", "deep check", "seconds"])
+
+
+def check_cell(check: dict, workload_ok: bool) -> tuple[str, str | None]:
+    """A declared check: LIES (healthy while the workload fails), or when it noticed."""
+    if check.get("lies"):
+        return "LIES", "bad"
+    if check.get("seconds") is not None:
+        verdict = f", LB {check['lb_seconds']:.1f} s" if check.get("lb_seconds") is not None else ""
+        return f"failed after {check['seconds']:.1f} s{verdict}", "good" if not workload_ok else "warn"
+    return "passes", "good" if workload_ok else "bad"
+
+
 def row(out: Outcome) -> list[tuple[str, str | None]]:
     """One cell per column: (text, tone), tone "good", "bad" or None."""
+    if not out.is_incident:
+        return _chain_row(out.to_json())
     starts = out.container_start_ok
     deep = out.health.deep
     if deep is not None and deep.seconds is not None:
@@ -29,6 +52,30 @@ def row(out: Outcome) -> list[tuple[str, str | None]]:
         deep_cell,
         (f"{out.seconds.total:.0f}", None),
     ]
+
+
+def _chain_row(out: dict) -> list[tuple[str, str | None]]:
+    ok = out["workload_ok"]
+    deep = out.get("health", {}).get("deep", {})
+    stopped = ", ".join(f"{unit.removesuffix('.service')} {state}" for unit, state in out["must_stop"].items())
+    return [
+        (out["experiment"], None), (out["chain"], None), (out["fs"], None),
+        (yes(out["mount_listed"]), None),
+        (stopped or "-", "good" if out["must_stop_ok"] else "bad"),
+        _workload(out),
+        *[check_cell(check, ok) for check in out["checks"].values()],
+        (kernel_summary(out["kernel_events"]), None),
+        check_cell(deep, ok) if deep else ("-", None),
+        (f"{out['seconds']['total']:.0f}", None),
+    ]
+
+
+def _workload(out: dict) -> tuple[str, str | None]:
+    first = (out.get("workload_traffic") or {}).get("first_failure")
+    after = f" (first after {first:.1f} s)" if first is not None else ""
+    if out["workload_ok"]:
+        return ("works" + (f", failed once{after}" if after else ""), "good" if not after else "warn")
+    return "fails" + after, "bad"
 
 
 def _unit(state: str) -> tuple[str, str | None]:

@@ -1,7 +1,8 @@
-"""Two load balancers watching one instance through an experiment: one on the stock check
-(the agent's :51678/v1/metadata), one on the deep check (the guest's :51680/health).
-They answer: did each check notice the fault, how long after it the first failing answer
-came, and when the load balancer gave its verdict of unhealthy."""
+"""Load balancers watching one instance through an experiment: one on each check the chain
+declares (the incident's: the stock check, the agent's :51678/v1/metadata) and one on the
+deep check (the guest's :51680/health), for comparison. They answer: did each check
+notice the fault, how long after it the first failing answer came, and when the load
+balancer gave its verdict of unhealthy."""
 import threading
 import time
 
@@ -15,6 +16,8 @@ from ..waiting import wait_until
 # sees the verdict in seconds; `lb_seconds` scales back up by the same factor.
 EXPERIMENT_CHECK = HealthCheck(interval=1.0, timeout=2.0, healthy_threshold=5, unhealthy_threshold=2)
 CHECKS = {"stock": (AGENT_PORT, "/v1/metadata"), "deep": (HEALTH_PORT, "/health")}
+DEEP = "deep"
+WORKLOAD = "workload"
 
 
 def probe(instance: Instance, port: int, path: str, record=None):
@@ -32,6 +35,33 @@ def probe(instance: Instance, port: int, path: str, record=None):
     return check
 
 
+def declared_probe(instance: Instance, check, record=None):
+    """The load balancer's probe of one of the chain's checks (see Instance.check_answer)."""
+    def run(timeout: float) -> int | None:
+        started = time.time()
+        if not instance.machine.running:
+            status, body = None, "instance terminated"
+        else:
+            status, body = instance.check_answer(check, timeout)
+        if record is not None:
+            record(started, time.time() - started, status, body)
+        return status
+    return run
+
+
+def workload_probe(instance: Instance, record=None):
+    def run(timeout: float) -> int | None:
+        started = time.time()
+        if not instance.machine.running:
+            work = {"ok": False, "error": "instance terminated"}
+        else:
+            work = instance.workload(timeout)
+        if record is not None:
+            record(started, time.time() - started, 200 if work["ok"] else None, work.get("error"))
+        return 200 if work["ok"] else None
+    return run
+
+
 def _failing(body) -> str | None:
     """Why a check failed, in a few words: the deep daemon's failing checks, or the error."""
     if isinstance(body, dict) and isinstance(body.get("checks"), dict):
@@ -43,14 +73,58 @@ def _failing(body) -> str | None:
     return None
 
 
+class Checkers:
+    """One load balancer per check, each with its own thread, as a real load balancer
+    checks its targets independently: a command check that hangs on a dead disk must not
+    delay the tcp check's next probe (one shared loop put 8-15 s between a Redis chain's
+    tcp probes under yank on a loaded 2-core host). Reads like one LoadBalancer."""
+
+    def __init__(self, check: HealthCheck):
+        self.check = check
+        self.lbs: dict[str, LoadBalancer] = {}
+
+    def register(self, name: str, probe_) -> None:
+        self.lbs[name] = LoadBalancer(self.check)
+        self.lbs[name].register(name, probe_)
+
+    @property
+    def targets(self) -> dict:
+        return {name: lb.targets[name] for name, lb in self.lbs.items()}
+
+    def start(self) -> None:
+        for lb in self.lbs.values():
+            lb.start()
+
+    def stop(self) -> None:
+        for lb in self.lbs.values():
+            lb.stop()
+
+    def first_failure(self, name: str, since: float) -> float | None:
+        return self.lbs[name].first_failure(name, since)
+
+    def unhealthy_after(self, name: str, since: float) -> float | None:
+        return self.lbs[name].unhealthy_after(name, since)
+
+
 class HealthWatch:
     def __init__(self, instance: Instance, check: HealthCheck = EXPERIMENT_CHECK):
         self.check = check
-        self.lb = LoadBalancer(check)
+        self.lb = Checkers(check)
         self.samples: list[dict] = []
         self._lock = threading.Lock()
-        for name, (port, path) in CHECKS.items():
-            self.lb.register(name, probe(instance, port, path, self._recorder(name, f":{port}{path}")))
+        for check in instance.chain.checks:
+            self.lb.register(check.name, declared_probe(instance, check, self._recorder(check.name, check.describe)))
+        port, path = CHECKS[DEEP]
+        self.lb.register(DEEP, probe(instance, port, path, self._recorder(DEEP, f":{port}{path}")))
+        self.names = [check.name for check in instance.chain.checks] + [DEEP]
+        # Traffic: the workload once a second, as clients keep using the service through
+        # the fault (with the check's timeout, as a client's). It tells when the service
+        # stopped doing its job, and a service may only find out on a write: Redis under
+        # yank acknowledged the first SET after the fault and refused the next ones. The
+        # incident's workload (a container start through the agent) is too heavy for this.
+        self.traffic = LoadBalancer(self.check)
+        if not instance.chain.has_agent:
+            self.traffic.register(WORKLOAD, workload_probe(instance, self._recorder(WORKLOAD, "workload")))
         self.fault_at: float | None = None
 
     def _recorder(self, name: str, url: str):
@@ -76,28 +150,41 @@ class HealthWatch:
 
     def start(self) -> "HealthWatch":
         self.lb.start()
+        if self.traffic.targets:
+            self.traffic.start()
         return self
 
     def mark_fault(self, at: float) -> None:
         self.fault_at = at
 
     def wait(self, window: float) -> None:
-        """Watches until both checks have given their verdict, or WINDOW seconds after the fault."""
+        """Watches until every check has given its verdict, or WINDOW seconds after the fault."""
         # A window of observation, not a timeout: real seconds, and its end is no error.
         left = (self.fault_at or time.time()) + window - time.time()
         try:
-            wait_until(lambda: all(self.lb.unhealthy_after(name, self.fault_at or 0) is not None for name in CHECKS),
-                       left, "both checks' verdicts", scale=False, interval=0.2)
+            wait_until(lambda: all(self.lb.unhealthy_after(name, self.fault_at or 0) is not None for name in self.names),
+                       left, "every check's verdict", scale=False, interval=0.2)
         except GuestTimeout:
             pass  # a check without a verdict by now missed the fault: result() says so
 
     def stop(self) -> None:
         self.lb.stop()
+        self.traffic.stop()
+
+    def workload_result(self) -> dict | None:
+        """When the traffic's first failure came after the fault, and how many tries failed."""
+        if not self.traffic.targets:
+            return None
+        since = self.fault_at or 0.0
+        seconds = self.traffic.first_failure(WORKLOAD, since)
+        tries = [status for at, status in self.traffic.targets[WORKLOAD].samples if at >= since]
+        return {"first_failure": None if seconds is None else round(seconds, 2),
+                "tries": len(tries), "failed": sum(status != 200 for status in tries)}
 
     def result(self) -> dict:
         since = self.fault_at or 0.0
         out = {}
-        for name in CHECKS:
+        for name in self.names:
             seconds = self.lb.first_failure(name, since)
             verdict = self.lb.unhealthy_after(name, since)
             out[name] = {"detected": verdict is not None,

@@ -30,14 +30,23 @@ class Health:
     stock: CheckVerdict | None = None
     deep: CheckVerdict | None = None
     lb: dict = field(default_factory=dict)
+    others: dict[str, CheckVerdict] = field(default_factory=dict)  # a chain file's named checks
 
     @classmethod
     def from_json(cls, data: dict) -> "Health":
         return cls(**{name: CheckVerdict.from_json(data[name]) for name in ("stock", "deep") if name in data},
-                   lb=data.get("lb", {}))
+                   lb=data.get("lb", {}),
+                   others={name: CheckVerdict.from_json(value) for name, value in data.items()
+                           if name not in ("stock", "deep", "lb") and isinstance(value, dict)})
+
+    def named(self) -> dict[str, CheckVerdict]:
+        """Every check by name: a chain's own, then the deep check."""
+        out = {"stock": self.stock} if self.stock else {}
+        out.update(self.others)
+        return {**out, **({"deep": self.deep} if self.deep else {})}
 
     def to_json(self) -> dict:
-        out = {name: verdict.to_json() for name in ("stock", "deep") if (verdict := getattr(self, name))}
+        out = {name: verdict.to_json() for name, verdict in self.named().items()}
         return {**out, "lb": self.lb} if self.lb else out
 
 
@@ -62,6 +71,7 @@ class Outcome:
     chain: str
     fs: str
     release: str | None = None
+    chain_file: str | None = None       # the chain file's name (ecs-docker: the incident's)
     fault: str | None = None
     units_dir: str | None = None
     params: dict | None = None          # the fault's parameters, when given
@@ -88,6 +98,19 @@ class Outcome:
     guest: str | None = None
     seconds: Seconds = field(default_factory=Seconds)
     artifacts: str | None = None        # the kept run directory
+    # A chain file's: per declared check {detected, seconds, lb_seconds, samples, now, lies};
+    # the workload (the incident's is the container start); what must_stop units did.
+    checks: dict[str, dict] = field(default_factory=dict)
+    workload_ok: bool | None = None
+    workload: dict = field(default_factory=dict)
+    workload_traffic: dict | None = None
+    must_stop: dict[str, str] = field(default_factory=dict)
+    must_stop_ok: bool = True
+    data_dir_device: str | None = None
+
+    @property
+    def is_incident(self) -> bool:
+        return self.chain_file in (None, "ecs-docker")
 
     @property
     def kernel(self) -> str | None:
@@ -103,8 +126,8 @@ class Outcome:
 
     def to_json(self) -> dict:
         """The JSON object, keys in the order `unitchaos run --json` has always printed them."""
-        out = {"experiment": self.experiment, "release": self.release, "chain": self.chain, "fs": self.fs,
-               "fault": self.fault, "units_dir": self.units_dir}
+        out = {"experiment": self.experiment, "release": self.release, "chain_file": self.chain_file,
+               "chain": self.chain, "fs": self.fs, "fault": self.fault, "units_dir": self.units_dir}
         if self.params:
             out["params"] = self.params
         if self.fault_detail is not None:
@@ -116,7 +139,13 @@ class Outcome:
                     "container_start": self.container_start, "health_check_lies": self.health_check_lies,
                     "kernel_events": self.kernel_events, "kernel_lines": self.kernel_lines, **self.guest_versions,
                     "accel": self.accel, "timeout_scale": self.timeout_scale, "start": self.start,
-                    "backend": self.backend, "guest": self.guest, "seconds": self.seconds.to_json()})
+                    "backend": self.backend, "guest": self.guest, "seconds": self.seconds.to_json(),
+                    "checks": self.checks, "workload_ok": self.workload_ok, "workload": self.workload,
+                    "workload_traffic": self.workload_traffic, "must_stop": self.must_stop,
+                    "must_stop_ok": self.must_stop_ok, "data_dir_device": self.data_dir_device})
+        if not self.is_incident:  # the agent's metadata and container start are the incident's
+            for key in ("metadata_status", "docker_dir_device", "container_start_ok", "container_start"):
+                out.pop(key)
         if self.artifacts is not None:
             out["artifacts"] = self.artifacts
         return out

@@ -19,8 +19,7 @@ from ..errors import UserError
 
 OUTCOME = "outcome.json"
 # What the findings matrix needs of every outcome.
-REQUIRED = ["experiment", "chain", "fs", "units", "mount_listed", "metadata_status", "container_start_ok",
-            "kernel_events", "health_check_lies", "seconds"]
+REQUIRED = ["experiment", "chain", "fs", "units", "mount_listed", "kernel_events", "health_check_lies", "seconds"]
 CSS = """
 body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; color: #24292e;
        margin: 24px auto; max-width: 1200px; padding: 0 16px; }
@@ -97,15 +96,17 @@ def render(outcomes: list[tuple[Path, Outcome]], base: Path) -> str:
 
 
 def _matrix(outcomes, ids) -> str:
-    rows = ['<table class="findings"><thead><tr>' + "".join(f"<th>{_e(c)}</th>" for c in findings.COLUMNS)
-            + "<th>stock LB s</th><th>deep LB s</th></tr></thead><tbody>"]
+    named = list(outcomes[0][1].health.named()) if outcomes else ["stock", "deep"]
+    rows = ['<table class="findings"><thead><tr>'
+            + "".join(f"<th>{_e(c)}</th>" for c in findings.columns([out for _, out in outcomes]))
+            + "".join(f"<th>{_e(name)} LB s</th>" for name in named) + "</tr></thead><tbody>"]
     for anchor, (_, out) in zip(ids, outcomes):
         cells = findings.row(out)
         first = f'<td><a href="#{anchor}">{_e(cells[0][0])}</a></td>'
         rest = "".join(f'<td class="{tone}">{_e(text)}</td>' if tone else f"<td>{_e(text)}</td>"
                        for text, tone in cells[1:])
-        lb = "".join(f"<td>{_secs(check.lb_seconds if check else None)}</td>"
-                     for check in (out.health.stock, out.health.deep))
+        lb = "".join(f"<td>{_secs(check.lb_seconds if (check := out.health.named().get(name)) else None)}</td>"
+                     for name in named)
         rows.append(f"<tr>{first}{rest}{lb}</tr>")
     rows.append("</tbody></table>")
     return "\n".join(rows)
@@ -118,11 +119,12 @@ def _experiment(anchor: str, directory: Path, out: Outcome, base: Path) -> str:
     facts = [("fault", out.fault or "none"),
              ("units after", ", ".join(f"{u} {s}" for u, s in out.units.items())),
              ("mount", out.mount or "not mounted"),
-             ("container start", _container(out.container_start)),
+             ("container start", _container(out.container_start)) if out.is_incident
+             else ("workload", _container(out.workload)),
              ("started from", f"{_known(out.start)} in {_known(out.seconds.boot)} s"),
              ("guest", f"kernel {_known(out.kernel)}, {_known(out.systemd)}, {_known(out.accel)}, "
                        f"timeout scale {_known(out.timeout_scale)}")]
-    for name, check in (("stock", out.health.stock), ("deep", out.health.deep)):
+    for name, check in out.health.named().items():
         if check:
             facts.append((f"{name} check", _check(check)))
     parts += [f"<tr><td>{_e(k)}</td><td>{_e(str(v))}</td></tr>" for k, v in facts]
@@ -178,9 +180,10 @@ def _check(check: CheckVerdict) -> str:
 
 
 def _container(container: dict) -> str:
+    via = f" via {container['via']}" if container.get("via") else ""
     if container.get("ok"):
-        return f"ok (via {container.get('via')})"
-    return f"failed via {container.get('via')}: {container.get('error')}"
+        return f"ok{via}"
+    return f"failed{via}: {container.get('error')}"
 
 
 def _secs(value) -> str:

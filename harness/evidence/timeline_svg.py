@@ -24,6 +24,16 @@ LANES = [
     ("LB / scaling", "#24292e", lambda s: s.endswith(" LB") or "scaling" in s),
 ]
 CHECK_LANES = {"stock check", "deep check"}
+
+
+def lanes_for(events: list[dict], samples: list[dict] | None) -> list[tuple]:
+    """LANES with one check lane per check seen (a chain file names its own checks)."""
+    names = list(dict.fromkeys([s["check"] for s in samples or []] +
+                               [e["source"].removesuffix(" check") for e in events if e["source"].endswith(" check")]))
+    if not names or set(names) <= {"stock", "deep"}:
+        return LANES
+    checks = [(f"{name} check", None, lambda s, n=f"{name} check": s == n) for name in names]
+    return LANES[:4] + checks + LANES[-1:]
 OK, FAILING, SILENT = "#2e9d4f", "#d73a49", "#8a1c1c"
 
 # Kernel messages by how much they tell (the first is shown when several coincide).
@@ -50,7 +60,8 @@ def render(events: list[dict], title: str = "", end: float | None = None,
     stop = max(1.0, end if end is not None else max(times))
     stop = start + (stop - start) * 1.04 + 0.5
     plot_w = WIDTH - LABEL_W - 16
-    height = TOP + LANE_H * len(LANES) + AXIS_H
+    lanes = lanes_for(events, samples)
+    height = TOP + LANE_H * len(lanes) + AXIS_H
     # A long run (systemd reacting for minutes) squeezes the first seconds, where most
     # happens: past LINEAR seconds the axis turns logarithmic.
     scale = _symlog if stop - start > LONG_RUN else (lambda t: t)
@@ -66,22 +77,22 @@ def render(events: list[dict], title: str = "", end: float | None = None,
     if title:
         out.append(f'<text x="8" y="20" font-size="13" font-weight="600" fill="#24292e">{escape(title)}</text>')
     out += _legend()
-    out += _axis(start, stop, x, height, logarithmic=stop - start > LONG_RUN)
-    for index, (lane, colour, belongs) in enumerate(LANES):
+    out += _axis(start, stop, x, height, len(lanes), logarithmic=stop - start > LONG_RUN)
+    for index, (lane, colour, belongs) in enumerate(lanes):
         top = TOP + index * LANE_H
         mid = top + LANE_H / 2
         out.append(f'<rect x="0" y="{top}" width="{WIDTH}" height="{LANE_H}" '
                    f'fill="{"#f6f8fa" if index % 2 == 0 else "#ffffff"}" fill-opacity="0.7"/>')
         out.append(f'<text x="8" y="{mid + 4}" fill="#24292e" font-weight="600">{escape(lane)}</text>')
         mine = [e for e in events if belongs(e["source"])]
-        if lane in CHECK_LANES:
-            name = lane.split()[0]
+        if colour is None:  # a check's lane
+            name = lane.removesuffix(" check")
             spans = (_sample_spans([s for s in samples if s["check"] == name and s.get("t") is not None], stop)
                      if samples else _event_spans(mine, stop))
             out += _check_lane(spans, x, top, start)
         else:
             out += _marker_lane(mine, x, mid, colour)
-    out.append(f'<line x1="{x(0)}" x2="{x(0)}" y1="{TOP - 4}" y2="{TOP + LANE_H * len(LANES)}" '
+    out.append(f'<line x1="{x(0)}" x2="{x(0)}" y1="{TOP - 4}" y2="{TOP + LANE_H * len(lanes)}" '
                f'stroke="{LANES[0][1]}" stroke-width="1.5" stroke-dasharray="4 3"/>')
     out.append("</svg>")
     return "\n".join(out) + "\n"
@@ -103,8 +114,8 @@ def _legend() -> list[str]:
     return parts
 
 
-def _axis(start: float, stop: float, x, height: int, logarithmic: bool) -> list[str]:
-    base = TOP + LANE_H * len(LANES)
+def _axis(start: float, stop: float, x, height: int, lane_count: int, logarithmic: bool) -> list[str]:
+    base = TOP + LANE_H * lane_count
     parts = [f'<line x1="{LABEL_W}" x2="{WIDTH - 16}" y1="{base}" y2="{base}" stroke="#6a737d"/>']
     if logarithmic:
         ticks = [t for t in (-2, -1, 0, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1200) if start <= t <= stop]

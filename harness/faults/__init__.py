@@ -12,7 +12,12 @@ from . import block_faults
 from ..errors import GuestRefused, MonitorError, UserError
 from ..machines.machine import Machine
 
-MOUNT_POINT = "/var/lib/docker"
+# Commands name the chain's volume by these words, filled in from the machine at run time.
+MOUNT_POINT, MOUNT_UNIT = "{mount_point}", "{mount_unit}"
+
+
+def for_volume(command: str, machine: Machine) -> str:
+    return command.replace(MOUNT_POINT, machine.mount_point).replace(MOUNT_UNIT, machine.mount_unit)
 
 
 @dataclass(frozen=True)
@@ -57,7 +62,7 @@ class Fault:
 def guest_command(command: str, timeout: float = 120) -> Callable[[Machine], dict]:
     """A fault (or its heal) that is one shell command in the guest; it must succeed."""
     def act(machine: Machine) -> dict:
-        result = machine.run(command, timeout=timeout)
+        result = machine.run(for_volume(command, machine), timeout=timeout)
         if not result.ok:
             raise GuestRefused(f"the guest refused: {command!r} exited {result.status}: "
                             f"{(result.stderr or result.stdout).strip().splitlines()[-1:] or ''}",
@@ -100,7 +105,7 @@ def _yank(machine: Machine) -> dict:
     except MonitorError as exc:
         raise UserError(f"yank does not apply: {exc}", "inject it on a guest that still has its volume") from None
     # Nothing notices until something writes back; Docker would, sooner or later.
-    write = machine.run(f"dd if=/dev/zero of={MOUNT_POINT}/.unitchaos-writeback bs=4k count=1 conv=fsync",
+    write = machine.run(f"dd if=/dev/zero of={machine.mount_point}/.unitchaos-writeback bs=4k count=1 conv=fsync",
                         timeout=60)
     return {**done, "writeback": {"status": write.status, "stderr": write.stderr.strip()}}
 
@@ -108,12 +113,12 @@ def _yank(machine: Machine) -> dict:
 def _umount(machine: Machine) -> dict:
     # A plain umount fails ("target is busy") while dockerd holds files there; the lazy
     # one takes the mount away behind systemd's back, as the incident's operator did.
-    result = machine.run(f"umount {MOUNT_POINT} || umount -l {MOUNT_POINT}", timeout=30)
+    result = machine.run(f"umount {machine.mount_point} || umount -l {machine.mount_point}", timeout=30)
     return {"command": result.command, "status": result.status, "stderr": result.stderr.strip()}
 
 
 def _stop_mount(machine: Machine) -> dict:
-    result = machine.run("systemctl stop var-lib-docker.mount", timeout=120)
+    result = machine.run(f"systemctl stop {machine.mount_unit}", timeout=120)
     return {"command": result.command, "status": result.status, "stderr": result.stderr.strip()}
 
 
@@ -133,7 +138,7 @@ def _exhaust_inodes(machine: Machine) -> dict:
               "print(made, error)\n"
               "EOF\n"
               f"df --output=iused,iavail,avail -B1 {MOUNT_POINT} | tail -1")
-    result = machine.run(script, timeout=150)
+    result = machine.run(for_volume(script, machine), timeout=150)
     lines = result.stdout.split("\n")
     made, error = (lines[0].split() + ["?", "?"])[:2]
     return {"files_created": made, "stopped_by": error, "df_iused_iavail_avail": lines[1].strip() if len(lines) > 1 else ""}
@@ -177,13 +182,13 @@ FAULTS = {fault.name: fault for fault in [
           "writes (blkdebug under the qcow2 node)", "qemu", block_faults.io_error,
           {"xfs": XFS_SHUTDOWN, "ext4": r"(Buffer I/O error on dev vdb|JBD2|EXT4-fs error|Aborting journal)"},
           heal_action=block_faults.clear_io_error, params={"after": 0, "op": "write", "errno": "EIO"}),
-    Fault("umount", "unmount /var/lib/docker behind systemd's back (lazily if busy)", "guest", _umount),
-    Fault("stop-mount", "systemctl stop var-lib-docker.mount", "guest", _stop_mount),
+    Fault("umount", "unmount the chain's volume behind systemd's back (lazily if busy)", "guest", _umount),
+    Fault("stop-mount", "systemctl stop the volume's .mount unit", "guest", _stop_mount),
     Fault("shutdown", "terminate the instance (QMP quit), as SimianArmy's ShutdownInstance", "qemu", _shutdown),
     Fault("xfs-shutdown", "shut the volume's filesystem down on purpose (xfs_io -x -c shutdown; ext4 too)",
           "guest", guest_command(f"xfs_io -x -c shutdown {MOUNT_POINT}"),
           {"xfs": r"XFS \(vdb\):.*(User initiated shutdown|shut down)", "ext4": r"EXT4-fs \(vdb\): shut down"}),
-    Fault("fill-volume", "fill /var/lib/docker to the last block (fallocate)", "guest",
+    Fault("fill-volume", "fill the volume to the last block (fallocate)", "guest",
           # fallocate takes the bulk at once; dd then takes the last blocks fallocate leaves.
           guest_command(f"fallocate -l $(( $(df --output=avail -B1 {MOUNT_POINT} | tail -1) - (16 << 20) ))"
                         f" {MOUNT_POINT}/.unitchaos-fill;"

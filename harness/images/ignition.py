@@ -87,6 +87,8 @@ def config(variant: units.Variant, ssh_public_key: str, agent_archive: Path) -> 
     system_units = []
     dropins: dict[str, list[dict]] = {}
     for rel, text in rendered.items():
+        if rel in units.GENERATED:
+            continue  # The lab guest's own services; HEALTH_UNIT below is Fedora CoreOS's.
         if "/" in rel:
             unit_dir, name = rel.split("/", 1)
             dropins.setdefault(unit_dir.removesuffix(".d"), []).append({"name": name, "contents": text})

@@ -9,6 +9,7 @@ import fcntl
 import hashlib
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -81,15 +82,36 @@ class Image:
         return self.path.name
 
 
-def packages(release: str = "bookworm") -> list[str]:
+@dataclass(frozen=True)
+class Extras:
+    """What a chain file adds to the image ([guest]): Debian packages, and files copied in
+    as (file on the host, path in the guest). Part of the image's key: each chain's image
+    is built once and shared by every run of that chain."""
+    packages: tuple[str, ...] = ()
+    files: tuple[tuple[Path, str], ...] = ()
+
+    @classmethod
+    def of(cls, chain) -> "Extras":
+        return cls(tuple(chain.packages), tuple(chain.files))
+
+
+NO_EXTRAS = Extras()
+
+
+def packages(release: str = "bookworm", extras: Extras = NO_EXTRAS) -> list[str]:
     lines = (VM_DIR / "image" / "packages.txt").read_text().splitlines()
     listed = [line.strip() for line in lines if line.strip() and not line.startswith("#")]
-    return listed + list(RELEASES[release].extra_packages)
+    return listed + list(RELEASES[release].extra_packages) + [p for p in extras.packages if p not in listed]
 
 
-def recipe_key(release: str) -> str:
-    """Changes whenever a file of the recipe, the release or the builder changes."""
+def recipe_key(release: str, extras: Extras = NO_EXTRAS) -> str:
+    """Changes whenever a file of the recipe, the release, the builder or the chain's
+    extras change."""
     digest = hashlib.sha256(f"{RECIPE_VERSION}\n{release}\n{_mmdebstrap_version()}\n".encode())
+    if extras != NO_EXTRAS:
+        digest.update(json.dumps(sorted(extras.packages)).encode())
+        for src, dest in extras.files:
+            digest.update(dest.encode() + b"\0" + Path(src).read_bytes())
     for top in RECIPE_INPUTS:
         files = [top] if top.is_file() else sorted(p for p in top.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
         for path in files:
@@ -119,10 +141,11 @@ def check_release(release: str) -> Release:
         raise UserError(f"unknown release {release!r}", f"use one of: {', '.join(RELEASES)}") from None
 
 
-def ensure_image(release: str = "bookworm", rebuild: bool = False) -> Image:
-    """The cached image for RELEASE, built first if the recipe changed or it is missing."""
+def ensure_image(release: str = "bookworm", rebuild: bool = False, extras: Extras = NO_EXTRAS) -> Image:
+    """The cached image for RELEASE (with a chain's EXTRAS), built first if the recipe
+    changed or it is missing."""
     check_release(release)
-    key = recipe_key(release)
+    key = recipe_key(release, extras)
     image = Image(images_dir() / key)
     with open(images_dir() / f"{key}.lock", "w") as lock:
         # Two pytest workers asking at once: one builds, the other waits and reuses.
@@ -130,7 +153,7 @@ def ensure_image(release: str = "bookworm", rebuild: bool = False) -> Image:
         if rebuild and image.path.exists():
             shutil.rmtree(image.path)
         if not (image.path / "manifest.json").exists():
-            _build(release, image)
+            _build(release, image, extras)
     return image
 
 
@@ -144,13 +167,13 @@ def _require_tools() -> None:
                         "run as root or with sudo")
 
 
-def _build(release: str, image: Image) -> None:
+def _build(release: str, image: Image, extras: Extras = NO_EXTRAS) -> None:
     _require_tools()
     staging = Path(tempfile.mkdtemp(prefix=f".{image.key}.", dir=images_dir()))
     try:
         with disk_full_means(f"building the image in {images_dir()}"), \
                 progress.step(f"Building guest image {image.key} (Debian {release})"):
-            _build_into(release, staging, image.key)
+            _build_into(release, staging, image.key, extras)
             # Renaming a finished directory is atomic: a half-built image is never visible.
             staging.rename(image.path)
     except subprocess.CalledProcessError as exc:
@@ -164,7 +187,7 @@ def _build(release: str, image: Image) -> None:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def _build_into(release: str, out: Path, key: str) -> None:
+def _build_into(release: str, out: Path, key: str, extras: Extras = NO_EXTRAS) -> None:
     rootfs = out / "rootfs"
     log = out / "build.log"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "unitchaos",
@@ -172,7 +195,7 @@ def _build_into(release: str, out: Path, key: str) -> None:
     guest = VM_DIR / "guest"
     customize = VM_DIR / "image" / "customize.sh"
     cmd = [
-        "mmdebstrap", "--variant=apt", "--include=" + ",".join(packages(release)),
+        "mmdebstrap", "--variant=apt", "--include=" + ",".join(packages(release, extras)),
         "--dpkgopt=path-exclude=/usr/share/man/*", "--dpkgopt=path-exclude=/usr/share/doc/*",
         "--dpkgopt=path-exclude=/usr/share/locale/*",
         f'--customize-hook=cp -a {guest}/. "$1"/ && rm -f "$1"/README.md',
@@ -180,6 +203,9 @@ def _build_into(release: str, out: Path, key: str) -> None:
         f'--customize-hook=cp {customize} "$1"/tmp/customize.sh && chroot "$1" sh /tmp/customize.sh'
         ' && rm "$1"/tmp/customize.sh',
     ]
+    for src, dest in extras.files:
+        cmd.append(f'--customize-hook=mkdir -p "$1"{shlex.quote(str(Path(dest).parent))} && '
+                   f'cp {shlex.quote(str(src))} "$1"{shlex.quote(dest)}')
     spec = RELEASES[release]
     if spec.preferences:
         # In place before the first `apt-get install`, so the pinned packages come from
@@ -188,7 +214,7 @@ def _build_into(release: str, out: Path, key: str) -> None:
         cmd.append(f'--setup-hook=mkdir -p "$1"/etc/apt/preferences.d && cp {prefs} "$1"/etc/apt/preferences.d/')
     mirror = os.environ.get("UNITCHAOS_MIRROR") or DEFAULT_MIRROR
     cmd += [spec.suites[0], str(rootfs), *(f"deb {mirror} {suite} main" for suite in spec.suites)]
-    progress.say(f"mmdebstrap: {len(packages(release))} packages from Debian {release} ({mirror}); log in {log}")
+    progress.say(f"mmdebstrap: {len(packages(release, extras))} packages from Debian {release} ({mirror}); log in {log}")
     with open(log, "w") as logfile:
         done = subprocess.run(cmd, stdout=logfile, stderr=subprocess.STDOUT, timeout=BUILD_TIMEOUT)
     if done.returncode != 0:
@@ -203,12 +229,14 @@ def _build_into(release: str, out: Path, key: str) -> None:
     with progress.step("Packing the fake ECS agent's container image"):
         agent_image.build(rootfs, rootfs / "usr/share/unitchaos/ecs-agent.tar")
     systemd_version = _dpkg_version(rootfs, "systemd")
+    extra_versions = {p: _dpkg_version(rootfs, p) for p in extras.packages}
     with progress.step("Writing the ext4 root filesystem"):
         subprocess.run(["mke2fs", "-q", "-F", "-t", "ext4", "-L", "root", "-d", str(rootfs),
                         str(out / "root.img"), ROOT_SIZE], check=True, stdout=subprocess.DEVNULL)
     shutil.rmtree(rootfs)
     manifest = {"release": release, "kernel": kernel_version, "systemd": systemd_version,
-                "packages": packages(release), "key": key}
+                "packages": packages(release, extras), "key": key,
+                "versions": extra_versions}
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
 
 

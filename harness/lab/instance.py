@@ -1,9 +1,12 @@
-"""A lab instance: one guest running the incident's unit chain for one variant, and the
-questions an experiment asks of it (what systemd says, what the load balancer's check
-gets, whether a container can still start)."""
+"""A lab instance: one guest running a chain (the incident's by default) for one variant,
+and the questions an experiment asks of it (what systemd says, what the load balancer's
+checks get, whether the workload, e.g. starting a container, still succeeds)."""
 import http.client
 import json
+import re
+import shlex
 import shutil
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -15,7 +18,9 @@ from ..machines.machine import AGENT_PORT, HEALTH_PORT, Machine
 from ..waiting import wait_until
 
 UNITS_FW_CFG = "opt/unitchaos/units.tar"
-BOOTED = r"unitchaos: booted metadata=(\d+) agent=(\S+)"
+# The incident's guest says "metadata=200 agent=active"; a chain without the agent
+# "unit=redis-server.service state=active" (vm/guest/usr/local/sbin/unitchaos-ready).
+BOOTED = r"unitchaos: booted (?:metadata=(\d+) agent=(\S+)|unit=(\S+) state=(\S+))"
 # QEMU 7.2's multi-threaded TCG now and then runs a kernel 6.12 guest into a stale int3
 # its own live patching left (`Oops: int3` in sched_clock_cpu as a static key flips at
 # 4.7 s, or later while udev loads modules), and the kernel panics: 1 trixie boot in 10
@@ -36,9 +41,11 @@ class Instance:
         self.run_dir = run_dir
         run_dir.mkdir(parents=True, exist_ok=True)
         self.unit_files = units.pack(variant, run_dir / "units.tar")
-        self.machine = machine_class(image, run_dir, memory_mb=memory_mb,
-                                     fw_cfg={UNITS_FW_CFG: run_dir / "units.tar"},
+        self.chain = variant.spec
+        self.machine = machine_class(image, run_dir, memory_mb=memory_mb, volume_size=self.chain.size,
+                                     fw_cfg={UNITS_FW_CFG: run_dir / "units.tar"}, extra_ports=self.chain.ports,
                                      volume_source=_old_filesystem(run_dir) if variant.old_fs else None)
+        self.machine.mount_point, self.machine.mount_unit = self.chain.mount_point, self.chain.mount_unit
         self.boot_seconds: float | None = None
         self.guest_versions: dict[str, str] = {}
         self.restored = False
@@ -87,15 +94,35 @@ class Instance:
         return self
 
     def require_healthy(self) -> None:
-        """All four units active and metadata 200, or a GuestRefused saying what is not."""
+        """Every unit of the chain active and every declared check healthy, then the
+        workload succeeding; or a GuestRefused saying what is not."""
         states = self.unit_states()
         bad = {unit: state for unit, state in states.items() if state != "active"}
-        status = self.metadata_status()
-        if bad or status != 200:
+        failing = {check.name: why for check in self.chain.checks if (why := self.check_fails(check))}
+        if bad or failing:
             journal = self.machine.run("journalctl -b --no-pager -p warning -n 5 -o cat").stdout.strip()
             raise GuestRefused(f"the unit chain did not come up healthy ({bad or 'units active'}, "
-                            f"metadata {status}); last warnings: {' | '.join(journal.splitlines())}",
+                               f"failing checks: {failing or 'none'}); last warnings: {' | '.join(journal.splitlines())}",
                                "check the unit files (unitchaos run healthy --cold shows the boot)", self.run_dir)
+        if not self.chain.has_agent:
+            # The incident's workload (a container start) is proven by the deep check's own
+            # container test, which wait_for_deep_health waits for with retries: one try here
+            # timed out at 20 s on a host at load 11 and failed the snapshot.
+            self.wait_for_workload()
+
+    def wait_for_workload(self, timeout: float = 60) -> None:
+        """Waits until the workload succeeds (a service may still be warming up), or a
+        UserError saying what it last said."""
+        last = {}
+
+        def works() -> bool:
+            last.update(self.workload())
+            return last["ok"]
+        try:
+            wait_until(works, timeout, "the workload", interval=1.0)
+        except GuestTimeout:
+            raise UserError(f"the chain is not healthy before the fault: WORKLOAD said {last.get('error')}",
+                            f"make [workload] command succeed on a healthy instance ({self.chain.source.name})") from None
 
     def save_artifacts(self) -> Path:
         """Writes what is needed to understand a run without rerunning it into the run
@@ -216,8 +243,9 @@ class Instance:
     # -- what the chain looks like ------------------------------------------------
 
     def unit_states(self) -> dict[str, str]:
-        """Each unit of the chain and its ActiveState; `harness.ALL_ACTIVE` when healthy."""
-        return self.machine.unit_states(units.CHAIN)
+        """Each unit of the chain and its ActiveState (the incident's: `harness.ALL_ACTIVE`
+        when healthy)."""
+        return self.machine.unit_states(list(self.chain.units))
 
     def device_state(self) -> str:
         """systemd's ActiveState of the volume's device unit (dev-vdb.device): "active" while
@@ -231,13 +259,65 @@ class Instance:
         return not result.ok and "Input/output error" in result.stderr
 
     def mount_listed(self) -> bool:
-        """Is /var/lib/docker in /proc/self/mountinfo (what systemd goes by)?"""
-        result = self.machine.run("awk '$5 == \"/var/lib/docker\"' /proc/self/mountinfo")
+        """Is the volume's mount point in /proc/self/mountinfo (what systemd goes by)?"""
+        result = self.machine.run(f"awk '$5 == \"{self.chain.mount_point}\"' /proc/self/mountinfo")
         return bool(result.stdout.strip())
 
     def mount_options(self) -> str:
-        """The volume's filesystem type and mount options, or "" if it is not mounted."""
-        return self.machine.run("findmnt -no FSTYPE,OPTIONS /var/lib/docker || true").stdout.strip()
+        """The volume\'s filesystem type and mount options, or "" if it is not mounted."""
+        return self.machine.run(f"findmnt -no FSTYPE,OPTIONS {shlex.quote(self.chain.mount_point)} || true").stdout.strip()
+
+    # -- the chain's own checks and workload --------------------------------------
+
+    def check_answer(self, check, timeout: float = 5.0) -> tuple[int | None, object]:
+        """What a load balancer gets from CHECK, as (status, body): an http check's HTTP
+        status; 200 for a tcp connection accepted or a command that exited 0; else None."""
+        if check.type == "http":
+            status, body = self.machine.http_get(check.port, check.path, timeout)
+            return (200 if status == check.status else status), body
+        if check.type == "tcp":
+            return self._tcp_check(check.port, timeout)
+        try:
+            result = self.machine.run(check.command, timeout=timeout)
+        except GuestTimeout:
+            return None, f"`{check.command}` did not finish within {timeout:.0f} s"
+        return (200 if result.ok else None), (result.stdout + result.stderr).strip()[-300:] or f"exit {result.status}"
+
+    def check_fails(self, check) -> str | None:
+        status, body = self.check_answer(check)
+        return None if status == 200 else str(body or status)
+
+    def _tcp_check(self, guest_port: int, timeout: float) -> tuple[int | None, str]:
+        # The host reaches the guest through QEMU's user-mode network, which accepts every
+        # connection on the host side and only then connects to the guest: a refused
+        # connection shows as the forward being closed at once. A server that is listening
+        # keeps it open (and a Redis or PostgreSQL says nothing first), so open for a
+        # moment = accepted, as an ELB TCP check counts it.
+        try:
+            with socket.create_connection(self.machine.endpoint(guest_port), timeout=timeout) as sock:
+                sock.settimeout(0.5)
+                try:
+                    data = sock.recv(1)
+                except TimeoutError:
+                    return 200, "connection accepted"
+                return (200, "connection accepted") if data else (None, "connection closed at once (refused in the guest)")
+        except OSError as exc:
+            return None, f"{type(exc).__name__}: {exc}"
+
+    def workload(self, timeout: float | None = None) -> dict:
+        """Does the service still do its job? The chain's [workload] command in the guest
+        (the incident: a container start, through the agent while it answers)."""
+        if self.chain.has_agent:
+            return self.start_container()
+        timeout = timeout or self.chain.workload_timeout
+        try:
+            result = self.machine.run(self.chain.workload, timeout=timeout)
+        except GuestTimeout:
+            return {"ok": False, "error": f"did not finish within {timeout:.0f} s"}
+        said = (result.stdout.strip() or result.stderr.strip())[-300:]
+        ok = result.ok and (not self.chain.workload_expect or bool(re.search(self.chain.workload_expect,
+                                                                             result.stdout.strip(), re.M)))
+        return {"ok": ok, "error": None if ok else f"exit {result.status}: {said or 'no output'}", "said": said}
 
     def metadata_status(self, timeout: float = 5.0) -> int | None:
         """What the load balancer's health check gets: the HTTP status, or None."""

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from . import backends, snapshots
-from .. import units
+from .. import chainfile, units
 from ..images import image as image_mod
 from .instance import Instance
 from ..paths import artifacts_dir, runs_dir
@@ -27,7 +27,8 @@ class Lab:
     `close`, on leaving a `with` block, or one by one with `release_instance`."""
     def __init__(self, release: str = "bookworm", keep: bool = False, memory_mb: int = 1024,
                  cold: bool | None = None, hold: bool = False, outlive_owner: bool = False,
-                 backend: str = "qemu", guest: str = "debian", fcos_image: str | Path | None = None):
+                 backend: str = "qemu", guest: str = "debian", fcos_image: str | Path | None = None,
+                 chain: "chainfile.Chain | None" = None):
         self.fcos_image = backends.check(backend, guest, fcos_image)
         self.backend, self.guest = backend, guest
         sweep_stale_runs()
@@ -42,6 +43,8 @@ class Lab:
         # handed over to the interactive lab (see interactive.py); the sweep still reaps it.
         self.outlive_owner = outlive_owner
         self.memory_mb = memory_mb
+        # The chain every instance of this lab runs (a chain file; default the incident's).
+        self.chain = chain or units.incident()
         self.instances: list[Instance] = []
         self._image: image_mod.Image | None = None
 
@@ -49,7 +52,7 @@ class Lab:
     def image(self) -> image_mod.Image:
         """The guest image of this lab's release, built on first use."""
         if self._image is None:
-            self._image = image_mod.ensure_image(self.release)
+            self._image = image_mod.ensure_image(self.release, extras=image_mod.Extras.of(self.chain))
         return self._image
 
     def new_run_dir(self, label: str) -> Path:
@@ -69,18 +72,25 @@ class Lab:
         self.instances.append(instance)
         return instance
 
-    def instance(self, chain: str = "bindsto", fs: str = "xfs", units_dir: str | Path | None = None,
+    def instance(self, chain: str | None = None, fs: str | None = None, units_dir: str | Path | None = None,
                  cold: bool | None = None, **boot) -> Instance:
-        """A healthy guest running the incident's chain (CHAIN: requires|bindsto, FS: xfs|ext4).
+        """A healthy guest running the lab's chain (the chain file's; CHAIN: requires|bindsto
+        and FS: xfs|ext4 override its dependency and filesystem).
         It starts from a warm snapshot unless COLD (or UNITCHAOS_COLD=1): then it boots.
         BOOT changes the variant (old_fs, docker_requires_mount): such a guest is not healthy
         by design, so it always boots."""
-        variant = units.Variant(chain=chain, fs=fs, **({"units_dir": Path(units_dir)} if units_dir else {}), **boot)
+        variant = self.variant(chain, fs, units_dir, **boot)
         cold = self.cold if cold is None else cold
         if cold or boot or backends.cold_only(self.backend, self.guest):
             return self.new_instance(variant, "cold").boot()
         saved = snapshots.ensure(self, variant)
         return self.new_instance(variant, "warm").restore(saved)
+
+    def variant(self, chain: str | None = None, fs: str | None = None, units_dir: str | Path | None = None,
+                **boot) -> units.Variant:
+        """The lab's chain with these overrides (None: the chain file's value)."""
+        return units.Variant(chain=chain or self.chain.dependency, fs=fs or self.chain.fs, spec=self.chain,
+                             **({"units_dir": Path(units_dir)} if units_dir else {}), **boot)
 
     def done_with(self, instance: Instance) -> None:
         """An experiment is finished with INSTANCE: release it, unless the lab holds it."""

@@ -16,6 +16,7 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 from ..machines import accel
 from ..images import image
@@ -78,7 +79,8 @@ def _stale_snapshot(path: Path, current_images: set[str]) -> str | None:
     if meta.get("qemu", accel.qemu_version()) != accel.qemu_version():
         return f"saved by {meta['qemu']}"
     if "argv_shape" in meta:
-        argv = snapshots.argv_shape(image.Image(backing.parent), meta["memory_mb"], meta["accel"])
+        chain = SimpleNamespace(size=meta.get("volume_size", "1G"), ports=tuple(meta.get("ports", ())))
+        argv = snapshots.argv_shape(image.Image(backing.parent), meta["memory_mb"], meta["accel"], chain)
         if meta["argv_shape"] != argv:
             return "saved for another QEMU command line"
     return None

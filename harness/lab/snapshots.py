@@ -41,16 +41,18 @@ def snapshots_dir() -> Path:
 
 
 def snapshot_key(image: Image, variant: Variant, memory_mb: int, accel_name: str, argv: str) -> str:
+    # Everything of the chain the guest sees: its image (packages, files), unit files,
+    # volume and ports (in ARGV).
     parts = [SNAPSHOT_VERSION, image.key, json.dumps(render(variant), sort_keys=True), str(memory_mb),
-             accel_name, accel.qemu_version(), argv]
+             accel_name, accel.qemu_version(), argv, json.dumps(variant.spec.guest_view(), sort_keys=True)]
     digest = hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
-    return f"{variant.chain}-{variant.fs}-{digest}"
+    return f"{variant.spec.name}-{variant.chain}-{variant.fs}-{digest}"
 
 
 def ensure(lab, variant: Variant) -> SavedState:
     """The saved healthy guest for VARIANT in LAB's image, made first if needed."""
     accel_name = accel.choose(lab.image.kernel)
-    argv = argv_shape(lab.image, lab.memory_mb, accel_name)
+    argv = argv_shape(lab.image, lab.memory_mb, accel_name, variant.spec)
     key = snapshot_key(lab.image, variant, lab.memory_mb, accel_name, argv)
     path = snapshots_dir() / key
     with open(snapshots_dir() / f"{key}.lock", "w") as lock:
@@ -67,9 +69,10 @@ def ensure(lab, variant: Variant) -> SavedState:
     return saved
 
 
-def argv_shape(image: Image, memory_mb: int, accel_name: str) -> str:
+def argv_shape(image: Image, memory_mb: int, accel_name: str, chain=None) -> str:
     """QEMU's command line with the per-run paths and ports left out: what must match."""
-    machine = Machine(image, Path("/RUN"), memory_mb=memory_mb, fw_cfg={UNITS_FW_CFG: Path("/RUN/units.tar")})
+    extra = {"volume_size": chain.size, "extra_ports": chain.ports} if chain else {}
+    machine = Machine(image, Path("/RUN"), memory_mb=memory_mb, fw_cfg={UNITS_FW_CFG: Path("/RUN/units.tar")}, **extra)
     machine.accel = accel_name
     machine.ram_file = Path("/RUN/ram")
     machine.ports = {guest: 0 for guest in machine.guest_ports}
@@ -137,7 +140,8 @@ def _create(path: Path, lab, variant: Variant, accel_name: str, argv: str) -> No
                 shutil.move(str(instance.run_dir / disk), staging / disk)
             # qemu, memory_mb and argv_shape let `unitchaos prune` tell a snapshot no run can use.
             meta = {"accel": accel_name, "qemu": accel.qemu_version(), "memory_mb": lab.memory_mb,
-                    "argv_shape": argv, "image_stamp": image_stamp(lab.image),
+                    "argv_shape": argv, "volume_size": variant.spec.size, "ports": list(variant.spec.ports),
+                    "chain": variant.spec.name, "image_stamp": image_stamp(lab.image),
                     "state_bytes": (staging / "state").stat().st_size,
                     "ram_bytes": (staging / "ram").stat().st_size,
                     "boot_seconds": round(instance.boot_seconds, 2), "save_seconds": round(save_seconds, 2),

@@ -94,6 +94,10 @@ class Machine:
     names_volume_nodes = True
     # Instance.boot may boot again on fresh overlays after a kernel panic under TCG.
     reboots_after_panic = True
+    # The volume's mount point and .mount unit in the guest; the Instance sets the chain's.
+    mount_point = "/var/lib/docker"
+    mount_unit = "var-lib-docker.mount"
+
     def __init__(self, image: Image, run_dir: Path, *, memory_mb: int = 1024, cpus: int = 2,
                  volume_size: str = "1G", fw_cfg: dict[str, Path] | None = None,
                  extra_ports: tuple[int, ...] = (), name: str = "guest", volume_source: Path | None = None):

@@ -11,7 +11,7 @@ from .. import faults, timeouts, units
 from ..evidence import timeline, timeline_svg
 from ..errors import GuestTimeout, UserError
 from ..evidence.health_watch import HealthWatch
-from ..evidence.outcome import CheckVerdict, Health, Outcome, Seconds
+from ..evidence.outcome import Outcome, Seconds
 from ..lab.instance import Instance
 from ..lab.lab import Lab
 from ..paths import artifacts_dir
@@ -52,6 +52,9 @@ INCIDENT_SUITE = [
 ]
 
 
+STOPPED = ("inactive", "failed")
+
+
 def get(name: str) -> Experiment:
     try:
         return EXPERIMENTS[name]
@@ -59,33 +62,62 @@ def get(name: str) -> Experiment:
         raise UserError(f"unknown experiment {name!r}", f"use one of: {', '.join(EXPERIMENTS)}") from None
 
 
-def run(lab: Lab, name: str, chain: str = "bindsto", fs: str = "xfs", units_dir=None,
-        health_window: float = 12.0, params: dict | None = None) -> Outcome:
-    """Runs experiment NAME on a fresh instance. The stock and the deep health checks are
-    watched by a load balancer from just before the fault until both have given their
-    verdict or HEALTH_WINDOW seconds have passed."""
+def run(lab: Lab, name: str, chain: str | None = None, fs: str | None = None, units_dir=None,
+        health_window: float = 12.0, params: dict | None = None) -> dict:
+    """Runs experiment NAME on a fresh instance of the lab's chain (CHAIN and FS override
+    the chain file's). Each of the chain's checks and the deep check are watched by a load
+    balancer from just before the fault until all have given their verdict or
+    HEALTH_WINDOW seconds have passed."""
     experiment = get(name)
     if params and not experiment.fault:
         experiment.parse_params(list(params))  # says it takes none
+    if experiment.boot and not lab.chain.has_agent:
+        raise UserError(f"{name} is an experiment on the incident's chain",
+                        "run it without --chain-file (chains/ecs-docker.toml)")
     started = time.monotonic()
     instance = lab.instance(chain=chain, fs=fs, units_dir=units_dir, **dict(experiment.boot))
+    chain, fs = instance.variant.chain, instance.variant.fs
     watch = HealthWatch(instance).start()
     try:
-        outcome = Outcome(experiment=name, release=lab.release, chain=chain, fs=fs, fault=experiment.fault,
-                          units_dir=str(instance.variant.units_dir), params=params or None)
+        if not instance.restored and not experiment.boot and not lab.chain.has_agent:
+            # A warm snapshot was saved only once the workload succeeded; a cold boot has
+            # to show it here, or its findings would be about a chain that never worked.
+            instance.wait_for_workload()
+        outcome = {"experiment": name, "release": lab.release, "chain_file": lab.chain.name, "chain": chain,
+                   "fs": fs, "fault": experiment.fault, "units_dir": str(instance.variant.units_dir)}
         fault_started = time.monotonic()
         watch.mark_fault(time.time())
         if experiment.fault:
-            outcome.fault_detail = inject_and_wait(instance, experiment.fault, fs, params or {})
+            outcome["fault_detail"] = inject_and_wait(instance, experiment.fault, fs, params or {},
+                                                      on_injected=watch.mark_fault)
         watch.wait(health_window if experiment.fault else 3.0)
         watch.stop()
-        verdicts = watch.result()
-        outcome.health = Health(stock=CheckVerdict(**verdicts["stock"]), deep=CheckVerdict(**verdicts["deep"]),
-                                lb=verdicts["lb"])
-        outcome.timeline = timeline.build(instance, watch.lb)
-        outcome.badness = timeline.badness(instance)
-        (observe if instance.machine.running else terminated)(instance, outcome)
+        outcome["health"] = watch.result()
+        traffic = watch.workload_result()
+        if traffic is not None:
+            outcome["workload_traffic"] = traffic
+        outcome["timeline"] = timeline.build(instance, watch.lb)
+        if traffic and traffic["first_failure"] is not None:
+            why = next((x["why"] for x in watch.samples_json()["samples"]
+                        if x["check"] == "workload" and x["status"] != 200 and (x["t"] or 0) >= 0), None)
+            outcome["timeline"].append({"t": traffic["first_failure"], "source": "workload",
+                                        "event": f"fails first: {why}"})
+            outcome["timeline"].sort(key=lambda e: e["t"])
+        outcome["badness"] = timeline.badness(instance)
+        observed = observe(instance) if instance.machine.running else terminated(instance)
+        # One entry per declared check: what the load balancer saw, and what it says now.
+        observed["checks"] = {name: {**outcome["health"][name], **seen}
+                              for name, seen in observed["checks"].items()}
+        outcome.update(observed)
+        t_seen = time.time() - (instance.fault_log[-1]["at"] if instance.fault_log else time.time())
+        for name, check in observed["checks"].items():
+            if check["lies"]:
+                outcome["timeline"].append({"t": round(t_seen, 2), "source": f"{name} check",
+                                            "event": f"LIES: answers healthy while the workload fails "
+                                                     f"({observed['workload']['error']})"})
         now = time.monotonic()
+        # Observed as plain data (a chain's named checks); typed from here on.
+        outcome = Outcome.from_json(_jsonable(outcome))
         outcome.start = "warm snapshot" if instance.restored else "cold boot"
         outcome.backend, outcome.guest = lab.backend, lab.guest
         outcome.seconds = Seconds(boot=round(instance.boot_seconds, 1), fault_to_verdict=round(now - fault_started, 1),
@@ -110,9 +142,20 @@ def run(lab: Lab, name: str, chain: str = "bindsto", fs: str = "xfs", units_dir=
         lab.done_with(instance)
 
 
-def inject_and_wait(instance: Instance, fault_name: str, fs: str, params: dict | None = None) -> dict:
-    """Injects the fault, then waits for the kernel's word on it and for systemd to settle."""
+def describe(outcome: dict) -> str:
+    """One line naming an experiment: "yank (bindsto, xfs)"."""
+    return f"{outcome['experiment']} ({outcome['chain']}, {outcome['fs']})"
+
+
+def inject_and_wait(instance: Instance, fault_name: str, fs: str, params: dict | None = None,
+                    on_injected=None) -> dict:
+    """Injects the fault, then waits for the kernel's word on it and for systemd to settle.
+    ON_INJECTED(at) learns the fault's moment: the checks' seconds count from there, not
+    from before the uptime read that precedes it (which took seconds on a just-restored
+    guest on a loaded host)."""
     record = instance.inject(fault_name, **(params or {}))
+    if on_injected is not None:
+        on_injected(record["at"])
     word = faults.get(fault_name).kernel_word.get(fs)
     detail = {**record["detail"], "kernel_word": None, "settled": None}
     if not instance.machine.running:
@@ -132,40 +175,59 @@ def inject_and_wait(instance: Instance, fault_name: str, fs: str, params: dict |
 
 def terminated(instance: Instance, outcome: Outcome) -> None:
     """What is left to see of an instance whose QEMU is gone: only what the network says."""
-    outcome.units = {unit: "terminated" for unit in units.CHAIN}
-    outcome.volume_device, outcome.docker_dir_device = "terminated", None
-    outcome.mount_listed, outcome.mount, outcome.metadata_status = False, "", None
-    outcome.container_start_ok = False
-    outcome.container_start = {"via": None, "ok": False, "error": "instance terminated"}
-    outcome.health_check_lies = False
-    _guest_facts(instance, outcome)
+    gone = {"via": None, "ok": False, "error": "instance terminated"}
+    return {"units": {unit: "terminated" for unit in instance.chain.units}, "volume_device": "terminated",
+            "data_dir_device": None, "mount_listed": False, "mount": "",
+            **({"metadata_status": None, "docker_dir_device": None, "container_start_ok": False,
+                "container_start": gone} if instance.chain.has_agent else {}),
+            "workload_ok": False, "workload": gone,
+            "checks": {check.name: {"now": None, "lies": False} for check in instance.chain.checks},
+            "must_stop": {unit: "terminated" for unit in instance.chain.must_stop}, "must_stop_ok": True,
+            "health_check_lies": False,
+            "kernel_events": [event["line"] for event in instance.kernel_events()],
+            "kernel_lines": instance.kernel_lines(),
+            **instance.guest_versions, "accel": instance.machine.accel, "timeout_scale": timeouts.scale()}
 
 
-def observe(instance: Instance, outcome: Outcome) -> None:
-    """What systemd, the kernel, the mount table and the health check say right now."""
-    outcome.units = instance.unit_states()
-    outcome.volume_device = instance.machine.unit_state("dev-vdb.device")
-    outcome.mount_listed = instance.mount_listed()
-    outcome.mount = instance.mount_options()
-    outcome.metadata_status = instance.metadata_status()
-    # Where Docker's files really go: the volume, or (unmounted) the small root disk.
-    outcome.docker_dir_device = instance.machine.run("findmnt -n -o SOURCE --target /var/lib/docker",
-                                                     timeout=10).stdout.strip()
+def observe(instance: Instance) -> dict:
+    """What systemd, the kernel, the mount table, the checks and the workload say right now."""
+    chain = instance.chain
+    states = instance.unit_states()
+    seen = {
+        "units": states,
+        "volume_device": instance.machine.unit_state("dev-" + units.DEVICE.removeprefix("/dev/") + ".device"),
+        "mount_listed": instance.mount_listed(),
+        "mount": instance.mount_options(),
+        # Where the service's files really go: the volume, or (unmounted) the small root disk.
+        "data_dir_device": instance.machine.run(f"findmnt -n -o SOURCE --target {chain.mount_point}",
+                                                timeout=10).stdout.strip(),
+        "must_stop": {unit: states[unit] for unit in chain.must_stop},
+        # Stopped means stopped: a unit left "deactivating" still runs (Debian's Redis, whose
+        # TimeoutStopSec=0 lets a stop that cannot write its last AOF wait for ever).
+        "must_stop_ok": all(states[unit] in STOPPED for unit in chain.must_stop),
+    }
+    now = {check.name: instance.check_answer(check)[0] for check in chain.checks}
+    if chain.has_agent:
+        seen["metadata_status"] = instance.metadata_status()
+        seen["docker_dir_device"] = seen["data_dir_device"]
     # Last, because it changes what it looks at: with the agent gone, asking Docker wakes
     # docker.socket, which starts docker.service, which pulls the mount back in.
-    container = instance.start_container()
-    outcome.container_start_ok = container["ok"]
-    outcome.container_start = container
-    outcome.health_check_lies = outcome.metadata_status == 200 and not container["ok"]
-    _guest_facts(instance, outcome)
-
-
-def _guest_facts(instance: Instance, outcome: Outcome) -> None:
-    outcome.kernel_events = [event["line"] for event in instance.kernel_events()]
-    outcome.kernel_lines = instance.kernel_lines()
-    outcome.guest_versions = dict(instance.guest_versions)
-    outcome.accel = instance.machine.accel
-    outcome.timeout_scale = timeouts.scale()
+    work = instance.workload()
+    # A check lies when it says healthy while the workload fails.
+    checks = {name: {"now": status, "lies": status == 200 and not work["ok"]} for name, status in now.items()}
+    return {
+        **seen,
+        "workload_ok": work["ok"],
+        "workload": work,
+        **({"container_start_ok": work["ok"], "container_start": work} if chain.has_agent else {}),
+        "checks": checks,
+        "health_check_lies": any(check["lies"] for check in checks.values()),
+        "kernel_events": [event["line"] for event in instance.kernel_events()],
+        "kernel_lines": instance.kernel_lines(),
+        **instance.guest_versions,
+        "accel": instance.machine.accel,
+        "timeout_scale": timeouts.scale(),
+    }
 
 
 def _jsonable(value):
