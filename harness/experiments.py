@@ -7,7 +7,7 @@ import json
 import time
 from dataclasses import dataclass
 
-from . import faults, timeline, timeline_svg, timeouts, units
+from . import faults, fs_error, timeline, timeline_svg, timeouts, units
 from .errors import GuestTimeout, UserError
 from .health_watch import HealthWatch
 from .instance import Instance
@@ -58,7 +58,7 @@ def get(name: str) -> Experiment:
 
 
 def run(lab: Lab, name: str, chain: str = "bindsto", fs: str = "xfs", units_dir=None,
-        health_window: float = 12.0, params: dict | None = None) -> dict:
+        health_window: float = 12.0, params: dict | None = None, remedy: str | None = None) -> dict:
     """Runs experiment NAME on a fresh instance. The stock and the deep health checks are
     watched by a load balancer from just before the fault until both have given their
     verdict or HEALTH_WINDOW seconds have passed."""
@@ -66,11 +66,11 @@ def run(lab: Lab, name: str, chain: str = "bindsto", fs: str = "xfs", units_dir=
     if params and not experiment.fault:
         experiment.parse_params(list(params))  # says it takes none
     started = time.monotonic()
-    instance = lab.instance(chain=chain, fs=fs, units_dir=units_dir, **dict(experiment.boot))
+    instance = lab.instance(chain=chain, fs=fs, units_dir=units_dir, remedy=remedy, **dict(experiment.boot))
     watch = HealthWatch(instance).start()
     try:
         outcome = {"experiment": name, "release": lab.release, "chain": chain, "fs": fs, "fault": experiment.fault,
-                   "units_dir": str(instance.variant.units_dir)}
+                   "units_dir": str(instance.variant.units_dir), "remedy": remedy}
         fault_started = time.monotonic()
         watch.mark_fault(time.time())
         if params:
@@ -157,6 +157,8 @@ def observe(instance: Instance) -> dict:
         "docker_dir_device": instance.machine.run("findmnt -n -o SOURCE --target /var/lib/docker",
                                                   timeout=10).stdout.strip(),
     }
+    # Before the container start, which can wake Docker and remount the volume.
+    seen.update(fs_error.observe(instance))
     # Last, because it changes what it looks at: with the agent gone, asking Docker wakes
     # docker.socket, which starts docker.service, which pulls the mount back in.
     container = instance.start_container()

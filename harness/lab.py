@@ -65,12 +65,13 @@ class Lab:
         return instance
 
     def instance(self, chain: str = "bindsto", fs: str = "xfs", units_dir: str | Path | None = None,
-                 cold: bool | None = None, **boot) -> Instance:
+                 cold: bool | None = None, remedy: str | None = None, **boot) -> Instance:
         """A healthy guest running the incident's chain (CHAIN: requires|bindsto, FS: xfs|ext4).
         It starts from a warm snapshot unless COLD (or UNITCHAOS_COLD=1): then it boots.
         BOOT changes the variant (old_fs, docker_requires_mount): such a guest is not healthy
         by design, so it always boots."""
-        variant = units.Variant(chain=chain, fs=fs, **({"units_dir": Path(units_dir)} if units_dir else {}), **boot)
+        variant = units.Variant(chain=chain, fs=fs, **({"units_dir": Path(units_dir)} if units_dir else {}),
+                                remedy=remedy, **boot)
         cold = self.cold if cold is None else cold
         if cold or boot or backends.cold_only(self.backend, self.guest):
             return self.new_instance(variant, "cold").boot()

@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .errors import UserError
-from .paths import UNITS_DIR
+from .paths import UNITS_DIR, VM_DIR
 
 CHAINS = {"requires": "Requires", "bindsto": "BindsTo"}
 FILESYSTEMS = {"xfs": "/usr/sbin/mkfs.xfs -f", "ext4": "/usr/sbin/mkfs.ext4 -F -q"}
@@ -26,6 +26,13 @@ DOCKER_NEEDS_MOUNT = "docker.service.d/10-volume.conf"
 REQUIRED = ["format-ephemeral.service", "var-lib-docker.mount", "ecs-agent.service"]
 CHAIN = ["format-ephemeral.service", "var-lib-docker.mount", "docker.service", "ecs-agent.service"]
 DEVICE = "/dev/vdb"
+# Unit files and drop-ins that make systemd stop the chain when the volume's filesystem
+# shuts down (vm/remedies/NAME/), laid over the chain's units.
+REMEDIES_DIR = VM_DIR / "remedies"
+
+
+def remedies() -> list[str]:
+    return sorted(p.name for p in REMEDIES_DIR.iterdir() if p.is_dir())
 # Complaints from systemd-analyze that are about the host, not the unit files.
 HOST_ONLY = re.compile(r"is not executable: No such file or directory|Failed to .*unit file.*not found|"
                        r"Unit .* not found")
@@ -41,8 +48,11 @@ class Variant:
     # unit neither wipes it nor forces mkfs; and, optionally, Docker does not require the mount.
     old_fs: bool = False
     docker_requires_mount: bool = True
+    remedy: str | None = None
 
     def __post_init__(self):
+        if self.remedy is not None and self.remedy not in remedies():
+            raise UserError(f"unknown remedy {self.remedy!r}", f"use one of: {', '.join(remedies())}")
         if self.chain not in CHAINS:
             raise UserError(f"unknown chain {self.chain!r}", f"use one of: {', '.join(CHAINS)}")
         if self.fs not in FILESYSTEMS:
@@ -69,8 +79,12 @@ def render(variant: Variant) -> dict[str, str]:
         raise UserError(f"{units_dir} lacks {', '.join(missing)}",
                         f"add them (see {UNITS_DIR} for the incident's chain)")
     rendered = {}
-    for path in sorted(p for p in units_dir.rglob("*") if p.is_file()):
-        rel = path.relative_to(units_dir)
+    sources = [(units_dir, path) for path in sorted(units_dir.rglob("*")) if path.is_file()]
+    if variant.remedy:
+        top = REMEDIES_DIR / variant.remedy
+        sources += [(top, path) for path in sorted(top.rglob("*")) if path.is_file() and path.suffix != ".md"]
+    for top, path in sources:
+        rel = path.relative_to(top)
         if any(part.startswith(".") for part in rel.parts):
             continue  # Editor swap files, a .git directory: not units.
         try:
