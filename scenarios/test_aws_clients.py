@@ -111,7 +111,8 @@ def test_chaos_run_detach_random_volume_the_stock_probe_passes_the_deep_one_fail
                            str(REPO / "examples/chaostoolkit/detach-volume.json")], env=env, cwd=tmp_path,
                           capture_output=True, text=True, timeout=timeouts.scaled(300))
     run = json.loads(journal.read_text())
-    assert run["status"] == "failed" and run["deviated"], done.stderr[-2000:]
+    # chaostoolkit-lib 1.44 ends a run whose hypothesis deviated as "completed" + deviated.
+    assert run["deviated"], done.stderr[-2000:]
     before = {p["activity"]["name"]: p["tolerance_met"] for p in run["steady_states"]["before"]["probes"]}
     after = {p["activity"]["name"]: p["tolerance_met"] for p in run["steady_states"]["after"]["probes"]}
     assert before == {"stock-health-check": True, "deep-health-check": True}

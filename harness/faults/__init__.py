@@ -77,15 +77,10 @@ def guest_command(command: str, timeout: float = 120) -> Callable[[Machine], dic
 ALREADY = "already_in_effect"
 
 
-def _volume_inserted(machine: Machine) -> bool:
-    devices = {block["device"]: block for block in machine.monitor.command("query-block")}
-    return "inserted" in devices.get(machine.volume.name, {})
-
-
 def _unplug(machine: Machine) -> dict:
     # ACPI hot-unplug: the guest is asked to let go of the disk, then it is gone.
     device = machine.volume.device_id
-    if not _volume_inserted(machine):
+    if not machine.volume_attached():
         return {ALREADY: "the volume is already detached (unplug or yank)"}
     try:
         machine.monitor.command("device_del", id=device)
@@ -98,7 +93,7 @@ def _unplug(machine: Machine) -> dict:
 def _yank(machine: Machine) -> dict:
     # drive_del removes the backend but leaves the virtio device: every later I/O gets
     # EIO, as on a force-detached EBS volume whose Xen front end would not let go.
-    if not _volume_inserted(machine):
+    if not machine.volume_attached():
         return {ALREADY: "the volume's backend is already gone (yank or unplug)"}
     try:
         done = machine.remove_volume_backend()

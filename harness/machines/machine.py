@@ -455,6 +455,12 @@ class Machine:
 
     # -- from the host, as a load balancer would see it ------------------------
 
+    def volume_attached(self) -> bool:
+        """Whether the volume is still in the guest with its backend: False once it was
+        unplugged (device_del) or yanked (drive_del), so a second one can say so."""
+        devices = {block["device"]: block for block in self.monitor.command("query-block")}
+        return "inserted" in devices.get(self.volume.name, {})
+
     def remove_volume_backend(self) -> dict:
         """Takes the volume's backend away and leaves its virtio device: every later I/O on
         it fails with EIO (a force-detached EBS volume whose Xen front end would not let go)."""

@@ -110,9 +110,17 @@ class VagrantMachine(Machine):
             inserted = block.get("inserted") or {}
             if inserted.get("file") == str(self.volume.path):
                 self.volume.name = inserted["node-name"]
-                self.volume.qdev = block["qdev"].removeprefix("/machine/peripheral/").split("/")[0]
+                self.volume.qdev = _device_of(block)
                 return
         raise UserError(f"libvirt did not attach the volume {self.volume.path}", f"see {self.run_dir / 'vagrant.log'}")
+
+    def volume_attached(self) -> bool:
+        """libvirt's -blockdev disks have no drive name (query-block's "device" is empty), so
+        the volume is found by its device; a yank leaves its blkdebug node behind."""
+        attached = any(_device_of(block) == self.volume.qdev and "inserted" in block
+                       for block in self.monitor.command("query-block"))
+        return attached and not any(node["node-name"] == YANK_NODE
+                                    for node in self.monitor.command("query-named-block-nodes", flat=True))
 
     def remove_volume_backend(self) -> dict:
         """libvirt attaches disks with -blockdev, and drive_del cannot remove a node a device
@@ -256,3 +264,7 @@ def sweep(run_dir: Path) -> None:
 def _virsh(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(["virsh", "-c", LIBVIRT_URI, *args], capture_output=True, text=True, timeout=60)
 
+
+def _device_of(block: dict) -> str:
+    """The device id in a query-block entry's qdev path (/machine/peripheral/ID/virtio-backend)."""
+    return block.get("qdev", "").removeprefix("/machine/peripheral/").split("/")[0]
