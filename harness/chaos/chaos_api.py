@@ -258,11 +258,7 @@ class _Handler(BaseHTTPRequestHandler):
             status, data = exc.status, exc.message.encode()
         if body is not None:
             status, data = self.server.chaos.aws.handle("POST", self.path, self.headers, body)
-        self.send_response(status)
-        self.send_header("Content-Type", "text/xml")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        self._send(status, data, content_type="text/xml")
 
     def do_PUT(self):
         self._answer(self._not_allowed)
@@ -290,7 +286,7 @@ class _Handler(BaseHTTPRequestHandler):
             log.exception("chaos request failed")
             status, payload = HTTPStatus.INTERNAL_SERVER_ERROR, {
                 "message": _one_line(f"the chaos backend failed: {type(exc).__name__}: {exc}")}
-        self._send(status, payload, headers)
+        self._send(status, json.dumps(payload).encode(), headers)
 
     def _read_body(self) -> bytes:
         try:
@@ -339,12 +335,12 @@ class _Handler(BaseHTTPRequestHandler):
         raise ApiError(HTTPStatus.METHOD_NOT_ALLOWED, f"{self.command} is not supported; use GET or POST",
                        {"Allow": "GET, POST"})
 
-    def _send(self, status: int, payload: object, headers: dict[str, str]) -> None:
-        data = json.dumps(payload).encode()
+    def _send(self, status: int, data: bytes, headers: dict[str, str] | None = None,
+              content_type: str = "application/json") -> None:
         self.send_response(status)
-        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(data)))
-        for name, value in headers.items():
+        for name, value in (headers or {}).items():
             self.send_header(name, value)
         self.end_headers()
         self.wfile.write(data)
