@@ -7,7 +7,7 @@ from harness.runs import experiments
 from harness.chaos.autoscaling import AutoScalingGroup
 from harness.evidence.health_watch import EXPERIMENT_CHECK, probe
 from harness.evidence.loadbalancer import LoadBalancer
-from harness.machines.machine import HEALTH_PORT
+from harness.lab.instance import HEALTH_PORT
 from harness.waiting import wait_until
 
 

@@ -20,7 +20,7 @@ from ..machines import accel
 from .. import progress
 from ..errors import GuestError, UserError, disk_full_means
 from ..images.image import Image
-from .instance import UNITS_FW_CFG
+from .instance import AGENT_PORTS, UNITS_FW_CFG
 from ..machines.machine import Machine, SavedState
 from ..paths import cache_dir
 from ..units import Variant, render
@@ -71,8 +71,9 @@ def ensure(lab, variant: Variant) -> SavedState:
 
 def argv_shape(image: Image, memory_mb: int, accel_name: str, chain=None) -> str:
     """QEMU's command line with the per-run paths and ports left out: what must match."""
-    extra = {"volume_size": chain.size, "extra_ports": chain.ports} if chain else {}
-    machine = Machine(image, Path("/RUN"), memory_mb=memory_mb, fw_cfg={UNITS_FW_CFG: Path("/RUN/units.tar")}, **extra)
+    extra = {"volume_size": chain.size} if chain else {}
+    machine = Machine(image, Path("/RUN"), memory_mb=memory_mb, fw_cfg={UNITS_FW_CFG: Path("/RUN/units.tar")},
+                      extra_ports=(*AGENT_PORTS, *(chain.ports if chain else ())), **extra)
     machine.accel = accel_name
     machine.ram_file = Path("/RUN/ram")
     machine.ports = {guest: 0 for guest in machine.guest_ports}

@@ -122,7 +122,7 @@ def run(lab: Lab, name: str, chain: str | None = None, fs: str | None = None, un
         outcome.backend, outcome.guest = lab.backend, lab.guest
         outcome.seconds = Seconds(boot=round(instance.boot_seconds, 1), fault_to_verdict=round(now - fault_started, 1),
                                   total=round(now - started, 1))
-        if getattr(instance.machine, "up_seconds", None) is not None:
+        if instance.machine.up_seconds is not None:
             outcome.seconds.vagrant_up = round(instance.machine.up_seconds, 1)
         if lab.keep:
             outcome.artifacts = str(artifacts_dir() / instance.run_dir.name)

@@ -28,7 +28,8 @@ from ..errors import GuestTimeout, UserError
 from ..images.image import Image
 from ..lab.instance import Instance
 from ..lab.lab import Lab, qemu_of
-from ..machines.machine import AGENT_PORT, HEALTH_PORT, SSH_ALIAS
+from ..lab.instance import AGENT_PORT, HEALTH_PORT
+from ..machines.machine import SSH_ALIAS
 from ..machines.process import AdoptedProcess
 from ..paths import cache_dir
 from ..waiting import Deadline
