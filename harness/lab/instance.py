@@ -36,7 +36,7 @@ BOOTS_UNDER_TCG = 3
 
 class Instance:
     """A guest running the incident's unit chain for one variant, and the questions a
-    scenario asks of it. Get one from the lab (`lab.instance(chain="bindsto", fs="xfs")`);
+    scenario asks of it. Get one from the lab (`lab.acquire(chain="bindsto", fs="xfs")`);
     break it with `inject`, then ask `unit_states`, `metadata_status`, `mount_listed`,
     `can_start_container`, `wait_for_kernel_message`."""
     def __init__(self, image: Image, variant: units.Variant, run_dir: Path, memory_mb: int = 1024,

@@ -117,7 +117,7 @@ def image_stamp(image: Image) -> str:
 def _create(path: Path, lab, variant: Variant, accel_name: str, argv: str) -> None:
     _require_space(lab.memory_mb)
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=snapshots_dir()))
-    instance = lab.new_instance(variant, "snapshot")
+    instance = lab.acquire(variant=variant, started=False, label="snapshot")
     instance.machine.ram_file = staging / "ram"
     keep, disk_full = False, False
     try:
@@ -163,12 +163,12 @@ def _release(lab, instance, keep: bool) -> None:
     which the test that wanted the snapshot never gets to see otherwise."""
     if keep:
         try:
-            kept = lab.release_instance(instance, keep=True)
+            kept = lab.release(instance, keep=True)
             progress.say(f"the guest that was to be saved is kept for a look: {kept}")
             return
         except OSError:
             pass  # no room for the evidence either: let the failure itself be reported
-    lab.release_instance(instance)
+    lab.release(instance, keep=lab.keep)
 
 
 def _require_space(memory_mb: int) -> None:
