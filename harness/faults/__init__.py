@@ -17,13 +17,19 @@ MOUNT_POINT, MOUNT_UNIT = "{mount_point}", "{mount_unit}"
 
 
 def for_volume(command: str, machine: Machine) -> str:
+    """COMMAND with {mount_point} and {mount_unit} filled in from MACHINE's chain."""
     return command.replace(MOUNT_POINT, machine.mount_point).replace(MOUNT_UNIT, machine.mount_unit)
 
 
 @dataclass(frozen=True)
 class Fault:
+    """One way to break an instance: NAME, a one-line SUMMARY (its contract: what it does
+    to the guest), WHERE it acts, and the kernel's words that show it landed.
+
+        faults.get("yank").inject(vm.machine)   # or vm.inject("yank")
+    """
     name: str
-    summary: str
+    summary: str                    # one line: what it does, as `unitchaos run --help` lists it
     where: str                      # "qemu" or "guest"
     action: Callable[[Machine], dict]
     # Kernel words that show the fault has landed, by filesystem (regular expressions).
@@ -54,6 +60,7 @@ class Fault:
         return parsed
 
     def heal(self, machine: Machine) -> dict:
+        """Undoes this fault on MACHINE where that makes sense (UserError where it does not)."""
         if self.heal_action is None:
             raise UserError(f"{self.name} cannot be healed", "start a new instance instead")
         return self.heal_action(machine)
@@ -247,6 +254,7 @@ STRATEGIES = {
 
 
 def get(name: str) -> Fault:
+    """The fault called NAME; UserError naming the known ones if there is none."""
     try:
         return FAULTS[name]
     except KeyError:

@@ -290,6 +290,10 @@ class Instance:
         return (200 if result.ok else None), (result.stdout + result.stderr).strip()[-300:] or f"exit {result.status}"
 
     def check_fails(self, check) -> str | None:
+        """Why CHECK (a chain's health check) fails now, or None if it answers 200.
+
+            assert vm.check_fails(vm.chain.checks[0]) is None
+        """
         status, body = self.check_answer(check)
         return None if status == 200 else str(body or status)
 

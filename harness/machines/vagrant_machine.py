@@ -168,6 +168,7 @@ class VagrantMachine(Machine):
 
     @property
     def vagrant(self) -> vagrant.Vagrant:
+        """python-vagrant on the repository's Vagrantfile, with this domain's own state and log."""
         if self._vagrant is None:
             if not shutil.which("vagrant"):
                 raise UserError("vagrant is not installed", "apt-get install vagrant vagrant-libvirt")
