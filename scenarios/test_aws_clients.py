@@ -101,8 +101,8 @@ def test_aws_cli_force_detach_yanks_the_volume_and_only_the_deep_target_group_no
 
 def test_chaos_run_detach_random_volume_the_stock_probe_passes_the_deep_one_fails(endpoint, tmp_path):
     (vm,) = endpoint.group.instances.values()
-    host, stock_port = vm.machine.endpoint(AGENT_PORT)
-    _, deep_port = vm.machine.endpoint(HEALTH_PORT)
+    host, stock_port = vm.endpoint(AGENT_PORT)
+    _, deep_port = vm.endpoint(HEALTH_PORT)
     env = {**os.environ, "AWS_ENDPOINT_URL": endpoint.url, "AWS_ACCESS_KEY_ID": "lab", "AWS_SECRET_ACCESS_KEY": "lab",
            "AWS_REGION": "us-east-1", "GROUP": "ecs", "STOCK_URL": f"http://{host}:{stock_port}/v1/metadata",
            "DEEP_URL": f"http://{host}:{deep_port}/health"}

@@ -3,6 +3,7 @@ instance of the group, and the instance ends up as in the incident."""
 import json
 import urllib.request
 
+from harness import faults
 from harness.chaos import chaos_client
 from harness.chaos.chaos_api import API_PATH, ChaosServer
 from harness.chaos.groups import Group, LabBackend, start_groups
@@ -17,7 +18,7 @@ def test_the_chaosmonkey_cli_detaches_a_volume_and_the_health_check_keeps_lying(
                                   "-group", "ecs-cluster", "-strategy", "DetachVolumes"]) == 0
         (instance_id, vm), = group.instances.items()
         assert f"triggered DetachVolumes on {instance_id}" in capsys.readouterr().out
-        vm.wait_for_kernel_message(r"XFS \(vdb\): Filesystem has been shut down")
+        vm.wait_for_kernel_message(faults.XFS_SHUTDOWN)
         assert vm.mount_listed()
         assert vm.metadata_status() == 200
         assert not vm.can_start_container()

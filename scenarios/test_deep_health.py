@@ -3,6 +3,7 @@ healing loop around it: load balancer verdict, auto scaling replacement."""
 
 import pytest
 
+from harness import faults
 from harness.runs import experiments
 from harness.chaos.autoscaling import AutoScalingGroup
 from harness.evidence.health_watch import EXPERIMENT_CHECK, probe
@@ -32,7 +33,7 @@ def test_the_deep_check_notices_what_the_stock_check_misses(lab, fault, fs):
 def test_the_deep_check_explains_why(lab):
     vm = lab.acquire()
     vm.inject("yank")
-    vm.wait_for_kernel_message(r"XFS \(vdb\): Filesystem has been shut down")
+    vm.wait_for_kernel_message(faults.XFS_SHUTDOWN)
     status, body = wait_until(vm.deep_health, 15, "the deep check to see the kernel's word", interval=0.5,
                               done=lambda answer: "xfs-shutdown" in answer[1]["kernel_matches"])
     assert status == 503 and body["healthy"] is False
@@ -56,7 +57,7 @@ def test_the_group_replaces_the_broken_instance_and_the_replacement_serves_200(l
                    "a healthy replacement", interval=0.5, last_seen=lambda _: str(group.events))
         (replacement,) = group.instances.values()
         assert replacement.metadata_status() == 200
-        assert replacement.machine.http_get(HEALTH_PORT, "/health")[0] == 200
+        assert replacement.deep_health()[0] == 200
         assert [e["action"] for e in group.events] == ["Launch", "Terminate", "Launch"]
     finally:
         lb.stop()

@@ -4,7 +4,7 @@ these tests are skipped and say why; the nightly FCOS jobs download one and set
 UNITCHAOS_REQUIRE_FCOS=1, so that there a missing image fails instead."""
 import pytest
 
-from harness import ALL_ACTIVE
+from harness import ALL_ACTIVE, faults
 from harness.machines.fcos_machine import FcosMachine
 
 pytestmark = pytest.mark.lab(guest="fcos")
@@ -22,7 +22,7 @@ def test_fcos_boots_the_chain_from_ignition(lab):
     vm.wait_for_deep_health(timeout=180)
 
 
-@pytest.mark.parametrize("fs, word", [("xfs", r"XFS \(vdb\):.*(Filesystem has been shut down|Shutting down filesystem)"),
+@pytest.mark.parametrize("fs, word", [("xfs", faults.XFS_SHUTDOWN),
                                       ("ext4", r"(Aborting journal on device vdb|Buffer I/O error on dev vdb)")])
 def test_fcos_yank_leaves_the_volume_mounted_and_the_agent_answering_200(lab, fs, word):
     vm = lab.acquire(chain="bindsto", fs=fs)

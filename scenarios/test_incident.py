@@ -4,9 +4,12 @@ then assert what systemd, the mount table and the load balancer's health check s
 Every test runs on bookworm (kernel 6.1, systemd 252), trixie (6.12, 257) and
 bookworm-backports (6.12, 254) unless --release picks others (see plugin.EVERY_RELEASE):
 the incident must reproduce wherever people look for it."""
+import re
+
 import pytest
 
-from harness import ALL_ACTIVE
+from harness import ALL_ACTIVE, faults
+from harness.lab.instance import AGENT_PORT
 
 pytestmark = pytest.mark.every_release
 
@@ -15,8 +18,8 @@ STOPPED = ("inactive", "failed")
 
 def test_healthy_chain_serves_metadata_and_starts_containers(lab):
     vm = lab.acquire(chain="bindsto", fs="xfs")
-    vm.machine.wait_for_unit("ecs-agent.service", timeout=30)
-    vm.machine.wait_for_port(51678, timeout=30)
+    vm.wait_for_unit("ecs-agent.service", timeout=30)
+    vm.wait_for_port(AGENT_PORT, timeout=30)
     assert vm.unit_states() == ALL_ACTIVE
     assert vm.host.mount_point("/var/lib/docker").filesystem == "xfs"
     assert vm.metadata_status() == 200
@@ -26,11 +29,10 @@ def test_healthy_chain_serves_metadata_and_starts_containers(lab):
 def test_cold_boot_brings_the_chain_up_in_order(lab):
     vm = lab.acquire(chain="bindsto", fs="xfs", cold=True)
     assert vm.unit_states() == ALL_ACTIVE
-    assert "Ordering cycle" not in vm.machine.console_text()
+    assert "Ordering cycle" not in vm.console_text()
     assert vm.metadata_status() == 200
-    order = vm.machine.succeed(
-        "journalctl -b -o cat _PID=1 | grep -E '^(Finished format-ephemeral|Mounted var-lib-docker|"
-        "Started docker.service|Started ecs-agent)' | cut -c1-20").splitlines()
+    order = [line[:20] for line in vm.journal(pid=1) if re.match(
+        r"(Finished format-ephemeral|Mounted var-lib-docker|Started docker.service|Started ecs-agent)", line)]
     assert order == ["Finished format-ephe", "Mounted var-lib-dock", "Started docker.servi", "Started ecs-agent.se"]
 
 
@@ -52,7 +54,7 @@ def test_bindsto_stops_the_agent_when_the_volume_is_unmounted_behind_systemds_ba
     assert not vm.mount_listed()
     assert vm.unit_states()["ecs-agent.service"] in STOPPED
     # systemd 252 logs BindsTo='s "bound to inactive unit" only at debug level: the order says it.
-    pid1 = vm.machine.succeed("journalctl -b -o cat _PID=1").splitlines()
+    pid1 = vm.journal(pid=1)
     unmounted = pid1.index("var-lib-docker.mount: Deactivated successfully.")
     stopping = [i for i, line in enumerate(pid1) if line.startswith("Stopping ecs-agent.service")]
     assert stopping and stopping[0] > unmounted
@@ -72,7 +74,7 @@ def test_stopping_the_mount_stops_docker_and_the_agent(lab):
 def test_yank_leaves_xfs_shut_down_but_mounted_and_the_agent_answering_200(lab):
     vm = lab.acquire(chain="bindsto", fs="xfs")
     vm.inject("yank")
-    vm.wait_for_kernel_message(r"XFS \(vdb\): Filesystem has been shut down")
+    vm.wait_for_kernel_message(faults.XFS_SHUTDOWN)
     vm.wait_until_settled()
     assert vm.mount_listed()
     assert vm.unit_states() == ALL_ACTIVE

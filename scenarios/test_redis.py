@@ -4,10 +4,10 @@
 import pytest
 
 from harness.chainfile import CHAINS_DIR, parse_file
+from harness.faults import XFS_SHUTDOWN
 
 REDIS = CHAINS_DIR / "redis.toml"
 TCP, PING = parse_file(REDIS, check_packages=False).checks
-XFS_SHUTDOWN = r"XFS \(vdb\):.*Filesystem has been shut down"
 
 pytestmark = pytest.mark.lab(chain_file=REDIS)
 
@@ -34,7 +34,7 @@ def test_unplug_bindsto_stops_redis_but_it_hangs_deactivating_and_keeps_its_port
     vm.wait_for_kernel_message(r"XFS \(vdb\)")
     # BindsTo= does its job, but Debian's unit has TimeoutStopSec=0: systemd waits for
     # ever on a Redis that cannot write its last AOF, and the mount cannot go either.
-    vm.machine.wait_for_unit("redis-server.service", "deactivating", timeout=60)
+    vm.wait_for_unit("redis-server.service", "deactivating", timeout=60)
     assert vm.check_fails(PING) is None
     first, second = vm.workload(), vm.workload()  # as under yank: one SET acknowledged and lost
     assert first["ok"] and not second["ok"] and "MISCONF" in second["error"]

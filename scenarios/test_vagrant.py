@@ -5,7 +5,7 @@ import subprocess
 
 import pytest
 
-from harness import ALL_ACTIVE, timeouts
+from harness import ALL_ACTIVE, faults, timeouts
 from harness.machines.vagrant_machine import LIBVIRT_URI, VagrantMachine
 
 # A cold `vagrant up` under TCG takes minutes (the first one also uploads the box).
@@ -23,7 +23,7 @@ def test_vagrant_yank_leaves_xfs_shut_down_but_mounted_and_the_agent_answering_2
     assert isinstance(vm.machine, VagrantMachine)
     assert virsh("domstate", vm.machine.domain).strip() == "running"
     vm.inject("yank")
-    vm.wait_for_kernel_message(r"XFS \(vdb\): Filesystem has been shut down")
+    vm.wait_for_kernel_message(faults.XFS_SHUTDOWN)
     vm.wait_until_settled()
     assert vm.mount_listed()
     assert vm.unit_states() == ALL_ACTIVE

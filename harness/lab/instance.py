@@ -4,7 +4,6 @@ checks get, whether the workload, e.g. starting a container, still succeeds)."""
 import http.client
 import json
 import re
-import shlex
 import shutil
 import socket
 import subprocess
@@ -16,6 +15,7 @@ from ..errors import GuestKernelPanic, GuestRefused, GuestTimeout, UserError
 from ..images.image import Image
 from ..machines.machine import Machine
 from ..waiting import wait_until
+from .guest_questions import GuestQuestions
 
 UNITS_FW_CFG = "opt/unitchaos/units.tar"
 # The guest agents' ports, forwarded to the host: the (fake) ECS agent's introspection API,
@@ -34,7 +34,7 @@ BOOTED = r"unitchaos: booted (?:metadata=(\d+) agent=(\S+)|unit=(\S+) state=(\S+
 BOOTS_UNDER_TCG = 3
 
 
-class Instance:
+class Instance(GuestQuestions):
     """A guest running the incident's unit chain for one variant, and the questions a
     scenario asks of it. Get one from the lab (`lab.acquire(chain="bindsto", fs="xfs")`);
     break it with `inject`, then ask `unit_states`, `metadata_status`, `mount_listed`,
@@ -253,26 +253,6 @@ class Instance:
         when healthy)."""
         return self.machine.unit_states(list(self.chain.units))
 
-    def device_state(self) -> str:
-        """systemd's ActiveState of the volume's device unit (dev-vdb.device): "active" while
-        the kernel still has the disk, "inactive" once it is unplugged."""
-        return self.machine.unit_state("dev-vdb.device")
-
-    def volume_io_fails(self) -> bool:
-        """Does I/O on the mounted volume fail with EIO (a filesystem shut down under a
-        mount that is still listed)?"""
-        result = self.machine.run("stat /var/lib/docker/")
-        return not result.ok and "Input/output error" in result.stderr
-
-    def mount_listed(self) -> bool:
-        """Is the volume's mount point in /proc/self/mountinfo (what systemd goes by)?"""
-        result = self.machine.run(f"awk '$5 == \"{self.chain.mount_point}\"' /proc/self/mountinfo")
-        return bool(result.stdout.strip())
-
-    def mount_options(self) -> str:
-        """The volume\'s filesystem type and mount options, or "" if it is not mounted."""
-        return self.machine.run(f"findmnt -no FSTYPE,OPTIONS {shlex.quote(self.chain.mount_point)} || true").stdout.strip()
-
     # -- the chain's own checks and workload --------------------------------------
 
     def check_answer(self, check, timeout: float = 5.0) -> tuple[int | None, object]:
@@ -328,6 +308,11 @@ class Instance:
         ok = result.ok and (not self.chain.workload_expect or bool(re.search(self.chain.workload_expect,
                                                                              result.stdout.strip(), re.M)))
         return {"ok": ok, "error": None if ok else f"exit {result.status}: {said or 'no output'}", "said": said}
+
+    def agent_connected(self) -> bool | None:
+        """Does the (fake) ECS agent say it is connected to its control plane? None: no answer."""
+        status, body = self.machine.http_get(AGENT_PORT, "/unitchaos/agent")
+        return body.get("connected") if status == 200 and isinstance(body, dict) else None
 
     def metadata_status(self, timeout: float = 5.0) -> int | None:
         """What the load balancer's health check gets: the HTTP status, or None."""
