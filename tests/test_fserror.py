@@ -1,0 +1,69 @@
+"""The guest's FAN_FS_ERROR watcher (vm/guest/usr/local/lib/unitchaos/fserror.py): what it
+reads out of fanotify's events, and that a kernel without FAN_FS_ERROR is a sentence, not
+a crash."""
+import ctypes
+import errno
+import importlib.util
+import struct
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+spec = importlib.util.spec_from_file_location("fserror", ROOT / "vm/guest/usr/local/lib/unitchaos/fserror.py")
+fserror = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(fserror)
+
+
+def event(mask, *infos):
+    body = b"".join(infos)
+    length = fserror.METADATA.size + len(body)
+    return fserror.METADATA.pack(length, 3, 0, fserror.METADATA.size, mask, -1, 0) + body
+
+
+def error_info(code, count):
+    return fserror.INFO_HEADER.pack(fserror.FAN_EVENT_INFO_TYPE_ERROR, 0, 12) + struct.pack("=iI", code, count)
+
+
+def fid_info():
+    # FAN_EVENT_INFO_TYPE_FID: header, fsid (8 bytes), a file handle (8-byte header + 8 bytes).
+    handle = struct.pack("=Ii", 8, 1) + b"\0" * 8
+    return fserror.INFO_HEADER.pack(1, 0, 4 + 8 + len(handle)) + b"\0" * 8 + handle
+
+
+def test_an_fs_error_event_gives_its_error_code_and_count_past_the_fid_record():
+    data = event(fserror.FAN_FS_ERROR, fid_info(), error_info(5, 3)) + event(fserror.FAN_FS_ERROR, error_info(117, 1))
+    assert fserror.parse_events(data) == [(5, 3), (117, 1)]
+    assert [fserror.describe_error(code) for code, _ in fserror.parse_events(data)] == ["EIO", "EUCLEAN"]
+
+
+def test_an_overflow_is_reported_not_mistaken_for_an_error():
+    assert fserror.parse_events(event(fserror.FAN_Q_OVERFLOW)) == [(None, 0)]
+    assert fserror.describe_error(None) == "overflow"
+
+
+def test_a_directory_that_is_not_a_mount_point_is_refused(tmp_path):
+    ok, reason = fserror.FsErrorWatch(str(tmp_path)).open()
+    assert not ok and reason == f"{tmp_path} is not a mount point"
+
+
+class OldKernel:
+    """fanotify_init works, fanotify_mark(FAN_FS_ERROR) says EINVAL: a kernel before 5.16."""
+    def __init__(self):
+        self.fanotify_init = lambda flags, event_flags: 99
+        self.fanotify_mark = self.mark
+
+    def mark(self, *args):
+        ctypes.set_errno(errno.EINVAL)
+        return -1
+
+
+def test_an_old_kernel_says_not_supported_by_kernel_x(monkeypatch):
+    closed = []
+    monkeypatch.setattr(fserror, "_libc", OldKernel)
+    monkeypatch.setattr(fserror, "kernel_release", lambda: "5.10.0-1-amd64")
+    monkeypatch.setattr(fserror.os, "close", closed.append)
+    watch = fserror.FsErrorWatch("/")
+    ok, reason = watch.open()
+    assert not ok
+    assert reason == "FAN_FS_ERROR not supported by kernel 5.10.0-1-amd64 on /: fanotify_mark EINVAL"
+    assert closed == [99] and watch.fd is None
+    assert watch.wait(0) == []
