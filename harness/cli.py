@@ -107,6 +107,8 @@ def _parser() -> argparse.ArgumentParser:
                      help="a fault parameter, e.g. ms=250 for io-latency, after=100 for io-error, "
                      "duration=20 for pause-io (repeatable)")
     run.add_argument("--json", action="store_true", help="print the outcome as one JSON object")
+    run.add_argument("--remedy", default=None, metavar="NAME",
+                     help=f"lay a remedy from vm/remedies over the chain's units ({', '.join(units.remedies())})")
     run.add_argument("--keep-artifacts", action="store_true",
                      help="keep console, journal, dmesg, QMP events and unit files (the outcome names the directory)")
     _start_options(run)
@@ -133,6 +135,9 @@ def _parser() -> argparse.ArgumentParser:
     versions_cmd.add_argument("--release", action="append", dest="releases", metavar="RELEASE",
                               help=f"repeatable: {', '.join(image.RELEASES)} (default: all)")
     versions_cmd.add_argument("--json", action="store_true")
+    versions_cmd.add_argument("--remedy", action="append", default=[], metavar="NAME",
+                              help=f"repeatable: also run each experiment with this remedy ({', '.join(units.remedies())}, "
+                                   "or all): outcome x kernel x remedy")
     versions_cmd.add_argument("--runs", type=int, default=1,
                               help="runs per experiment and release: what varies between them is not "
                                    "counted as a difference between releases (default 1)")
@@ -263,11 +268,12 @@ def _release_option(parser: argparse.ArgumentParser) -> None:
 
 
 def _check_units(args) -> None:
-    """Bad chain files, unit files, chain or fs fail here, before any image or VM work.
+    """Bad chain files, unit files, chain, fs or remedy fail here, before any image or VM work.
     Commands without --chain-file run the incident's chain."""
     chain = units.load_chain(args.chain_file) if hasattr(args, "chain_file") else units.incident()
     args.chain_spec = chain
     units.check(units.Variant(chain=args.chain or chain.dependency, fs=args.fs or chain.fs, spec=chain,
+                              remedy=getattr(args, "remedy", None),
                               **({"units_dir": Path(args.units)} if args.units else {})))
 
 
@@ -525,9 +531,13 @@ def cmd_versions(args) -> int:
     releases = list(dict.fromkeys(args.releases or image.RELEASES))
     for release in releases:
         image.check_release(release)
-    for name, chain, fs in rows:
+    remedies = units.remedies() if "all" in args.remedy else list(dict.fromkeys(args.remedy))
+    if remedies:
+        rows = versions.with_remedies(rows, remedies)
+    for name, chain, fs, *remedy in rows:
         experiments.get(name)
-        units.check(units.Variant(chain=chain, fs=fs, **({"units_dir": Path(args.units)} if args.units else {})))
+        units.check(units.Variant(chain=chain, fs=fs, remedy=remedy[0] if remedy else None,
+                                  **({"units_dir": Path(args.units)} if args.units else {})))
     result = versions.run(rows, releases, cold=args.cold, units_dir=args.units, runs=args.runs)
     if args.kernel_lines:
         for path in versions.save_kernel_lines(result, Path(args.kernel_lines)):
@@ -552,7 +562,8 @@ def cmd_run(args) -> int:
     image.check_release(args.release)
     _check_units(args)
     with _lab(args, keep=args.keep_artifacts) as lab:
-        outcome = experiments.run(lab, args.experiment, args.chain, args.fs, args.units, params=params)
+        outcome = experiments.run(lab, args.experiment, args.chain, args.fs, args.units, params=params,
+                                  remedy=args.remedy)
     if args.json:
         print(json.dumps(outcome.to_json(), indent=2))
     else:

@@ -64,6 +64,7 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "vm: boots a QEMU guest (slow)")
     config.addinivalue_line("markers", "lab(backend='qemu', guest='debian'): how the lab fixture runs its guests")
     config.addinivalue_line("markers", "every_release: run on every guest release unless --release says which")
+    config.addinivalue_line("markers", "releases(*names): run on these releases (those of them --release names, if given)")
     config.unitchaos_releases = _chosen_releases(config)
 
 
@@ -81,9 +82,13 @@ def pytest_generate_tests(metafunc):
     if "unitchaos_release" not in metafunc.fixturenames:
         return
     every = metafunc.definition.get_closest_marker("every_release") is not None
+    only = metafunc.definition.get_closest_marker("releases")
     releases = metafunc.config.unitchaos_releases or (list(EVERY_RELEASE) if every else [DEFAULT_RELEASE])
+    if only:
+        # A test about what only some kernels do: those of its releases that were asked for.
+        releases = [r for r in only.args if r in releases] if metafunc.config.unitchaos_releases else list(only.args)
     # One release and no marker: the test id stays as it was.
-    if len(releases) > 1 or every:
+    if len(releases) > 1 or every or only:
         metafunc.parametrize("unitchaos_release", releases, ids=releases)
 
 

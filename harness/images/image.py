@@ -55,7 +55,9 @@ RELEASES = {r.name: r for r in [
             extra_packages=("docker-cli",)),
     # unstable: moves every day (2026-12-01: kernel 7.2.13, systemd 262.1, xfsprogs 7.2.0);
     # each image's manifest records what it got, and a rebuild says what changed.
-    Release("sid", ("sid",), extra_packages=("docker-cli",), moving=True),
+    # sid's mount (2.42) is no longer Priority: required, so --variant=apt leaves it out and
+    # systemd's .mount units fail: "Failed at step EXEC spawning /usr/bin/mount".
+    Release("sid", ("sid",), extra_packages=("docker-cli", "mount"), moving=True),
 ]}
 ROOT_SIZE = "3G"
 # Everything that goes into an image: the guest-side files and the code that builds it.

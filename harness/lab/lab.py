@@ -73,13 +73,14 @@ class Lab:
         return instance
 
     def instance(self, chain: str | None = None, fs: str | None = None, units_dir: str | Path | None = None,
-                 cold: bool | None = None, **boot) -> Instance:
+                 cold: bool | None = None, remedy: str | None = None, **boot) -> Instance:
         """A healthy guest running the lab's chain (the chain file's; CHAIN: requires|bindsto
-        and FS: xfs|ext4 override its dependency and filesystem).
+        and FS: xfs|ext4 override its dependency and filesystem; REMEDY: one of vm/remedies
+        laid over its units).
         It starts from a warm snapshot unless COLD (or UNITCHAOS_COLD=1): then it boots.
         BOOT changes the variant (old_fs, docker_requires_mount): such a guest is not healthy
         by design, so it always boots."""
-        variant = self.variant(chain, fs, units_dir, **boot)
+        variant = self.variant(chain, fs, units_dir, remedy=remedy, **boot)
         cold = self.cold if cold is None else cold
         if cold or boot or backends.cold_only(self.backend, self.guest):
             return self.new_instance(variant, "cold").boot()
@@ -87,10 +88,10 @@ class Lab:
         return self.new_instance(variant, "warm").restore(saved)
 
     def variant(self, chain: str | None = None, fs: str | None = None, units_dir: str | Path | None = None,
-                **boot) -> units.Variant:
+                remedy: str | None = None, **boot) -> units.Variant:
         """The lab's chain with these overrides (None: the chain file's value)."""
         return units.Variant(chain=chain or self.chain.dependency, fs=fs or self.chain.fs, spec=self.chain,
-                             **({"units_dir": Path(units_dir)} if units_dir else {}), **boot)
+                             **({"units_dir": Path(units_dir)} if units_dir else {}), remedy=remedy, **boot)
 
     def done_with(self, instance: Instance) -> None:
         """An experiment is finished with INSTANCE: release it, unless the lab holds it."""
