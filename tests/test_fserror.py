@@ -67,3 +67,50 @@ def test_an_old_kernel_says_not_supported_by_kernel_x(monkeypatch):
     assert reason == "FAN_FS_ERROR not supported by kernel 5.10.0-1-amd64 on /: fanotify_mark EINVAL"
     assert closed == [99] and watch.fd is None
     assert watch.wait(0) == []
+
+
+# The host's side: what an outcome says about FAN_FS_ERROR, from the deep check's /health.
+from harness import fs_error, units, versions  # noqa: E402
+from harness.errors import UserError  # noqa: E402
+import pytest  # noqa: E402
+
+
+def health(events, supported=True, reason="FAN_FS_ERROR marked on the filesystem at /var/lib/docker (kernel 7.3.4)"):
+    return {"fs_error": {"supported": supported, "reason": reason, "events": events},
+            "kernel_matches": {"block-io-error": {"first_monotonic": 100.0},
+                               "xfs-shutdown": {"first_monotonic": 100.25}},
+            "became_unhealthy_monotonic": 100.01}
+
+
+def test_an_outcome_says_when_fan_fs_error_came_after_the_first_failed_io():
+    seen = fs_error.fan_fs_error(health([{"error": 5, "error_name": "EIO", "count": 2, "monotonic": 100.3}]))
+    assert seen["arrived"] and seen["error"] == "EIO" and seen["errors_counted"] == 2
+    assert seen["seconds_from_first_failed_io"] == 0.3
+    # The kmsg patterns made the check fail on the first I/O error, before the shutdown line.
+    assert seen["deep_unhealthy_after_shutdown_line"] == -0.24
+    assert versions.fs_error_words(seen) == "FAN_FS_ERROR EIO"
+
+
+def test_silence_and_an_old_kernel_are_told_apart():
+    assert versions.fs_error_words(fs_error.fan_fs_error(health([]))) == "no FAN_FS_ERROR"
+    old = fs_error.fan_fs_error(health([], False, "FAN_FS_ERROR not supported by kernel 5.10.0-1-amd64 on /var/lib/docker: "
+                                                  "fanotify_mark EINVAL"))
+    assert versions.fs_error_words(old).startswith("FAN_FS_ERROR not supported by kernel 5.10.0-1-amd64")
+    assert versions.fs_error_words(fs_error.fan_fs_error("connection refused")) == "not measured"
+
+
+def test_a_remedy_lays_its_units_over_the_chain():
+    rendered = units.render(units.Variant(remedy="fs-error-watch"))
+    assert "BindsTo=unitchaos-fs-error-watch.service" in rendered["ecs-agent.service.d/50-fs-error-watch.conf"]
+    assert "ExecStart=/usr/local/sbin/unitchaos-fserror /var/lib/docker" in rendered["unitchaos-fs-error-watch.service"]
+    assert "README.md" not in rendered
+    assert "BindsTo=xfs_healer@var-lib-docker.service" in \
+        units.render(units.Variant(remedy="healer-bindsto"))["ecs-agent.service.d/50-healer-bindsto.conf"]
+    with pytest.raises(UserError, match="unknown remedy 'magic'.*fs-error-watch, healer-bindsto"):
+        units.Variant(remedy="magic")
+
+
+def test_versions_with_every_remedy_runs_each_row_bare_and_with_each():
+    rows = versions.with_remedies([("yank", "bindsto", "xfs")], units.remedies())
+    assert rows == [("yank", "bindsto", "xfs", None), ("yank", "bindsto", "xfs", "fs-error-watch"),
+                    ("yank", "bindsto", "xfs", "healer-bindsto")]

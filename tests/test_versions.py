@@ -258,6 +258,26 @@ def test_plugin_runs_tests_on_the_chosen_releases(pytester, monkeypatch, args, e
     assert collected == expected
 
 
+RELEASES_MARKED = """
+import pytest
+
+@pytest.mark.releases("trixie-backports", "sid")
+def test_new_kernels(unitchaos_release):
+    pass
+"""
+
+
+@pytest.mark.parametrize("args, expected", [
+    ([], ["test_new_kernels[trixie-backports]", "test_new_kernels[sid]"]),
+    (["--release", "sid", "--release", "bookworm"], ["test_new_kernels[sid]"]),
+])
+def test_releases_marker_runs_a_test_on_its_releases_that_were_asked_for(pytester, monkeypatch, args, expected):
+    monkeypatch.delenv("UNITCHAOS_RELEASE", raising=False)
+    pytester.makepyfile(RELEASES_MARKED)
+    result = pytester.runpytest("--collect-only", "-q", *args)
+    assert [line.split("::")[1] for line in result.outlines if "::" in line] == expected
+
+
 def test_plugin_refuses_an_unknown_release(pytester):
     pytester.makepyfile(PLUGIN_TESTS)
     result = pytester.runpytest("--collect-only", "-q", "--release", "buster")
