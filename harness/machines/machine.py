@@ -87,6 +87,11 @@ TCG_HIDDEN_FEATURES = {"bookworm-backports": ("cx16",)}
 # i.e. one vCPU ran stale translated code while another patched it (int3-based text_poke).
 # With thread=single (vCPUs take turns) the same image boots to systemd.
 TCG_SINGLE_THREAD = {"trixie-backports"}
+# Single-threaded, its udev coldplug can outlast systemd's 90 s wait for the volume: on
+# 2026-12-01 (host load 11 on 2 cores) "dev-vdb.device: Job dev-vdb.device/start timed out.",
+# "Dependency failed for format-ephemeral.service", booted metadata=000 agent=inactive
+# after 376 s. A device that comes late is not what the experiments are about: wait longer.
+TCG_SINGLE_THREAD_KERNEL_ARGS = "systemd.default_device_timeout_sec=600"
 
 
 class Machine:
@@ -237,6 +242,11 @@ class Machine:
             argv += ["-fw_cfg", f"name={name},file={path}"]
         return argv
 
+    def _kernel_args(self) -> str:
+        if self.accel != "kvm" and self._release() in TCG_SINGLE_THREAD:
+            return f"{self.kernel_args} {TCG_SINGLE_THREAD_KERNEL_ARGS}"
+        return self.kernel_args
+
     def _release(self) -> str:
         manifest = self.image.path / "manifest.json"  # a user's FCOS image has none
         return json.loads(manifest.read_text()).get("release", "") if manifest.exists() else ""
@@ -255,7 +265,7 @@ class Machine:
     def _boot_args(self) -> list[str]:
         """Direct kernel boot from the image's kernel and initrd."""
         return ["-kernel", str(self.image.kernel), "-initrd", str(self.image.initrd),
-                "-append", self.kernel_args]
+                "-append", self._kernel_args()]
 
     def _command_port_args(self) -> list[str]:
         """The virtio-serial port the guest's unitchaos-cmdd answers on."""
