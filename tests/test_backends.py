@@ -144,12 +144,12 @@ def test_fcos_commands_go_over_ssh_as_core_through_sudo(tmp_path, monkeypatch):
     assert seen["argv"][-1].startswith("sudo timeout -s KILL 7 bash -c ")
 
 
-@pytest.mark.parametrize("release, threads, cpu, device_wait", [
-    ("trixie-backports", "single", "qemu64", True),
-    ("bookworm-backports", "multi", "qemu64,-cx16", False),
-    ("sid", "multi", "qemu64", False),
+@pytest.mark.parametrize("release, threads, cpu", [
+    ("trixie-backports", "single", "qemu64"),
+    ("bookworm-backports", "multi", "qemu64,-cx16"),
+    ("sid", "multi", "qemu64"),
 ])
-def test_each_release_boots_with_its_tcg_workaround(tmp_path, release, threads, cpu, device_wait):
+def test_each_release_boots_with_its_tcg_workaround(tmp_path, release, threads, cpu):
     (tmp_path / "image").mkdir()
     (tmp_path / "image" / "manifest.json").write_text(json.dumps({"release": release}))
     machine = Machine(Image(tmp_path / "image"), tmp_path / "run")
@@ -157,4 +157,4 @@ def test_each_release_boots_with_its_tcg_workaround(tmp_path, release, threads, 
     argv = machine.qemu_argv()
     assert argv[argv.index("-accel") + 1] == f"tcg,thread={threads}"
     assert argv[argv.index("-cpu") + 1] == cpu
-    assert ("systemd.default_device_timeout_sec=600" in argv[argv.index("-append") + 1]) == device_wait
+    assert "systemd.default_device_timeout_sec=600" in argv[argv.index("-append") + 1]
