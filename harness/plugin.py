@@ -41,8 +41,11 @@ TOOLS = {
 
 
 DEFAULT_RELEASE = "bookworm"
-# What every_release means without --release: every release the harness builds.
-EVERY_RELEASE = tuple(RELEASES)
+# What every_release means without --release: the releases CI runs the incident suite on.
+# trixie-backports and sid are built, boot and take --release, but have not yet finished a
+# run here (2026-12-01, host load 11-16: cold boots outlasted the harness's waits), so they
+# have no captured kernel lines and are not in CI's every-release set yet.
+EVERY_RELEASE = ("bookworm", "trixie", "bookworm-backports")
 
 
 def pytest_addoption(parser):
