@@ -70,7 +70,9 @@ def test_an_old_kernel_says_not_supported_by_kernel_x(monkeypatch):
 
 
 # The host's side: what an outcome says about FAN_FS_ERROR, from the deep check's /health.
-from harness import fs_error, units, versions  # noqa: E402
+from harness import units  # noqa: E402
+from harness.evidence import fs_error  # noqa: E402
+from harness.runs import versions  # noqa: E402
 from harness.errors import UserError  # noqa: E402
 import pytest  # noqa: E402
 
@@ -84,10 +86,10 @@ def health(events, supported=True, reason="FAN_FS_ERROR marked on the filesystem
 
 def test_an_outcome_says_when_fan_fs_error_came_after_the_first_failed_io():
     seen = fs_error.fan_fs_error(health([{"error": 5, "error_name": "EIO", "count": 2, "monotonic": 100.3}]))
-    assert seen["arrived"] and seen["error"] == "EIO" and seen["errors_counted"] == 2
-    assert seen["seconds_from_first_failed_io"] == 0.3
+    assert seen.arrived and seen.error == "EIO" and seen.errors_counted == 2
+    assert seen.seconds_from_first_failed_io == 0.3
     # The kmsg patterns made the check fail on the first I/O error, before the shutdown line.
-    assert seen["deep_unhealthy_after_shutdown_line"] == -0.24
+    assert seen.deep_unhealthy_after_shutdown_line == -0.24
     assert versions.fs_error_words(seen) == "FAN_FS_ERROR EIO"
 
 
@@ -114,3 +116,24 @@ def test_versions_with_every_remedy_runs_each_row_bare_and_with_each():
     rows = versions.with_remedies([("yank", "bindsto", "xfs")], units.remedies())
     assert rows == [("yank", "bindsto", "xfs", None), ("yank", "bindsto", "xfs", "fs-error-watch"),
                     ("yank", "bindsto", "xfs", "healer-bindsto")]
+
+
+def test_an_outcome_keeps_the_kernel_word_and_the_healer_typed_and_old_json_still_reads():
+    from harness.evidence.outcome import Healer, KernelWord, Outcome
+    word = fs_error.fan_fs_error(health([{"error": 5, "error_name": "EIO", "count": 1, "monotonic": 100.2}]))
+    outcome = Outcome("yank", "bindsto", "xfs", remedy="fs-error-watch", fan_fs_error=word,
+                      xfs_healer=Healer(present=True, unit="xfs_healer@var-lib-docker.service",
+                                        state="active (running)"),
+                      guest_versions={"kernel": "7.2.13+deb14-cloud-amd64", "systemd": "systemd 262",
+                                      "packages": "linux-image 7.2.13-1, systemd 262.1-1, xfsprogs 7.2.0-1"})
+    data = outcome.to_json()
+    assert data["fan_fs_error"]["error"] == "EIO" and data["remedy"] == "fs-error-watch"
+    assert data["packages"].startswith("linux-image 7.2.13-1")
+    again = Outcome.from_json(data)
+    assert isinstance(again.fan_fs_error, KernelWord) and again.fan_fs_error.seconds_from_first_failed_io == 0.2
+    assert again.xfs_healer.state == "active (running)" and again.remedy == "fs-error-watch"
+    # An outcome from before FAN_FS_ERROR was measured: same keys as ever, and it reads back.
+    old = Outcome("yank", "bindsto", "xfs").to_json()
+    assert not {"fan_fs_error", "xfs_healer", "remedy"} & set(old)
+    assert Outcome.from_json(old).fan_fs_error is None
+    assert versions.fs_error_words(None) == "not measured" and versions.healer_words(None) == "not measured"

@@ -63,8 +63,19 @@ class Seconds:
         return {**out, "vagrant_up": self.vagrant_up} if self.vagrant_up is not None else out
 
 
+class _Plain:
+    """A record whose JSON is its fields, under their own names."""
+
+    @classmethod
+    def from_json(cls, data: dict):
+        return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
+
+    def to_json(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
 @dataclass
-class KernelWord:
+class KernelWord(_Plain):
     """What the kernel itself told userspace about the volume's filesystem: FAN_FS_ERROR
     as the guest's deep check received it (fanotify, FAN_REPORT_FID, a filesystem mark).
     Seconds are on the guest's clock (CLOCK_MONOTONIC), so host load does not enter them."""
@@ -77,16 +88,9 @@ class KernelWord:
     deep_unhealthy_after_shutdown_line: float | None = None
     agent_stopping_after_shutdown_line: float | None = None  # systemd's "Stopping ecs-agent.service"
 
-    @classmethod
-    def from_json(cls, data: dict) -> "KernelWord":
-        return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
-
-    def to_json(self) -> dict:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
-
 
 @dataclass
-class Healer:
+class Healer(_Plain):
     """xfs_healer@<volume>.service (xfsprogs 7): present at all, its state after the fault,
     and whether its journal said anything of the shutdown."""
     present: bool = False
@@ -97,13 +101,6 @@ class Healer:
     saw_shutdown: bool = False
     journal: list[str] = field(default_factory=list)
     start: str | None = None            # xfs_healer_start.service, when no healer unit ran
-
-    @classmethod
-    def from_json(cls, data: dict) -> "Healer":
-        return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
-
-    def to_json(self) -> dict:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 @dataclass

@@ -65,9 +65,9 @@ def get(name: str) -> Experiment:
 def run(lab: Lab, name: str, chain: str | None = None, fs: str | None = None, units_dir=None,
         health_window: float = 12.0, params: dict | None = None, remedy: str | None = None) -> Outcome:
     """Runs experiment NAME on a fresh instance of the lab's chain (CHAIN and FS override
-    the chain file's; REMEDY lays vm/remedies/REMEDY over its units). Each of the chain's checks and the deep check are watched by a load
-    balancer from just before the fault until all have given their verdict or
-    HEALTH_WINDOW seconds have passed."""
+    the chain file's; REMEDY lays vm/remedies/REMEDY over its units). Each of the chain's
+    checks and the deep check are watched by a load balancer from just before the fault
+    until all have given their verdict or HEALTH_WINDOW seconds have passed."""
     experiment = get(name)
     if params and not experiment.fault:
         experiment.parse_params(list(params))  # says it takes none
