@@ -312,9 +312,10 @@ def test_no_module_is_imported_after_start_up(env):
     daemon.wait_healthy()
     time.sleep(0.5)  # a second container test
     env.docker.mode, env.agent.connected = "error", False
-    env.kernel(LOG_SHUTDOWN)
     env.set_mount(options="ro")
     (env.mount / ".unitchaos-health-probe").mkdir()
+    # Last: the kernel's fatal word makes the daemon re-check at once, its write probe too.
+    env.kernel(LOG_SHUTDOWN)
     daemon.wait_for(lambda s, b: b["actions"] and b["actions"][0]["result"] == "exit 0"
                     and all(c["status"] == "fail" for n, c in b["checks"].items() if n != "space"))
     assert daemon.get("/metrics")[0] == 200 and daemon.get("/nothing")[0] == 404
