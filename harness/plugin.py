@@ -23,9 +23,10 @@ import pytest
 from . import units
 from .runs import interactive
 from .lab.backends import FCOS_IMAGE_ENV
-from .errors import UserError
+from .errors import ArchiveBroken, UserError
 from .images.image import RELEASES
 from .lab.lab import Lab
+
 
 # Set by the nightly Fedora CoreOS jobs, which download an image: there a missing image
 # is a failure. Elsewhere no image can be had, and the FCOS experiments are skipped,
@@ -40,8 +41,11 @@ TOOLS = {
 
 
 DEFAULT_RELEASE = "bookworm"
-# What every_release means without --release: every release the harness builds.
-EVERY_RELEASE = tuple(RELEASES)
+# What every_release means without --release: the releases CI runs the incident suite on.
+# trixie-backports and sid are built, boot and take --release, but have not yet finished a
+# run here (2026-12-01, host load 11-16: cold boots outlasted the harness's waits), so they
+# have no captured kernel lines and are not in CI's every-release set yet.
+EVERY_RELEASE = ("bookworm", "trixie", "bookworm-backports")
 
 
 def pytest_addoption(parser):
@@ -63,6 +67,7 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "vm: boots a QEMU guest (slow)")
     config.addinivalue_line("markers", "lab(backend='qemu', guest='debian'): how the lab fixture runs its guests")
     config.addinivalue_line("markers", "every_release: run on every guest release unless --release says which")
+    config.addinivalue_line("markers", "releases(*names): run on these releases (those of them --release names, if given)")
     config.unitchaos_releases = _chosen_releases(config)
 
 
@@ -80,9 +85,13 @@ def pytest_generate_tests(metafunc):
     if "unitchaos_release" not in metafunc.fixturenames:
         return
     every = metafunc.definition.get_closest_marker("every_release") is not None
+    only = metafunc.definition.get_closest_marker("releases")
     releases = metafunc.config.unitchaos_releases or (list(EVERY_RELEASE) if every else [DEFAULT_RELEASE])
+    if only:
+        # A test about what only some kernels do: those of its releases that were asked for.
+        releases = [r for r in only.args if r in releases] if metafunc.config.unitchaos_releases else list(only.args)
     # One release and no marker: the test id stays as it was.
-    if len(releases) > 1 or every:
+    if len(releases) > 1 or every or only:
         metafunc.parametrize("unitchaos_release", releases, ids=releases)
 
 
@@ -142,6 +151,8 @@ def lab(request, unitchaos_release):
     try:
         chain = _chain(request.config, chain_file)
         lab = _TestLab(release=unitchaos_release, outlive_owner=keep_up, chain=chain, **options)
+    except ArchiveBroken as exc:
+        _archive_broken(exc)
     except UserError as exc:
         pytest.fail(str(exc), pytrace=False)
     try:
@@ -182,6 +193,21 @@ def _chain(config, chain_file):
     if chain_file not in loaded:
         loaded[chain_file] = units.load_chain(chain_file)
     return loaded[chain_file]
+
+
+def _archive_broken(exc: ArchiveBroken):
+    """sid half way through a transition: neither a pass nor the project's failure. The
+    skip's reason (shown by -rA, and in junit.xml) says it in apt's words, with the date."""
+    pytest.skip(f"NOT RUN, archive uninstallable: {exc.problem}")
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item):
+    try:
+        return (yield)
+    except ArchiveBroken as exc:
+        # Raised where the test first asks for an instance (the image is built then).
+        _archive_broken(exc)
 
 
 def _keep_up(request, lab: Lab) -> None:

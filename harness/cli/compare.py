@@ -17,6 +17,9 @@ def add_versions(sub) -> None:
     versions_cmd.add_argument("--release", action="append", dest="releases", metavar="RELEASE",
                               help=f"repeatable: {', '.join(image.RELEASES)} (default: all)")
     versions_cmd.add_argument("--json", action="store_true")
+    versions_cmd.add_argument("--remedy", action="append", default=[], metavar="NAME",
+                              help=f"repeatable: also run each experiment with this remedy ({', '.join(units.remedies())}, "
+                                   "or all): outcome x kernel x remedy")
     versions_cmd.add_argument("--runs", type=int, default=1,
                               help="runs per experiment and release: what varies between them is not "
                                    "counted as a difference between releases (default 1)")
@@ -32,9 +35,13 @@ def cmd_versions(args) -> int:
     releases = list(dict.fromkeys(args.releases or image.RELEASES))
     for release in releases:
         image.check_release(release)
-    for name, chain, fs in rows:
+    remedies = units.remedies() if "all" in args.remedy else list(dict.fromkeys(args.remedy))
+    if remedies:
+        rows = versions.with_remedies(rows, remedies)
+    for name, chain, fs, *remedy in rows:
         experiments.get(name)
-        units.check(units.Variant(chain=chain, fs=fs, **({"units_dir": Path(args.units)} if args.units else {})))
+        units.check(units.Variant(chain=chain, fs=fs, remedy=remedy[0] if remedy else None,
+                                  **({"units_dir": Path(args.units)} if args.units else {})))
     result = versions.run(rows, releases, cold=args.cold, units_dir=args.units, runs=args.runs)
     if args.kernel_lines:
         for path in versions.save_kernel_lines(result, Path(args.kernel_lines)):

@@ -71,11 +71,12 @@ def start_options(parser: argparse.ArgumentParser) -> None:
 
 
 def check_units(args) -> None:
-    """Bad chain files, unit files, chain or fs fail here, before any image or VM work.
+    """Bad chain files, unit files, chain, fs or remedy fail here, before any image or VM work.
     Commands without --chain-file run the incident's chain."""
     chain = units.load_chain(args.chain_file) if hasattr(args, "chain_file") else units.incident()
     args.chain_spec = chain
     units.check(units.Variant(chain=args.chain or chain.dependency, fs=args.fs or chain.fs, spec=chain,
+                              remedy=getattr(args, "remedy", None),
                               **({"units_dir": Path(args.units)} if args.units else {})))
 
 

@@ -4,7 +4,7 @@ from pathlib import Path
 
 from rich.table import Table
 
-from .. import progress
+from .. import progress, units
 from ..evidence import findings, report, timeline
 from ..evidence.outcome import Outcome
 from ..images import image
@@ -23,6 +23,8 @@ def add_run(sub) -> None:
                      help="a fault parameter, e.g. ms=250 for io-latency, after=100 for io-error, "
                      "duration=20 for pause-io (repeatable)")
     run.add_argument("--json", action="store_true", help="print the outcome as one JSON object")
+    run.add_argument("--remedy", default=None, metavar="NAME",
+                     help=f"lay a remedy from vm/remedies over the chain's units ({', '.join(units.remedies())})")
     run.add_argument("--keep-artifacts", action="store_true",
                      help="keep console, journal, dmesg, QMP events and unit files (the outcome names the directory)")
     start_options(run)
@@ -37,7 +39,8 @@ def cmd_run(args) -> int:
     image.check_release(args.release)
     check_units(args)
     with lab(args, keep=args.keep_artifacts) as the_lab:
-        outcome = experiments.run(the_lab, args.experiment, args.chain, args.fs, args.units, params=params)
+        outcome = experiments.run(the_lab, args.experiment, args.chain, args.fs, args.units, params=params,
+                                  remedy=args.remedy)
     if args.json:
         print(json.dumps(outcome.to_json(), indent=2))
     else:

@@ -365,9 +365,14 @@ class Instance(GuestQuestions):
             conn.close()
 
     def versions(self) -> dict[str, str]:
-        """The guest's running kernel and systemd: outcomes change with both."""
-        out = self.machine.succeed("uname -r; systemctl --version | head -1").splitlines()
-        return {"kernel": out[0].strip(), "systemd": out[1].strip()}
+        """The guest's running kernel and systemd, and the exact package versions of the
+        kernel, systemd and xfsprogs (sid moves daily): outcomes change with all of them."""
+        out = self.machine.succeed("uname -r; systemctl --version | head -1; dpkg-query -W -f='${Version}\\n' "
+                                   "linux-image-$(uname -r) systemd xfsprogs 2>/dev/null || true").splitlines()
+        versions = {"kernel": out[0].strip(), "systemd": out[1].strip()}
+        if len(out) >= 5:  # a guest without dpkg (Fedora CoreOS) names only the two
+            versions["packages"] = f"linux-image {out[2].strip()}, systemd {out[3].strip()}, xfsprogs {out[4].strip()}"
+        return versions
 
 
 def _old_filesystem(run_dir: Path) -> Path:

@@ -62,9 +62,10 @@ class Lab:
 
     def acquire(self, chain: str | None = None, fs: str | None = None, units_dir: str | Path | None = None,
                 cold: bool | None = None, *, variant: units.Variant | None = None, started: bool = True,
-                label: str | None = None, **boot) -> Instance:
+                label: str | None = None, remedy: str | None = None, **boot) -> Instance:
         """A healthy guest running the lab's chain (the chain file's; CHAIN: requires|bindsto
-        and FS: xfs|ext4 override its dependency and filesystem), or VARIANT's.
+        and FS: xfs|ext4 override its dependency and filesystem; REMEDY: one of vm/remedies laid
+        over its units), or VARIANT's.
         It starts from a warm snapshot unless COLD (or UNITCHAOS_COLD=1): then it boots.
         BOOT changes the variant (old_fs, docker_requires_mount): such a guest is not healthy
         by design, so it always boots. STARTED=False: not started at all, for whoever boots
@@ -73,7 +74,7 @@ class Lab:
             vm = lab.acquire(chain="bindsto", fs="xfs")
             vm = lab.acquire(old_fs=True)   # booted with an old filesystem on the volume
         """
-        variant = variant or self.variant(chain, fs, units_dir, **boot)
+        variant = variant or self.variant(chain, fs, units_dir, remedy=remedy, **boot)
         cold = self.cold if cold is None else cold
         if not started:
             return self._new(variant, label or "cold")
@@ -110,10 +111,10 @@ class Lab:
         return kept
 
     def variant(self, chain: str | None = None, fs: str | None = None, units_dir: str | Path | None = None,
-                **boot) -> units.Variant:
+                remedy: str | None = None, **boot) -> units.Variant:
         """The lab's chain with these overrides (None: the chain file's value)."""
         return units.Variant(chain=chain or self.chain.dependency, fs=fs or self.chain.fs, spec=self.chain,
-                             **({"units_dir": Path(units_dir)} if units_dir else {}), **boot)
+                             **({"units_dir": Path(units_dir)} if units_dir else {}), remedy=remedy, **boot)
 
     def __enter__(self):
         return self
