@@ -38,7 +38,7 @@ class GuestCommands:
     def succeed(self, command: str, timeout: float = 30) -> str:
         """COMMAND's stdout; GuestCommandFailed (an AssertionError) if it exits non-zero.
 
-            vm.machine.succeed("xfs_io -c 'pwrite 0 4k' /var/lib/docker/probe")
+            machine.succeed("xfs_io -c 'pwrite 0 4k' /var/lib/docker/probe")
         """
         __tracebackhide__ = True  # pytest points at the scenario's line, not this one
         result = self.run(command, timeout)
@@ -78,7 +78,7 @@ class GuestCommands:
     def wait_for_unit(self, unit: str, state: str = "active", timeout: float = 60) -> None:
         """Waits until UNIT's ActiveState is STATE; fails at once if it failed instead.
 
-            vm.machine.wait_for_unit("ecs-agent.service", "inactive")
+            machine.wait_for_unit("ecs-agent.service", "inactive")
         """
         __tracebackhide__ = True
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import testinfra
 
-from . import accel, saved_state
+from . import accel, saved_state, tcg
 from .. import timeouts
 from ..errors import GuestKernelPanic, GuestTimeout, UserError
 from ..waiting import Deadline, wait_until
@@ -60,27 +60,6 @@ class Capabilities:
 PANIC = re.compile(r"(Kernel panic - not syncing: [^\n]*)")
 FIRST_OOPS = re.compile(r"\] ((?:BUG: |Oops: |general protection fault|WARNING: CPU: |Kernel panic - not syncing: )[^\n]*)")
 KERNEL_ARGS = "root=/dev/vda rw console=ttyS0 net.ifnames=0 printk.time=1 apparmor=0"
-# CPU features a release's kernel must not see under TCG. bookworm-backports' kernel
-# (6.12.95+deb12) takes #DB warnings in kmem_cache_alloc's cmpxchg16b, then oopses or hangs
-# in early boot under QEMU 7.2's TCG (any -cpu model, -smp 1, single-threaded TCG alike);
-# without CX16 SLUB takes its locked path and the guest boots. trixie's 6.12.117 boots
-# with CX16 (one unexplained panic in CI aside: see Instance.boot).
-TCG_HIDDEN_FEATURES = {"bookworm-backports": ("cx16",)}
-# Releases whose kernel must run under single-threaded TCG. trixie-backports' 7.3.4+deb13
-# oopses in early boot under QEMU 7.2's multi-threaded TCG on a breakpoint the kernel's own
-# text patching left in a 5-byte NOP (seen 2026-12-01, 2 of 2 boots, with and without CX16):
-#   Oops: int3: 0000 [#1] SMP NOPTI / RIP: 0010:set_next_task_fair+0x609/0x780
-#   Code: ... eb 6d 0f <1f> 44 00 00 ... / Kernel panic - not syncing: Fatal exception in interrupt
-#   (other boot: RIP: 0010:__hrtimer_start_range_ns+0x45a/0x8d0)
-# i.e. one vCPU ran stale translated code while another patched it (int3-based text_poke).
-# With thread=single (vCPUs take turns) the same image boots to systemd.
-TCG_SINGLE_THREAD = {"trixie-backports"}
-# Under TCG on a loaded host udev's coldplug can outlast systemd's 90 s wait for the volume:
-# on 2026-12-01 (host load 11-16 on 2 cores) trixie-backports (single-threaded) and sid
-# (multi-threaded) both logged "dev-vdb.device: Job dev-vdb.device/start timed out.",
-# "Dependency failed for format-ephemeral.service" and booted metadata=000 agent=inactive.
-# A device that comes late is not what the experiments are about: wait longer.
-TCG_KERNEL_ARGS = "systemd.default_device_timeout_sec=600"
 
 
 class Machine(GuestCommands):
@@ -209,7 +188,7 @@ class Machine(GuestCommands):
         if self.accel == "kvm":
             cpu = ["-accel", "kvm", "-cpu", "host"]
         else:
-            threads = "single" if self._release() in TCG_SINGLE_THREAD else self.tcg_threads
+            threads = tcg.threads(self.tcg_threads, tcg.release_of(self.image))
             cpu = ["-accel", f"tcg,thread={threads}", "-cpu", self._tcg_cpu()]
         argv = [
             accel.qemu_binary(), "-name", f"unitchaos-{self.name}", *cpu,
@@ -229,15 +208,8 @@ class Machine(GuestCommands):
             argv += ["-fw_cfg", f"name={name},file={path}"]
         return argv
 
-    def _kernel_args(self) -> str:
-        return self.kernel_args if self.accel == "kvm" else f"{self.kernel_args} {TCG_KERNEL_ARGS}"
-
-    def _release(self) -> str:
-        manifest = self.image.path / "manifest.json"  # a user's FCOS image has none
-        return json.loads(manifest.read_text()).get("release", "") if manifest.exists() else ""
-
     def _tcg_cpu(self) -> str:
-        return ",".join([self.cpu_model, *(f"-{f}" for f in TCG_HIDDEN_FEATURES.get(self._release(), ()))])
+        return tcg.cpu(self.cpu_model, tcg.release_of(self.image))
 
     def _node_names(self, disk: Disk) -> str:
         """Names for the volume's block nodes, so that a fault can slide a filter under its
@@ -250,7 +222,7 @@ class Machine(GuestCommands):
     def _boot_args(self) -> list[str]:
         """Direct kernel boot from the image's kernel and initrd."""
         return ["-kernel", str(self.image.kernel), "-initrd", str(self.image.initrd),
-                "-append", self._kernel_args()]
+                "-append", tcg.kernel_args(self.kernel_args, self.accel)]
 
     def _command_port_args(self) -> list[str]:
         """The virtio-serial port the guest's unitchaos-cmdd answers on."""
