@@ -12,7 +12,7 @@ from rich.table import Table
 from .machines import host
 from .lab import backends, prune, snapshots
 from .runs import bench, interactive, experiments, verdict, versions
-from .chaos import aws_api, chaos_api, chaos_client, groups
+from .chaos import aws_api, chaos_api, chaos_client, fis_run, groups
 from . import faults, progress, units
 from .evidence import findings, report, timeline
 from .evidence.outcome import CheckVerdict, Outcome
@@ -200,6 +200,13 @@ def _parser() -> argparse.ArgumentParser:
     _variant_options(serve)
     serve.set_defaults(func=cmd_serve)
 
+    fis_cmd = sub.add_parser("fis", help="AWS FIS experiment templates")
+    fis_sub = fis_cmd.add_subparsers(dest="fis_command", required=True, parser_class=_Parser)
+    fis_run_cmd = fis_sub.add_parser("run", help="run a CreateExperimentTemplate JSON file on a lab instance")
+    fis_run.add_arguments(fis_run_cmd)
+    _release_option(fis_run_cmd)
+    fis_run_cmd.set_defaults(func=cmd_fis_run)
+
     chaos = sub.add_parser("chaos", help="Chaos Monkey client (the Go chaosmonkey CLI's flags)")
     chaos_client.add_arguments(chaos)
     chaos.set_defaults(func=chaos_client.run)
@@ -386,6 +393,21 @@ def cmd_serve(args) -> int:
                 for event in group.events:
                     progress.say(f"{group.name}: {event['action']} {event['instance'] or ''} {event.get('reason', '')}")
     return 0
+
+
+def cmd_fis_run(args) -> int:
+    image.check_release(args.release)
+    _check_report_path(args.report)
+    fis_run.check(args)  # a bad template fails here, before any VM
+    with Lab(release=args.release, keep=args.keep_artifacts or args.report is not None) as lab:
+        outcome = fis_run.run(lab, args.template, args.group, on_state=fis_run.print_state)
+    _write_report([outcome], args.report)
+    if args.json:
+        print(json.dumps(outcome.to_json(), indent=2))
+    else:
+        console.print(findings_table([outcome]))
+        print(fis_run.render(outcome))
+    return 0 if outcome.fault_detail["state"] == "completed" else 1
 
 
 def cmd_matrix(args) -> int:
