@@ -209,7 +209,8 @@ def render(outcome) -> str:
     for check, verdict in outcome.health.named().items():
         said = (f"failed after {verdict.seconds:.1f} s, unhealthy after {verdict.lb_seconds:.1f} s"
                 if verdict.detected else "never unhealthy")
-        lines.append(f"  {check} check: {said}; answers {outcome.checks.get(check, {}).get('now')} at the end")
+        now = outcome.checks.get(check, {}).get("now", "-")
+        lines.append(f"  {check} check: {said}" + (f"; answers {now} at the end" if now != "-" else ""))
     for key, what in [("deep_200_after_s", "deep check 200 again"), ("workload_after_s", "workload works again")]:
         if key in detail:
             back = detail[key]
