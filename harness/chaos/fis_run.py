@@ -136,11 +136,10 @@ def lab_plan(path: Path, group: str, instance_ids: list[str]) -> fis.Plan:
     return fis.plan(template, fis.lab_resources(group, instance_ids), where=str(path))
 
 
-def run(lab: Lab, path: Path, group: str = "lab", on_state=None, recovery_timeout: float = 120.0):
+def run(lab: Lab, path: Path, group: str = "lab", on_state=None, recovery_timeout: float = 60.0):
     """Runs the template at PATH on one fresh instance of GROUP. Returns its Outcome, whose
     fault_detail holds the FIS experiment (state, each action's state and log) and how
-    long the deep check took to answer 200 again once the last action ended, and the
-    workload to work again."""
+    long the deep check took to answer 200 again once the last action ended."""
     iid = f"i-{secrets.token_hex(8)}"
     plan = lab_plan(path, group, [iid])
     name = f"fis:{Path(path).stem}"
@@ -150,18 +149,16 @@ def run(lab: Lab, path: Path, group: str = "lab", on_state=None, recovery_timeou
         record = {"template": str(path), "group": group, "instance_id": iid, **experiment.run(on_injected)}
         ended = time.monotonic()
         if instance.machine.running:
-            # Recovered: the deep check answers 200 again, and then the workload works again
-            # (measured: after a 20 s pause the deep check was back in 2.4 s, yet a container
-            # start 16 s later still timed out at 20 s, so one 200 is not enough).
-            for key, back, what in [("deep_200_after_s", lambda: instance.deep_health()[0] == 200,
-                                      "the deep check to answer 200"),
-                                     ("workload_after_s", lambda: instance.workload()["ok"], "the workload to work")]:
-                try:
-                    wait_until(back, recovery_timeout, what, interval=1.0)
-                    record[key] = round(time.monotonic() - ended, 1)
-                except UnitchaosError:
-                    record[key] = None  # not back: the outcome's checks say what it answers
-                    break
+            # Recovered: the deep check (its I/O probe writes, fsyncs and reads the volume)
+            # answers 200 again. Not polled with container starts: on this 2-core TCG host at
+            # load 5-6 those time out even with no fault (a control run, 2026-12-01), and
+            # polling them made Docker slower still.
+            try:
+                wait_until(lambda: instance.deep_health()[0] == 200, recovery_timeout, "the deep check to answer 200",
+                           interval=1.0)
+                record["deep_200_after_s"] = round(time.monotonic() - ended, 1)
+            except UnitchaosError:
+                record["deep_200_after_s"] = None  # not back: the outcome's checks say what it answers
         return record
 
     return experiments.run(lab, name, act=act)
@@ -211,10 +208,9 @@ def render(outcome) -> str:
                 if verdict.detected else "never unhealthy")
         now = outcome.checks.get(check, {}).get("now", "-")
         lines.append(f"  {check} check: {said}" + (f"; answers {now} at the end" if now != "-" else ""))
-    for key, what in [("deep_200_after_s", "deep check 200 again"), ("workload_after_s", "workload works again")]:
-        if key in detail:
-            back = detail[key]
-            lines.append(f"  {what} {back} s after the last action ended" if back is not None
-                         else f"  {what}: NOT within the recovery wait")
+    if "deep_200_after_s" in detail:
+        back = detail["deep_200_after_s"]
+        lines.append(f"  deep check 200 again {back} s after the last action ended" if back is not None
+                     else "  deep check: NOT 200 again within the recovery wait")
     lines.append(f"  workload at the end: {'works' if outcome.workload_ok else 'fails: ' + str(outcome.workload.get('error'))}")
     return "\n".join(lines)
