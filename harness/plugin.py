@@ -6,7 +6,7 @@ systemd it ran on.
 more than one, every test that uses `lab` runs once per release (test ids gain `[R]`).
 
 `--chain-file FILE` (or UNITCHAOS_CHAIN_FILE, else ./unitchaos.toml, else the incident's
-chains/ecs-docker.toml) picks the chain lab.instance() boots; a test module can pin its
+chains/ecs-docker.toml) picks the chain lab.acquire() boots; a test module can pin its
 own with @pytest.mark.lab(chain_file=...).
 
 Under CI=true a missing QEMU fails the test: a skipped VM experiment must never pass
@@ -55,7 +55,7 @@ def pytest_addoption(parser):
              f"default $UNITCHAOS_RELEASE, else {DEFAULT_RELEASE}, and {', '.join(EVERY_RELEASE)} for tests marked every_release)")
     parser.getgroup("unitchaos").addoption(
         "--chain-file", default=None, metavar="FILE",
-        help="the chain file lab.instance() boots (default $UNITCHAOS_CHAIN_FILE, else ./unitchaos.toml, "
+        help="the chain file lab.acquire() boots (default $UNITCHAOS_CHAIN_FILE, else ./unitchaos.toml, "
              "else the incident's chains/ecs-docker.toml)")
 
 
@@ -129,7 +129,7 @@ def _require(backend: str, guest: str) -> None:
 
 @pytest.fixture
 def lab(request, unitchaos_release):
-    """Hands out instances of the chain file's chain (lab.instance(), or with overrides
+    """Hands out instances of the chain file's chain (lab.acquire(), or with overrides
     chain=..., fs=...) and tears them all down after the test. A failed test keeps each instance's artifacts (console, journal, dmesg, QMP
     events, unit files) and names the directory in the report. A test marked
     @pytest.mark.lab(backend="vagrant") or @pytest.mark.lab(guest="fcos") gets its guests
@@ -141,8 +141,7 @@ def lab(request, unitchaos_release):
     keep_up = request.config.getoption("keep_on_failure")
     try:
         chain = _chain(request.config, chain_file)
-        # Experiments leave their instance to this fixture, which knows whether the test failed.
-        lab = Lab(release=unitchaos_release, hold=True, outlive_owner=keep_up, chain=chain, **options)
+        lab = _TestLab(release=unitchaos_release, outlive_owner=keep_up, chain=chain, **options)
     except UserError as exc:
         pytest.fail(str(exc), pytrace=False)
     try:
@@ -159,8 +158,22 @@ def lab(request, unitchaos_release):
         failed = bool(report and report.failed)
         if failed and keep_up:
             _keep_up(request, lab)
-        for path in lab.close(keep=failed):
-            request.node.user_properties.append(("artifacts", str(path)))
+        lab.test_over = True
+        for instance in list(lab.instances):
+            if path := lab.release(instance, keep=failed):
+                request.node.user_properties.append(("artifacts", str(path)))
+
+
+class _TestLab(Lab):
+    """A test's lab: an instance released as the lab decides (keep=None, as experiments.run
+    releases its own) stays until the test is over, when the fixture, which knows whether
+    the test failed, releases it and keeps its evidence if it did."""
+    test_over = False
+
+    def release(self, instance, keep=None, running=False):
+        if keep is None and not running and not self.test_over:
+            return None
+        return super().release(instance, keep, running)
 
 
 def _chain(config, chain_file):
@@ -181,8 +194,8 @@ def _keep_up(request, lab: Lab) -> None:
         name = base if index == 0 else f"{base}-{index}"
         if (interactive.state_dir() / f"{name}.json").exists():
             name = f"{name}-{os.getpid()}"
-        artifacts = lab.keep_copy(instance)
-        state = interactive.hand_over(lab, instance, name, artifacts)
+        artifacts = lab.release(instance, keep=True, running=True)
+        state = interactive.hand_over(instance, name, artifacts)
         request.node.user_properties.append(("kept_up", name))
         request.node.user_properties.append(("artifacts", str(artifacts)))
         request.node.unitchaos_kept_up = [*getattr(request.node, "unitchaos_kept_up", []),

@@ -10,7 +10,7 @@ import pytest
 
 from harness import cli
 from harness.chaos import fis, fis_run
-from harness.chaos.aws_api import volume_id
+from harness.chaos.aws_resources import volume_id
 from harness.errors import UserError
 from harness.paths import REPO
 

@@ -128,7 +128,7 @@ def lab_resources(group: str, instance_ids: list[str]) -> list[dict]:
     """Each instance and its two volumes, described as DescribeInstances and DescribeVolumes
     would (FIS filters are paths into those answers). Volumes carry the group's tag, as a
     launch template's tag specification gives them."""
-    from .aws_api import DATA_DEVICE, ROOT_DEVICE, volume_id  # one derivation of volume ids
+    from .aws_resources import DATA_DEVICE, ROOT_DEVICE, volume_id  # one derivation of volume ids
     tags = [{"Key": GROUP_TAG, "Value": group}]
     out = []
     for iid in instance_ids:

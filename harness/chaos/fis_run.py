@@ -164,53 +164,13 @@ def run(lab: Lab, path: Path, group: str = "lab", on_state=None, recovery_timeou
     return experiments.run(lab, name, act=act)
 
 
-# -- the command line (kept here so that cli.py only wires it in) ----------------------------
 
-def add_arguments(parser) -> None:
-    parser.add_argument("template", type=Path, help="a CreateExperimentTemplate request as JSON "
-                        "(what `aws fis create-experiment-template --cli-input-json` takes)")
-    parser.add_argument("--group", default="lab", metavar="NAME",
-                        help="the auto scaling group the lab's instance belongs to: its tag "
-                             f"{fis.GROUP_TAG}=NAME is on the instance and its volumes (default lab)")
-    parser.add_argument("--json", action="store_true", help="print the outcome as one JSON object")
-    parser.add_argument("--keep-artifacts", action="store_true",
-                        help="keep console, journal, health samples and the timeline (the outcome names the directory)")
-    parser.add_argument("--report", type=Path, metavar="FILE.html", default=None,
-                        help="write an HTML report of this run (keeps the artifacts it links to)")
-
-
-def check(args) -> None:
-    """Every problem of the template and the group, before the lab starts anything."""
-    name, _, size = args.group.partition(":")
+def check(template: Path, group: str) -> str:
+    """Every problem of the template and of --group GROUP, before the lab starts anything;
+    returns the group's name."""
+    name, _, size = group.partition(":")
     if not name or (size and size != "1"):
-        raise UserError(f"--group {args.group!r}: the lab runs an FIS template on a group of one instance",
+        raise UserError(f"--group {group!r}: the lab runs an FIS template on a group of one instance",
                         "give --group NAME (or NAME:1)")
-    args.group = name
-    lab_plan(args.template, name, ["i-0123456789abcdef0"])
-
-
-def print_state(action: str, state: str, reason: str) -> None:
-    print(f"{time.strftime('%H:%M:%S')}  {action:<20} {state}{f': {reason}' if reason else ''}", flush=True)
-
-
-def render(outcome) -> str:
-    """The experiment as `aws fis get-experiment` summarises it, then what the lab measured."""
-    detail = outcome.fault_detail
-    lines = [f"experiment {outcome.experiment} on {detail['instance_id']} ({detail['group']}): {detail['state']}"]
-    for name, action in detail["actions"].items():
-        lab = f"{action['fault'] or 'wait'} {action['seconds']:g} s" + (
-            f" {action['params']}" if action["params"] else "")
-        lines.append(f"  {name:<20} {action['actionId']:<28} {action['state']:<10} lab: {lab}"
-                     + (f" ({action['reason']})" if action.get("reason") else "")
-                     + (f" [lab differs: {action['lab_differs']}]" if action.get("lab_differs") else ""))
-    for check, verdict in outcome.health.named().items():
-        said = (f"failed after {verdict.seconds:.1f} s, unhealthy after {verdict.lb_seconds:.1f} s"
-                if verdict.detected else "never unhealthy")
-        now = outcome.checks.get(check, {}).get("now", "-")
-        lines.append(f"  {check} check: {said}" + (f"; answers {now} at the end" if now != "-" else ""))
-    if "deep_200_after_s" in detail:
-        back = detail["deep_200_after_s"]
-        lines.append(f"  deep check 200 again {back} s after the last action ended" if back is not None
-                     else "  deep check: NOT 200 again within the recovery wait")
-    lines.append(f"  workload at the end: {'works' if outcome.workload_ok else 'fails: ' + str(outcome.workload.get('error'))}")
-    return "\n".join(lines)
+    lab_plan(template, name, ["i-0123456789abcdef0"])
+    return name

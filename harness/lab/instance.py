@@ -14,10 +14,15 @@ from pathlib import Path
 from .. import faults, kernel_log, progress, timeouts, units
 from ..errors import GuestKernelPanic, GuestRefused, GuestTimeout, UserError
 from ..images.image import Image
-from ..machines.machine import AGENT_PORT, HEALTH_PORT, Machine
+from ..machines.machine import Machine
 from ..waiting import wait_until
 
 UNITS_FW_CFG = "opt/unitchaos/units.tar"
+# The guest agents' ports, forwarded to the host: the (fake) ECS agent's introspection API,
+# which the stock health check asks, and the deep health daemon (vm/guest/usr/local/sbin/unitchaos-health).
+AGENT_PORT = 51678
+HEALTH_PORT = 51680
+AGENT_PORTS = (AGENT_PORT, HEALTH_PORT)
 # The incident's guest says "metadata=200 agent=active"; a chain without the agent
 # "unit=redis-server.service state=active" (vm/guest/usr/local/sbin/unitchaos-ready).
 BOOTED = r"unitchaos: booted (?:metadata=(\d+) agent=(\S+)|unit=(\S+) state=(\S+))"
@@ -31,7 +36,7 @@ BOOTS_UNDER_TCG = 3
 
 class Instance:
     """A guest running the incident's unit chain for one variant, and the questions a
-    scenario asks of it. Get one from the lab (`lab.instance(chain="bindsto", fs="xfs")`);
+    scenario asks of it. Get one from the lab (`lab.acquire(chain="bindsto", fs="xfs")`);
     break it with `inject`, then ask `unit_states`, `metadata_status`, `mount_listed`,
     `can_start_container`, `wait_for_kernel_message`."""
     def __init__(self, image: Image, variant: units.Variant, run_dir: Path, memory_mb: int = 1024,
@@ -43,7 +48,8 @@ class Instance:
         self.unit_files = units.pack(variant, run_dir / "units.tar")
         self.chain = variant.spec
         self.machine = machine_class(image, run_dir, memory_mb=memory_mb, volume_size=self.chain.size,
-                                     fw_cfg={UNITS_FW_CFG: run_dir / "units.tar"}, extra_ports=self.chain.ports,
+                                     fw_cfg={UNITS_FW_CFG: run_dir / "units.tar"},
+                                     extra_ports=(*AGENT_PORTS, *self.chain.ports),
                                      volume_source=_old_filesystem(run_dir) if variant.old_fs else None)
         self.machine.mount_point, self.machine.mount_unit = self.chain.mount_point, self.chain.mount_unit
         self.boot_seconds: float | None = None
@@ -64,7 +70,7 @@ class Instance:
                 self._boot_once(timeout)
                 break
             except GuestKernelPanic as panic:
-                if self.machine.accel == "kvm" or not self.machine.reboots_after_panic or attempt == BOOTS_UNDER_TCG:
+                if self.machine.accel == "kvm" or not self.machine.capabilities.reboots_after_panic or attempt == BOOTS_UNDER_TCG:
                     raise
                 # That is the emulator, not the experiment (see BOOTS_UNDER_TCG): boot again
                 # on fresh disks, and keep the panicked console as evidence.

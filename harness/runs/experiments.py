@@ -78,7 +78,7 @@ def run(lab: Lab, name: str, chain: str | None = None, fs: str | None = None, un
         raise UserError(f"{name} is an experiment on the incident's chain",
                         "run it without --chain-file (chains/ecs-docker.toml)")
     started = time.monotonic()
-    instance = lab.instance(chain=chain, fs=fs, units_dir=units_dir, **dict(experiment.boot))
+    instance = lab.acquire(chain=chain, fs=fs, units_dir=units_dir, **dict(experiment.boot))
     chain, fs = instance.variant.chain, instance.variant.fs
     watch = HealthWatch(instance).start()
     try:
@@ -86,7 +86,7 @@ def run(lab: Lab, name: str, chain: str | None = None, fs: str | None = None, un
             # A warm snapshot was saved only once the workload succeeded; a cold boot has
             # to show it here, or its findings would be about a chain that never worked.
             instance.wait_for_workload()
-        outcome = {"experiment": name, "release": lab.release, "chain_file": lab.chain.name, "chain": chain,
+        outcome = {"experiment": name, "release": lab.guest_release, "chain_file": lab.chain.name, "chain": chain,
                    "fs": fs, "fault": experiment.fault if act is None else name, "units_dir": str(instance.variant.units_dir)}
         fault_started = time.monotonic()
         watch.mark_fault(time.time())
@@ -127,7 +127,7 @@ def run(lab: Lab, name: str, chain: str | None = None, fs: str | None = None, un
         outcome.backend, outcome.guest = lab.backend, lab.guest
         outcome.seconds = Seconds(boot=round(instance.boot_seconds, 1), fault_to_verdict=round(now - fault_started, 1),
                                   total=round(now - started, 1))
-        if getattr(instance.machine, "up_seconds", None) is not None:
+        if instance.machine.up_seconds is not None:
             outcome.seconds.vagrant_up = round(instance.machine.up_seconds, 1)
         if lab.keep:
             outcome.artifacts = str(artifacts_dir() / instance.run_dir.name)
@@ -144,7 +144,7 @@ def run(lab: Lab, name: str, chain: str | None = None, fs: str | None = None, un
         return outcome
     finally:
         watch.stop()
-        lab.done_with(instance)
+        lab.release(instance)  # a test's lab keeps it until it knows whether the test failed
 
 
 def describe(outcome: dict) -> str:
