@@ -3,7 +3,7 @@ on the group's data volume for 20 s (examples/fis/pause-volume-io.json). The sto
 answers 200 through the stall, the deep check calls the instance unhealthy, and once the
 pause ends the queue drains and the deep check (its probe writes, fsyncs and reads the
 volume) answers 200 again."""
-from harness.chaos import fis_run
+from harness.runs import fis_run
 from harness.paths import REPO
 
 

@@ -9,7 +9,8 @@ import sys
 import pytest
 
 from harness import cli
-from harness.chaos import fis, fis_run
+from harness.chaos import fis
+from harness.runs import fis_run
 from harness.chaos.aws_resources import volume_id
 from harness.errors import UserError
 from harness.paths import REPO

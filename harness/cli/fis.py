@@ -1,9 +1,10 @@
-"""`unitchaos fis run`: an AWS FIS experiment template on a lab instance (chaos/fis_run.py)."""
+"""`unitchaos fis run`: an AWS FIS experiment template on a lab instance (runs/fis_run.py)."""
 import json
 import time
 from pathlib import Path
 
-from ..chaos import fis, fis_run
+from ..chaos import fis
+from ..runs import fis_run
 from ..images import image
 from ..lab.lab import Lab
 from .options import Parser, check_report_path, console, release_option, write_report

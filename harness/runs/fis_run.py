@@ -11,10 +11,10 @@ import threading
 import time
 from pathlib import Path
 
-from . import fis
+from ..chaos import fis
 from ..errors import UnitchaosError, UserError
 from ..lab.lab import Lab
-from ..runs import experiments
+from . import experiments
 from ..waiting import wait_until
 
 
