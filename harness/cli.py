@@ -464,7 +464,8 @@ def cmd_verdict(args) -> int:
                       "[red]FAIL[/red]" if v.failed else "[green]ok[/green]")
     console.print(table)
     versions = next((v.versions for v in verdicts if v.versions), {})
-    console.print(f"guest kernel {versions.get('kernel', '?')}, {versions.get('systemd', '?')}; "
+    console.print(f"guest kernel {versions.get('kernel', '?')}, {versions.get('systemd', '?')}"
+                  + (f", {versions['packages']}" if versions.get("packages") else "") + "; "
                   + ("FAIL: a check lies or a must_stop unit kept running" if failed else "ok"))
     return 1 if failed else 0
 

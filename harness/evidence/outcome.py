@@ -4,6 +4,10 @@ keep working. `Outcome.from_json()` reads it back (the report, older runs), taki
 missing key as "not known"."""
 from dataclasses import dataclass, field, fields
 
+# What an outcome records of the guest: its kernel, its systemd and the chain's own Debian
+# packages ("postgresql-15 15.14-0+deb12u1"); the outcome changes with each.
+VERSION_KEYS = ("kernel", "systemd", "packages")
+
 
 @dataclass
 class CheckVerdict:
@@ -90,7 +94,7 @@ class Outcome:
     health_check_lies: bool = False
     kernel_events: list[str] = field(default_factory=list)
     kernel_lines: list[str] = field(default_factory=list)
-    guest_versions: dict[str, str] = field(default_factory=dict)  # "kernel", "systemd"
+    guest_versions: dict[str, str] = field(default_factory=dict)  # VERSION_KEYS
     accel: str | None = None
     timeout_scale: float | None = None
     start: str | None = None            # "warm snapshot" or "cold boot"
@@ -158,4 +162,4 @@ class Outcome:
                    health=Health.from_json(data.get("health", {})),
                    seconds=Seconds(**{k: v for k, v in data.get("seconds", {}).items()
                                       if k in {f.name for f in fields(Seconds)}}),
-                   guest_versions={key: data[key] for key in ("kernel", "systemd") if key in data})
+                   guest_versions={key: data[key] for key in VERSION_KEYS if key in data})

@@ -90,7 +90,7 @@ class Instance:
         self.machine.channel.set_clock(time.time())
         self.boot_seconds = time.monotonic() - started
         self.restored = True
-        self.guest_versions = dict(saved.guest_versions)
+        self.guest_versions = {**saved.guest_versions, **self.package_versions()}
         return self
 
     def require_healthy(self) -> None:
@@ -255,7 +255,7 @@ class Instance:
     def volume_io_fails(self) -> bool:
         """Does I/O on the mounted volume fail with EIO (a filesystem shut down under a
         mount that is still listed)?"""
-        result = self.machine.run("stat /var/lib/docker/")
+        result = self.machine.run(f"stat {shlex.quote(self.chain.mount_point)}/")
         return not result.ok and "Input/output error" in result.stderr
 
     def mount_listed(self) -> bool:
@@ -370,9 +370,18 @@ class Instance:
             conn.close()
 
     def versions(self) -> dict[str, str]:
-        """The guest's running kernel and systemd: outcomes change with both."""
+        """The guest's running kernel and systemd, and the chain's own packages: outcomes
+        change with all three."""
         out = self.machine.succeed("uname -r; systemctl --version | head -1").splitlines()
-        return {"kernel": out[0].strip(), "systemd": out[1].strip()}
+        return {"kernel": out[0].strip(), "systemd": out[1].strip(), **self.package_versions()}
+
+    def package_versions(self) -> dict[str, str]:
+        """{"packages": "postgresql-15 15.14-0+deb12u1, ..."}: the chain's [guest] packages as
+        the image holds them (its manifest), or {} for a chain without packages."""
+        manifest = self.image.path / "manifest.json"
+        built = json.loads(manifest.read_text()).get("versions", {}) if manifest.exists() else {}
+        listed = [f"{name} {built.get(name, '?')}" for name in self.chain.packages]
+        return {"packages": ", ".join(listed)} if listed else {}
 
 
 def _old_filesystem(run_dir: Path) -> Path:

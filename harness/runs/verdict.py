@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass
 from . import experiments
 from .. import progress
 from ..errors import GuestTimeout, UserError
+from ..evidence.outcome import VERSION_KEYS
 from ..lab.lab import Lab
 
 # Every fault that breaks the volume itself (not the network, the CPU or the root disk).
@@ -33,7 +34,7 @@ class FaultVerdict:
     workload_said: str | None
     workload_seconds: float | None  # to the first failure of the traffic (the workload once a second)
     kernel: str                # the most telling kernel message seen
-    versions: dict             # the guest's kernel and systemd
+    versions: dict             # the guest's kernel, systemd and the chain's packages
     error: str | None = None   # the experiment did not finish (a finding too)
 
     @property
@@ -57,7 +58,7 @@ def of(outcome: dict) -> FaultVerdict:
                         checks=checks, workload_failed=not outcome["workload_ok"],
                         workload_said=outcome["workload"].get("error"),
                         workload_seconds=(outcome.get("workload_traffic") or {}).get("first_failure"), kernel=kernel_summary(outcome["kernel_events"]),
-                        versions={key: outcome.get(key) for key in ("kernel", "systemd")})
+                        versions={key: outcome[key] for key in VERSION_KEYS if key in outcome})
 
 
 def run(lab: Lab, names: list[str]) -> list[FaultVerdict]:
