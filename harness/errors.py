@@ -2,6 +2,7 @@
 
     UnitchaosError            anything the harness raises on purpose
     ├── UserError             bad input or a missing tool: says the fix; exit 2
+    │   └── ArchiveBroken     a moving release (sid) the archive cannot install today
     ├── GuestError            the guest did not do what was asked; exit 1, names the evidence
     │   ├── GuestTimeout      a wait ran out of time (GuestKernelPanic: it never could end)
     │   ├── GuestCommandFailed  a command in the guest exited otherwise than expected
@@ -10,6 +11,7 @@
 """
 import contextlib
 import errno
+import time
 from pathlib import Path
 
 
@@ -29,6 +31,18 @@ class UserError(UnitchaosError):
         self.problem = problem
         self.fix = fix
         super().__init__(f"{problem} (fix: {fix})" if fix else problem)
+
+
+class ArchiveBroken(UserError):
+    """A moving release (sid) cannot be installed today because of the archive itself,
+    not the recipe: a transition half done. CI reports it, with the date, and neither
+    passes nor fails on it."""
+
+    def __init__(self, release: str, cause: str):
+        self.release = release
+        self.date = time.strftime("%Y-%m-%d", time.gmtime())
+        super().__init__(f"Debian {release} cannot be installed from the archive on {self.date}: {cause}",
+                         "wait for the archive to settle (sid transitions take a day or two), or pick another release")
 
 
 class GuestError(UnitchaosError):

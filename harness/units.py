@@ -19,7 +19,7 @@ from pathlib import Path
 
 from . import chainfile
 from .errors import UserError
-from .paths import UNITS_DIR
+from .paths import UNITS_DIR, VM_DIR
 
 CHAINS = {"requires": "Requires", "bindsto": "BindsTo"}
 FILESYSTEMS = {"xfs": "/usr/sbin/mkfs.xfs -f", "ext4": "/usr/sbin/mkfs.ext4 -F -q"}
@@ -32,6 +32,13 @@ DEVICE = "/dev/vdb"
 HEALTH_DROPIN = "unitchaos-health.service.d/50-chain.conf"
 READY_DROPIN = "unitchaos-ready.service.d/50-chain.conf"
 GENERATED = (HEALTH_DROPIN, READY_DROPIN)
+# Unit files and drop-ins that make systemd stop the chain when the volume's filesystem
+# shuts down (vm/remedies/NAME/), laid over the chain's units.
+REMEDIES_DIR = VM_DIR / "remedies"
+
+
+def remedies() -> list[str]:
+    return sorted(p.name for p in REMEDIES_DIR.iterdir() if p.is_dir())
 
 
 @cache
@@ -59,10 +66,13 @@ class Variant:
     old_fs: bool = False
     docker_requires_mount: bool = True
     spec: chainfile.Chain = field(default_factory=incident)
+    remedy: str | None = None
 
     def __post_init__(self):
         if self.units_dir is None:
             object.__setattr__(self, "units_dir", self.spec.units_dir)
+        if self.remedy is not None and self.remedy not in remedies():
+            raise UserError(f"unknown remedy {self.remedy!r}", f"use one of: {', '.join(remedies())}")
         if self.chain not in CHAINS:
             raise UserError(f"unknown chain {self.chain!r}", f"use one of: {', '.join(CHAINS)}")
         if self.fs not in FILESYSTEMS:
@@ -100,8 +110,12 @@ def render(variant: Variant) -> dict[str, str]:
                         f"add the unit file, or a {missing[0]}.d/ drop-in if a package installs it "
                         f"(see {UNITS_DIR} for the incident's chain)")
     rendered = {}
-    for path in sorted(p for p in units_dir.rglob("*") if p.is_file()):
-        rel = path.relative_to(units_dir)
+    sources = [(units_dir, path) for path in sorted(units_dir.rglob("*")) if path.is_file()]
+    if variant.remedy:
+        top = REMEDIES_DIR / variant.remedy
+        sources += [(top, path) for path in sorted(top.rglob("*")) if path.is_file() and path.suffix != ".md"]
+    for top, path in sources:
+        rel = path.relative_to(top)
         if any(part.startswith(".") for part in rel.parts):
             continue  # Editor swap files, a .git directory: not units.
         try:

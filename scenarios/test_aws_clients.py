@@ -16,7 +16,7 @@ from harness.chaos.aws_api import AwsApi
 from harness.chaos.chaos_api import ChaosServer
 from harness.faults import XFS_SHUTDOWN
 from harness.chaos.groups import LabBackend, start_groups
-from harness.machines.machine import AGENT_PORT, HEALTH_PORT
+from harness.lab.instance import AGENT_PORT, HEALTH_PORT
 from harness.paths import REPO
 
 BIN = Path(sys.executable).parent

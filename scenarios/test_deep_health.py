@@ -7,7 +7,7 @@ from harness.runs import experiments
 from harness.chaos.autoscaling import AutoScalingGroup
 from harness.evidence.health_watch import EXPERIMENT_CHECK, probe
 from harness.evidence.loadbalancer import LoadBalancer
-from harness.machines.machine import HEALTH_PORT
+from harness.lab.instance import HEALTH_PORT
 from harness.waiting import wait_until
 
 
@@ -30,7 +30,7 @@ def test_the_deep_check_notices_what_the_stock_check_misses(lab, fault, fs):
 
 
 def test_the_deep_check_explains_why(lab):
-    vm = lab.instance()
+    vm = lab.acquire()
     vm.inject("yank")
     vm.wait_for_kernel_message(r"XFS \(vdb\): Filesystem has been shut down")
     status, body = wait_until(vm.deep_health, 15, "the deep check to see the kernel's word", interval=0.5,

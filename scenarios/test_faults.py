@@ -11,7 +11,7 @@ from harness import ALL_ACTIVE
 
 @pytest.mark.parametrize("fs, word", [("xfs", r"XFS \(vdb\):.*shut"), ("ext4", r"EXT4-fs \(vdb\): shut down")])
 def test_a_deliberate_shutdown_is_invisible_to_systemd_and_the_health_check(lab, fs, word):
-    vm = lab.instance(fs=fs)
+    vm = lab.acquire(fs=fs)
     vm.inject("xfs-shutdown")
     vm.wait_for_kernel_message(word)
     assert vm.mount_listed()
@@ -21,7 +21,7 @@ def test_a_deliberate_shutdown_is_invisible_to_systemd_and_the_health_check(lab,
 
 
 def test_a_full_volume_keeps_the_agent_healthy_until_space_is_freed(lab):
-    vm = lab.instance()
+    vm = lab.acquire()
     vm.inject("fill-volume")
     assert vm.metadata_status() == 200
     result = vm.start_container()
@@ -31,7 +31,7 @@ def test_a_full_volume_keeps_the_agent_healthy_until_space_is_freed(lab):
 
 
 def test_a_frozen_docker_daemon_cannot_start_containers_but_metadata_answers(lab):
-    vm = lab.instance()
+    vm = lab.acquire()
     vm.inject("hang-docker")
     assert vm.metadata_status() == 200
     assert not vm.start_container(timeout=10)["ok"]
@@ -41,7 +41,7 @@ def test_a_frozen_docker_daemon_cannot_start_containers_but_metadata_answers(lab
 
 
 def test_a_disconnected_agent_still_answers_200(lab):
-    vm = lab.instance()
+    vm = lab.acquire()
     vm.inject("agent-disconnect")
     assert vm.metadata_status() == 200
     assert vm.machine.http_get(51678, "/unitchaos/agent")[1]["connected"] is False
@@ -50,7 +50,7 @@ def test_a_disconnected_agent_still_answers_200(lab):
 
 
 def test_a_link_down_makes_the_health_check_fail_and_heals(lab):
-    vm = lab.instance()
+    vm = lab.acquire()
     vm.inject("link-down")
     assert vm.metadata_status(timeout=3) is None
     vm.heal("link-down")
@@ -58,7 +58,7 @@ def test_a_link_down_makes_the_health_check_fail_and_heals(lab):
 
 
 def test_network_latency_slows_the_health_check_without_failing_it(lab):
-    vm = lab.instance()
+    vm = lab.acquire()
     vm.inject("network-latency")
     started = time.monotonic()
     assert vm.metadata_status(timeout=10) == 200
@@ -67,7 +67,7 @@ def test_network_latency_slows_the_health_check_without_failing_it(lab):
 
 
 def test_shutdown_terminates_the_instance(lab):
-    vm = lab.instance()
+    vm = lab.acquire()
     vm.inject("shutdown")
     assert not vm.machine.running
     assert vm.metadata_status(timeout=2) is None

@@ -12,7 +12,7 @@ pytestmark = pytest.mark.lab(guest="fcos")
 
 
 def test_fcos_boots_the_chain_from_ignition(lab):
-    vm = lab.instance(chain="bindsto", fs="xfs")
+    vm = lab.acquire(chain="bindsto", fs="xfs")
     assert isinstance(vm.machine, FcosMachine)
     assert "ID=fedora" in vm.machine.succeed("cat /etc/os-release")
     assert vm.unit_states() == ALL_ACTIVE
@@ -25,7 +25,7 @@ def test_fcos_boots_the_chain_from_ignition(lab):
 @pytest.mark.parametrize("fs, word", [("xfs", r"XFS \(vdb\):.*(Filesystem has been shut down|Shutting down filesystem)"),
                                       ("ext4", r"(Aborting journal on device vdb|Buffer I/O error on dev vdb)")])
 def test_fcos_yank_leaves_the_volume_mounted_and_the_agent_answering_200(lab, fs, word):
-    vm = lab.instance(chain="bindsto", fs=fs)
+    vm = lab.acquire(chain="bindsto", fs=fs)
     vm.inject("yank")
     vm.wait_for_kernel_message(word)
     vm.wait_until_settled()

@@ -14,7 +14,7 @@ STOPPED = ("inactive", "failed")
 
 
 def test_healthy_chain_serves_metadata_and_starts_containers(lab):
-    vm = lab.instance(chain="bindsto", fs="xfs")
+    vm = lab.acquire(chain="bindsto", fs="xfs")
     vm.machine.wait_for_unit("ecs-agent.service", timeout=30)
     vm.machine.wait_for_port(51678, timeout=30)
     assert vm.unit_states() == ALL_ACTIVE
@@ -24,7 +24,7 @@ def test_healthy_chain_serves_metadata_and_starts_containers(lab):
 
 
 def test_cold_boot_brings_the_chain_up_in_order(lab):
-    vm = lab.instance(chain="bindsto", fs="xfs", cold=True)
+    vm = lab.acquire(chain="bindsto", fs="xfs", cold=True)
     assert vm.unit_states() == ALL_ACTIVE
     assert "Ordering cycle" not in vm.machine.console_text()
     assert vm.metadata_status() == 200
@@ -35,7 +35,7 @@ def test_cold_boot_brings_the_chain_up_in_order(lab):
 
 
 def test_requires_does_not_stop_the_agent_when_the_volume_is_unmounted(lab):
-    vm = lab.instance(chain="requires")
+    vm = lab.acquire(chain="requires")
     vm.inject("umount")
     vm.wait_until_settled()
     assert not vm.mount_listed()
@@ -46,7 +46,7 @@ def test_requires_does_not_stop_the_agent_when_the_volume_is_unmounted(lab):
 
 
 def test_bindsto_stops_the_agent_when_the_volume_is_unmounted_behind_systemds_back(lab):
-    vm = lab.instance(chain="bindsto")
+    vm = lab.acquire(chain="bindsto")
     vm.inject("umount")
     vm.wait_until_settled()
     assert not vm.mount_listed()
@@ -60,7 +60,7 @@ def test_bindsto_stops_the_agent_when_the_volume_is_unmounted_behind_systemds_ba
 
 
 def test_stopping_the_mount_stops_docker_and_the_agent(lab):
-    vm = lab.instance(chain="bindsto")
+    vm = lab.acquire(chain="bindsto")
     vm.inject("stop-mount")
     vm.wait_until_settled()
     assert not vm.mount_listed()
@@ -70,7 +70,7 @@ def test_stopping_the_mount_stops_docker_and_the_agent(lab):
 
 
 def test_yank_leaves_xfs_shut_down_but_mounted_and_the_agent_answering_200(lab):
-    vm = lab.instance(chain="bindsto", fs="xfs")
+    vm = lab.acquire(chain="bindsto", fs="xfs")
     vm.inject("yank")
     vm.wait_for_kernel_message(r"XFS \(vdb\): Filesystem has been shut down")
     vm.wait_until_settled()
@@ -83,7 +83,7 @@ def test_yank_leaves_xfs_shut_down_but_mounted_and_the_agent_answering_200(lab):
 
 
 def test_unplug_on_xfs_makes_systemd_stop_the_chain_and_unmount(lab):
-    vm = lab.instance(chain="bindsto", fs="xfs")
+    vm = lab.acquire(chain="bindsto", fs="xfs")
     vm.inject("unplug")
     vm.wait_until_settled()
     assert vm.device_state() == "inactive"
@@ -94,7 +94,7 @@ def test_unplug_on_xfs_makes_systemd_stop_the_chain_and_unmount(lab):
 
 
 def test_yank_on_ext4_aborts_the_journal_and_the_agent_still_answers_200(lab):
-    vm = lab.instance(chain="bindsto", fs="ext4")
+    vm = lab.acquire(chain="bindsto", fs="ext4")
     vm.inject("yank")
     vm.wait_for_kernel_message(r"Aborting journal on device vdb")
     vm.wait_until_settled()

@@ -86,7 +86,7 @@ CACHE = cache_dir()  # Now, before pytester moves HOME.
 
 FAILING_TEST = '''
 def test_the_stock_check_notices_a_yank(lab):
-    vm = lab.instance()
+    vm = lab.acquire()
     vm.inject("yank")
     vm.wait_until_settled()
     assert vm.metadata_status() != 200, "the stock check still says 200"

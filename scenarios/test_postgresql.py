@@ -19,7 +19,7 @@ def server_log(vm) -> str:
 
 
 def test_yank_an_idle_postgres_stays_up_and_both_checks_pass_while_no_session_can_start(lab):
-    vm = lab.instance()
+    vm = lab.acquire()
     vm.inject("yank")
     vm.wait_for_kernel_message(XFS_SHUTDOWN)
     vm.wait_until_settled()
@@ -34,7 +34,7 @@ def test_yank_an_idle_postgres_stays_up_and_both_checks_pass_while_no_session_ca
 
 
 def test_unplug_bindsto_stops_postgres_its_shutdown_checkpoint_panics_and_the_mount_goes(lab):
-    vm = lab.instance()
+    vm = lab.acquire()
     vm.inject("unplug")
     vm.wait_for_kernel_message(r"XFS \(vdb\)")
     # BindsTo= stops the cluster; pg_ctlcluster cannot read the pid file and fails, systemd's

@@ -13,7 +13,7 @@ pytestmark = pytest.mark.lab(chain_file=REDIS)
 
 
 def test_yank_redis_stays_active_and_ping_passes_until_a_write_fails(lab):
-    vm = lab.instance()
+    vm = lab.acquire()
     vm.inject("yank")
     vm.wait_for_kernel_message(XFS_SHUTDOWN)
     vm.wait_until_settled()
@@ -29,7 +29,7 @@ def test_yank_redis_stays_active_and_ping_passes_until_a_write_fails(lab):
 
 
 def test_unplug_bindsto_stops_redis_but_it_hangs_deactivating_and_keeps_its_port(lab):
-    vm = lab.instance()
+    vm = lab.acquire()
     vm.inject("unplug")
     vm.wait_for_kernel_message(r"XFS \(vdb\)")
     # BindsTo= does its job, but Debian's unit has TimeoutStopSec=0: systemd waits for

@@ -45,9 +45,9 @@ def test_a_disk_filling_up_while_a_snapshot_is_made_says_disk_full_and_leaves_no
             os.posix_fallocate(filler.fileno(), 0, free.f_bavail * free.f_frsize - (48 << 20))
 
     monkeypatch.setattr(snapshots, "_require_space", then_someone_fills_the_disk)
-    with Lab(release=lab.release) as small:
+    with Lab(release=lab.guest_release) as small:
         with pytest.raises(UserError) as failed:
-            small.instance()
+            small.acquire()
         assert not small.instances  # released as it failed
     assert f"disk full while saving a snapshot in {cache_on_a_small_disk}: " in str(failed.value)
     assert "SIGBUS" in str(failed.value) or "No space left on device" in str(failed.value)

@@ -19,7 +19,7 @@ def virsh(*args: str) -> str:
 
 
 def test_vagrant_yank_leaves_xfs_shut_down_but_mounted_and_the_agent_answering_200(lab):
-    vm = lab.instance(chain="bindsto", fs="xfs")
+    vm = lab.acquire(chain="bindsto", fs="xfs")
     assert isinstance(vm.machine, VagrantMachine)
     assert virsh("domstate", vm.machine.domain).strip() == "running"
     vm.inject("yank")
@@ -33,7 +33,7 @@ def test_vagrant_yank_leaves_xfs_shut_down_but_mounted_and_the_agent_answering_2
 
 
 def test_vagrant_unplug_stops_the_agent_and_teardown_leaves_no_volume_behind(lab):
-    vm = lab.instance(chain="bindsto", fs="xfs")
+    vm = lab.acquire(chain="bindsto", fs="xfs")
     volume = vm.machine.volume.path.name
     assert volume in virsh("vol-list", "default")
     record = vm.inject("unplug")
@@ -49,6 +49,6 @@ def test_vagrant_unplug_stops_the_agent_and_teardown_leaves_no_volume_behind(lab
     # Unplugged behind libvirt's back, the volume is no longer the domain's: vagrant
     # destroy would leave it in the pool, and the next `vagrant up` would fail on it.
     domain = vm.machine.domain
-    lab.release_instance(vm)
+    lab.release(vm, keep=False)
     assert volume not in virsh("vol-list", "default")
     assert domain not in virsh("list", "--all", "--name")

@@ -12,7 +12,7 @@ DIRECT_READ_MS = ("python3 -c 'import mmap,os,time; fd=os.open(\"/dev/vdb\",os.O
 
 
 def test_a_paused_volume_stalls_containers_while_systemd_and_metadata_see_nothing(lab):
-    vm = lab.instance()
+    vm = lab.acquire()
     vm.inject("pause-io")
     vm.machine.run("(dd if=/dev/zero of=/var/lib/docker/p bs=4k count=1 oflag=dsync; touch /run/synced) "
                    ">/dev/null 2>&1 &")
@@ -27,7 +27,7 @@ def test_a_paused_volume_stalls_containers_while_systemd_and_metadata_see_nothin
 
 
 def test_a_slow_volume_times_container_starts_out_while_metadata_answers_200(lab):
-    vm = lab.instance()
+    vm = lab.acquire()
     assert float(vm.machine.succeed(DIRECT_READ_MS)) < 50
     vm.inject("io-latency", ms=500)
     assert float(vm.machine.succeed(DIRECT_READ_MS, timeout=60)) >= 400
@@ -43,7 +43,7 @@ def test_a_slow_volume_times_container_starts_out_while_metadata_answers_200(lab
 @pytest.mark.parametrize("fs, word", [("xfs", r"XFS \(vdb\): Filesystem has been shut down"),
                                       ("ext4", r"Aborting journal on device vdb|EXT4-fs error \(device vdb\)")])
 def test_failing_writes_break_the_filesystem_and_healing_the_disk_does_not_mend_it(lab, fs, word):
-    vm = lab.instance(fs=fs)
+    vm = lab.acquire(fs=fs)
     vm.inject("io-error")
     vm.machine.run("dd if=/dev/zero of=/var/lib/docker/w bs=4k count=16 conv=fsync")
     vm.wait_for_kernel_message(word)
@@ -60,7 +60,7 @@ def test_failing_writes_break_the_filesystem_and_healing_the_disk_does_not_mend_
 
 def test_io_latency_on_a_yanked_volume_is_refused_and_the_instance_keeps_running(lab):
     from harness.errors import UserError
-    vm = lab.instance()
+    vm = lab.acquire()
     vm.inject("yank")
     with pytest.raises(UserError, match="io-latency does not apply"):
         vm.inject("io-latency")
@@ -68,7 +68,7 @@ def test_io_latency_on_a_yanked_volume_is_refused_and_the_instance_keeps_running
 
 
 def test_mkfs_refusing_an_old_filesystem_takes_the_whole_chain_down(lab):
-    vm = lab.instance(old_fs=True)
+    vm = lab.acquire(old_fs=True)
     assert "appears to contain an existing filesystem" in vm.machine.succeed("journalctl -b -u format-ephemeral -o cat")
     assert vm.unit_states() == {"format-ephemeral.service": "failed", "var-lib-docker.mount": "inactive",
                                 "docker.service": "inactive", "ecs-agent.service": "inactive"}
@@ -77,7 +77,7 @@ def test_mkfs_refusing_an_old_filesystem_takes_the_whole_chain_down(lab):
 
 
 def test_when_docker_does_not_require_the_mount_it_fills_the_small_root_disk(lab):
-    vm = lab.instance(old_fs=True, docker_requires_mount=False)
+    vm = lab.acquire(old_fs=True, docker_requires_mount=False)
     assert vm.machine.unit_state("format-ephemeral.service") == "failed"
     assert vm.machine.unit_state("docker.service") == "active"
     assert vm.machine.succeed("findmnt -n -o SOURCE --target /var/lib/docker").strip() == "/dev/vda"

@@ -46,7 +46,7 @@ class LabInstance(FakeInstance):
 
 
 class Lab(FakeLab):
-    def instance(self, chain, fs):
+    def acquire(self, chain, fs):
         made = LabInstance()
         self.made.append(made)
         return made

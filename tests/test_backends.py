@@ -1,5 +1,6 @@
 """Choosing the machine (harness/lab/backends.py), and starting and stopping libvirt's
 daemons for the Vagrant backend (harness/machines/libvirt_daemons.py), with stand-in daemons."""
+import json
 import os
 import subprocess
 import textwrap
@@ -141,3 +142,19 @@ def test_fcos_commands_go_over_ssh_as_core_through_sudo(tmp_path, monkeypatch):
     assert (result.status, result.stdout, result.stderr) == (3, "out", "err")
     assert seen["argv"][:3] == ["ssh", "-F", str(machine.ssh_config)]
     assert seen["argv"][-1].startswith("sudo timeout -s KILL 7 bash -c ")
+
+
+@pytest.mark.parametrize("release, threads, cpu", [
+    ("trixie-backports", "single", "qemu64"),
+    ("bookworm-backports", "multi", "qemu64,-cx16"),
+    ("sid", "multi", "qemu64"),
+])
+def test_each_release_boots_with_its_tcg_workaround(tmp_path, release, threads, cpu):
+    (tmp_path / "image").mkdir()
+    (tmp_path / "image" / "manifest.json").write_text(json.dumps({"release": release}))
+    machine = Machine(Image(tmp_path / "image"), tmp_path / "run")
+    machine.accel, machine.ports = "tcg", {port: 10000 + port for port in machine.guest_ports}
+    argv = machine.qemu_argv()
+    assert argv[argv.index("-accel") + 1] == f"tcg,thread={threads}"
+    assert argv[argv.index("-cpu") + 1] == cpu
+    assert "systemd.default_device_timeout_sec=600" in argv[argv.index("-append") + 1]

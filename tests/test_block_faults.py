@@ -137,6 +137,12 @@ def test_a_volume_fault_on_a_yanked_volume_does_not_apply(machine, fault):
         faults.get(fault).inject(machine)
 
 
+def test_removing_the_volume_backend_leaves_it_detached_for_the_machine(machine):
+    assert machine.volume_attached()
+    assert block_faults.remove_volume_backend(machine) == {"hmp": "drive_del volume"}
+    assert not machine.volume_attached()
+
+
 def test_fault_parameters_are_typed_like_their_defaults():
     fault = faults.get("io-error")
     assert fault.parse_params(["after=100", "op=all"]) == {"after": 100, "op": "all"}

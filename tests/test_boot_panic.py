@@ -10,7 +10,7 @@ import pytest
 from harness.errors import GuestKernelPanic
 from harness.images.image import Image
 from harness.lab.instance import BOOTED, BOOTS_UNDER_TCG, Instance
-from harness.machines.machine import Machine
+from harness.machines.machine import Capabilities, Machine
 
 PANICKED_CONSOLE = """\
 [    4.185854] ------------[ cut here ]------------
@@ -56,7 +56,7 @@ def test_a_panic_before_the_offset_waited_from_is_not_this_waits(machine):
 
 class PanicsOnFirstBoot:
     """Just what Instance.boot touches of a Machine."""
-    reboots_after_panic = True
+    capabilities = Capabilities()
 
     def __init__(self, run_dir, accel):
         self.accel = accel

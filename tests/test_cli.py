@@ -1,4 +1,4 @@
-"""Tests for harness/cli.py: bad input is one line on stderr and exit 2, never a traceback;
+"""Tests for harness/cli/: bad input is one line on stderr and exit 2, never a traceback;
 the findings table says when the health check lies.
 
 No test here may build an image or boot a guest: the cache points at tmp_path, and
@@ -92,10 +92,10 @@ def units_with_unknown_key(tmp_path):
     (["demo", "--backend", "vagrant", "--guest", "fcos", "--image", "/etc/hostname"],
      "the vagrant backend runs the Debian guest only"),
     (["ignition", "--chain", "wants"], "unknown chain 'wants'"),
-    (["run", "yank", "--release", "sid"], "unknown release 'sid'"),
-    (["demo", "--release", "sid"], "unknown release 'sid'"),
-    (["image", "build", "--release", "sid"], "unknown release 'sid'"),
-    (["versions", "--release", "trixie", "--release", "sid"], "unknown release 'sid'"),
+    (["run", "yank", "--release", "buster"], "unknown release 'buster'"),
+    (["demo", "--release", "buster"], "unknown release 'buster'"),
+    (["image", "build", "--release", "buster"], "unknown release 'buster'"),
+    (["versions", "--release", "trixie", "--release", "buster"], "unknown release 'buster'"),
     (["versions", "nope"], "unknown experiment 'nope'"),
     (["versions", "yank", "--fs", "btrfs"], "unknown filesystem 'btrfs'"),
     (["versions", "yank", "--runs", "0"], "--runs 0 is not a number of runs"),
@@ -148,7 +148,7 @@ def test_module_entry_point_exits_2_without_traceback(tmp_path, argv, problem):
 def failing_prune(monkeypatch, exc: Exception) -> None:
     def raise_it(args):
         raise exc
-    monkeypatch.setattr(cli, "cmd_prune", raise_it)
+    monkeypatch.setattr(cli.host, "cmd_prune", raise_it)
 
 
 @pytest.mark.parametrize("exc, code, said", [
@@ -214,7 +214,7 @@ YANK = outcome("yank", True, ["I/O error, dev vdb, sector 192 op 0x1:(WRITE) fla
 
 def render(outcomes: list[Outcome]) -> str:
     console = Console(record=True, width=200, file=io.StringIO())
-    console.print(cli.findings_table(outcomes))
+    console.print(cli.run.findings_table(outcomes))
     return console.export_text()
 
 

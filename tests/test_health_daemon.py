@@ -312,9 +312,10 @@ def test_no_module_is_imported_after_start_up(env):
     daemon.wait_healthy()
     time.sleep(0.5)  # a second container test
     env.docker.mode, env.agent.connected = "error", False
-    env.kernel(LOG_SHUTDOWN)
     env.set_mount(options="ro")
     (env.mount / ".unitchaos-health-probe").mkdir()
+    # Last: the kernel's fatal word makes the daemon re-check at once, its write probe too.
+    env.kernel(LOG_SHUTDOWN)
     daemon.wait_for(lambda s, b: b["actions"] and b["actions"][0]["result"] == "exit 0"
                     and all(c["status"] == "fail" for n, c in b["checks"].items() if n != "space"))
     assert daemon.get("/metrics")[0] == 200 and daemon.get("/nothing")[0] == 404
@@ -651,3 +652,42 @@ def test_stop_agent_with_touch(env):
     env.agent.connected = False
     daemon = env.start("--stop-agent-after", "1", "--stop-agent-command", f"touch {marker}")
     daemon.wait_for(lambda s, b: marker.exists() and b["actions"], timeout=4)
+
+
+def test_a_fatal_kernel_word_is_acted_on_at_once_and_put_on_the_guests_clock():
+    """No waiting for the next interval: the first fatal match re-runs the kernel check
+    from the reader's thread; kernel lines are placed on CLOCK_MONOTONIC by our clock mark."""
+    module = load_daemon_module()
+    args = module.parse_args(["--kernel-patterns", str(PATTERNS_JSON), "--device", "/dev/vdb"])
+    watch = module.KernelWatch(args)
+    watch.error = None
+    fired = []
+    watch.on_fatal = lambda: fired.append(watch())
+    watch.feed("12,1,5000000,-;unitchaos-health: clock mark 105.000000")  # kmsg 5 s == monotonic 105 s
+    watch.feed("6,2,6500000,-;XFS (vdb): Please unmount the filesystem and rectify the problem(s)")
+    watch.feed("6,3,6600000,-;" + LOG_SHUTDOWN)
+    assert len(fired) == 2 and not fired[0][0]  # once per pattern turning fatal, failing at once
+    assert watch.snapshot()["xfs-shutdown"]["first_monotonic"] == 106.6
+    # FAN_FS_ERROR arrives with its own monotonic time.
+    watch.remember("fan-fs-error", "FAN_FS_ERROR on /var/lib/docker: EIO (1 errors)", True, 106.61)
+    assert watch.snapshot()["fan-fs-error"]["first_monotonic"] == 106.61 and len(fired) == 3
+
+
+def test_the_fs_error_source_says_not_supported_and_the_patterns_remain(monkeypatch):
+    module = load_daemon_module()
+    args = module.parse_args(["--kernel-patterns", str(PATTERNS_JSON), "--mount-point", "/"])
+    watch = module.KernelWatch(args)
+
+    class OldKernel:
+        def __init__(self, path):
+            pass
+
+        def open(self):
+            return False, "FAN_FS_ERROR not supported by kernel 5.10.0-1-amd64 on /: fanotify_mark EINVAL"
+
+    monkeypatch.setattr(module.fserror, "FsErrorWatch", OldKernel)
+    source = module.FsErrorSource(args, watch)
+    source.run()  # returns: nothing to watch
+    assert source.state["supported"] is False
+    assert source.state["reason"].startswith("FAN_FS_ERROR not supported by kernel 5.10.0-1-amd64")
+    assert watch.on_fatal is None and watch.patterns

@@ -192,3 +192,64 @@ def test_kvm_verdicts_for_two_guest_kernels_are_both_kept(cache, monkeypatch, tm
         for kernel in kernels:
             assert accel.kvm_verdict(kernel)["usable"] is False
     assert probes == kernels  # one probe each, then both answered from the cache
+
+
+# -- the life cycle: acquire and release ---------------------------------------------------
+
+class Released:
+    """Just what Lab.release touches of an Instance."""
+    def __init__(self, run_dir: Path):
+        self.run_dir = run_dir
+        run_dir.mkdir(parents=True)
+        (run_dir / "owner").write_text(str(os.getpid()))
+        (run_dir / "root.qcow2").write_text("big")
+        self.stopped = self.saved = False
+
+    def save_artifacts(self):
+        self.saved = True
+        (self.run_dir / "console.log").write_text("booted\n")
+
+    def stop(self):
+        self.stopped = True
+
+
+def held(a_lab, name="20260101-000000-1-0-warm-bindsto-xfs") -> Released:
+    instance = Released(runs_dir() / name)
+    a_lab.instances.append(instance)
+    return instance
+
+
+def test_a_released_instance_is_stopped_and_its_run_directory_goes(cache):
+    with lab.Lab() as a_lab:
+        instance = held(a_lab)
+        assert a_lab.release(instance) is None
+    assert instance.stopped and not instance.saved and not instance.run_dir.exists() and a_lab.instances == []
+
+
+def test_released_with_keep_its_evidence_stays_without_disks(cache):
+    a_lab = lab.Lab()
+    kept = a_lab.release(held(a_lab), keep=True)
+    assert kept.parent.name == "artifacts" and (kept / "console.log").exists()
+    assert not (kept / "root.qcow2").exists() and not (kept / "owner").exists()
+
+
+def test_leaving_the_lab_releases_what_is_still_acquired_as_the_lab_was_made(cache):
+    with lab.Lab(keep=True) as a_lab:
+        instance = held(a_lab)
+    assert instance.stopped and instance.saved and a_lab.instances == []
+
+
+def test_a_tests_lab_keeps_what_an_experiment_releases_until_the_test_is_over(cache):
+    from harness.plugin import _TestLab
+    a_lab = _TestLab()
+    instance = held(a_lab)
+    assert a_lab.release(instance) is None and not instance.stopped  # the test may still fail
+    a_lab.release(held(a_lab, "other"), keep=False)  # asked for by name: at once
+    a_lab.test_over = True
+    assert a_lab.release(instance, keep=True) is not None and instance.stopped
+
+
+def test_the_lab_has_two_verbs_for_an_instances_life():
+    public = {name for name in vars(lab.Lab) if not name.startswith("_") and callable(getattr(lab.Lab, name))}
+    assert {"acquire", "release"} <= public
+    assert not public & {"instance", "new_instance", "done_with", "release_instance", "close", "keep_copy", "detach"}

@@ -89,8 +89,9 @@ class FakeLab:
         self.launches = 0
         self.failing = set(failing_launches)
         self.made: list[FakeInstance] = []
+        self.keep = False
 
-    def instance(self, chain, fs):
+    def acquire(self, chain, fs):
         self.launches += 1
         if self.launches in self.failing:
             raise GuestTimeout("the guest did not boot")
@@ -98,7 +99,7 @@ class FakeLab:
         self.made.append(made)
         return made
 
-    def release_instance(self, instance):
+    def release(self, instance, keep=None):
         instance.released = True
         instance.machine.running = False
 

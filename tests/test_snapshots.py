@@ -27,10 +27,10 @@ def cache(tmp_path, monkeypatch):
 
 
 class Lab:
-    """What snapshots.ensure asks of a lab: its image and memory (making one is faked)."""
+    """What snapshots.ensure asks of a lab: its image, memory and keep (making one is faked)."""
 
     def __init__(self, image_: image.Image, memory_mb: int = 1024):
-        self.image, self.memory_mb = image_, memory_mb
+        self.image, self.memory_mb, self.keep = image_, memory_mb, False
 
 
 def make_image(key: str = "bookworm-0123456789abcdef") -> image.Image:
@@ -205,8 +205,8 @@ def test_a_save_that_fails_leaves_no_snapshot_and_keeps_the_guest_unless_the_dis
         cache, stderr, kept, message):
     lab = Lab(make_image())
     released = []
-    lab.new_instance = lambda variant, label: FailingBoot(cache / "runs" / label, stderr)
-    lab.release_instance = lambda instance, keep=False: released.append(keep) or instance.run_dir
+    lab.acquire = lambda variant, started, label: FailingBoot(cache / "runs" / label, stderr)
+    lab.release = lambda instance, keep=None: released.append(keep) or instance.run_dir
     with pytest.raises((GuestTimeout, UserError), match=message):
         snapshots.ensure(lab, Variant())
     assert released == [kept]  # kept for a look; a full disk has no room for that
@@ -229,7 +229,7 @@ def small_disk(cache):
 
 def test_too_little_space_for_a_snapshot_is_refused_before_booting(cache, small_disk, monkeypatch):
     lab = Lab(make_image())
-    lab.new_instance = lambda variant, label: pytest.fail("booted with no room to save")
+    lab.acquire = lambda **options: pytest.fail("booted with no room to save")
     with pytest.raises(UserError) as refused:
         snapshots.ensure(lab, Variant())
     message = str(refused.value)

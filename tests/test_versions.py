@@ -5,12 +5,15 @@ import json
 import os
 import socket
 import shutil
+import subprocess
+import time
 
 import pytest
 from rich.console import Console
 
 from harness.images import agent_image, image
 from harness.runs import versions
+from harness import errors
 from harness.errors import UserError
 
 pytest_plugins = ["pytester"]
@@ -113,8 +116,9 @@ def test_a_run_with_another_filesystem_adds_to_the_kernels_file(tmp_path):
 
 def test_unknown_release_is_refused_before_any_work(monkeypatch):
     monkeypatch.setattr(image, "ensure_image", lambda *a, **k: pytest.fail("built an image"))
-    with pytest.raises(UserError, match="unknown release 'sid'.*bookworm, trixie, bookworm-backports"):
-        versions.run([ROW], ["bookworm", "sid"])
+    with pytest.raises(UserError, match="unknown release 'buster'.*bookworm, trixie, bookworm-backports, "
+                                        "trixie-backports, sid"):
+        versions.run([ROW], ["bookworm", "buster"])
 
 
 def test_every_release_is_keyed_apart():
@@ -130,6 +134,66 @@ def test_backports_pins_kernel_and_systemd_to_backports():
     assert "Pin: release n=bookworm-backports" in pref
     pinned = next(line for line in pref.splitlines() if line.startswith("Package:")).split()[1:]
     assert {"linux-image-cloud-amd64", "systemd", "udev", "libsystemd0", "libsystemd-shared"} <= set(pinned)
+
+
+def test_trixie_backports_pins_only_the_7x_kernel_to_backports():
+    spec = image.RELEASES["trixie-backports"]
+    assert spec.suites == ("trixie", "trixie-backports") and not spec.moving
+    pref = (image.VM_DIR / "image" / spec.preferences).read_text()
+    assert "Pin: release n=trixie-backports" in pref
+    pinned = next(line for line in pref.splitlines() if line.startswith("Package:")).split()[1:]
+    # 7.x images split into linux-binary/linux-modules and pre-depend on linux-base >= 4.17.
+    assert {"linux-image-cloud-amd64", "linux-base", "linux-binary-*-cloud-amd64", "linux-modules-*-cloud-amd64"} <= set(pinned)
+    assert "systemd" not in pinned
+
+
+APT_UNMET = """\
+Some packages could not be installed. This may mean that you have
+requested an impossible situation or if you are using the unstable
+distribution that some required packages have not yet been created
+or been moved out of Incoming.
+The following information may help to resolve the situation:
+
+The following packages have unmet dependencies:
+ systemd : Depends: libsystemd-shared (= 262.1-1) but 262.2-1 is to be installed
+E: Unable to correct problems, you have held broken packages.
+E: apt-get --yes install failed
+E: mmdebstrap failed to run""".splitlines()
+
+
+def test_an_uninstallable_sid_is_the_archives_fault_a_dead_mirror_is_not():
+    assert image.archive_broken(APT_UNMET)
+    assert image.archive_broken(["E: Package 'xfsprogs' has no installation candidate"])
+    assert not image.archive_broken(["E: Failed to fetch http://127.0.0.1:9/debian/dists/sid/InRelease  "
+                                     "Could not connect to 127.0.0.1:9 (127.0.0.1). - connect (111: Connection refused)"])
+    assert image.RELEASES["sid"].moving and not image.RELEASES["trixie"].moving
+
+
+def test_archive_broken_sid_names_the_date_and_apts_words(monkeypatch, tmp_path):
+    def fake_run(cmd, stdout=None, **kwargs):
+        if cmd[0] == "mmdebstrap":
+            stdout.write("\n".join(APT_UNMET) + "\n")
+            return subprocess.CompletedProcess(cmd, 1)
+        return subprocess.CompletedProcess(cmd, 0)
+    monkeypatch.setattr(image.subprocess, "run", fake_run)
+    with pytest.raises(errors.ArchiveBroken) as broken:
+        image._build_into("sid", tmp_path, "sid-test")
+    message = str(broken.value)
+    assert message.startswith(f"Debian sid cannot be installed from the archive on {time.strftime('%Y-%m-%d', time.gmtime())}")
+    assert "held broken packages" in message and "\n" not in message
+    # The same log from a stable release is the recipe's failure.
+    with pytest.raises(UserError) as failed:
+        image._build_into("trixie", tmp_path, "trixie-test")
+    assert not isinstance(failed.value, errors.ArchiveBroken)
+
+
+def test_versions_runs_the_rest_when_sids_archive_is_broken(monkeypatch):
+    def ensure(release):
+        raise errors.ArchiveBroken(release, "E: Unable to correct problems, you have held broken packages.")
+    monkeypatch.setattr(image, "ensure_image", ensure)
+    result = versions.run([ROW], ["sid"])
+    cell = result["rows"][0]["cells"]["sid"]
+    assert cell["error"].startswith("not run: Debian sid cannot be installed from the archive on ")
 
 
 def test_agent_packages_follow_the_guests_python(tmp_path):
@@ -194,11 +258,31 @@ def test_plugin_runs_tests_on_the_chosen_releases(pytester, monkeypatch, args, e
     assert collected == expected
 
 
+RELEASES_MARKED = """
+import pytest
+
+@pytest.mark.releases("trixie-backports", "sid")
+def test_new_kernels(unitchaos_release):
+    pass
+"""
+
+
+@pytest.mark.parametrize("args, expected", [
+    ([], ["test_new_kernels[trixie-backports]", "test_new_kernels[sid]"]),
+    (["--release", "sid", "--release", "bookworm"], ["test_new_kernels[sid]"]),
+])
+def test_releases_marker_runs_a_test_on_its_releases_that_were_asked_for(pytester, monkeypatch, args, expected):
+    monkeypatch.delenv("UNITCHAOS_RELEASE", raising=False)
+    pytester.makepyfile(RELEASES_MARKED)
+    result = pytester.runpytest("--collect-only", "-q", *args)
+    assert [line.split("::")[1] for line in result.outlines if "::" in line] == expected
+
+
 def test_plugin_refuses_an_unknown_release(pytester):
     pytester.makepyfile(PLUGIN_TESTS)
-    result = pytester.runpytest("--collect-only", "-q", "--release", "sid")
+    result = pytester.runpytest("--collect-only", "-q", "--release", "buster")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    assert "unknown release sid" in "\n".join(result.errlines)
+    assert "unknown release buster" in "\n".join(result.errlines)
 
 
 def test_matrices_run_apart_combine_into_one():

@@ -186,7 +186,7 @@ class AutoScalingGroup:
     def _launch(self, reason: str) -> str | None:
         for attempt in range(1, self.launch_attempts + 1):
             try:
-                instance = self.lab.instance(chain=self.chain, fs=self.fs)
+                instance = self.lab.acquire(chain=self.chain, fs=self.fs)
             except (GuestError, UserError, OSError) as exc:
                 self._log("LaunchFailed", None, attempt=attempt, error=str(exc).splitlines()[0])
                 continue
@@ -208,7 +208,7 @@ class AutoScalingGroup:
         for watcher, _ in self.watchers.values():
             watcher.deregister(instance_id)
         member = self.members.pop(instance_id)
-        self.lab.release_instance(member.instance)
+        self.lab.release(member.instance, keep=self.lab.keep)
         self._log("Terminate", instance_id, reason=reason)
 
     def _log(self, action: str, instance_id: str | None, **details) -> None:

@@ -32,7 +32,7 @@ class Group:
     def start(self, lab: Lab) -> None:
         for _ in range(self.size):
             # EC2-style ids, so that existing Chaos Monkey tooling sees familiar names.
-            self.instances[f"i-{secrets.token_hex(8)}"] = lab.instance(chain=self.chain, fs=self.fs)
+            self.instances[f"i-{secrets.token_hex(8)}"] = lab.acquire(chain=self.chain, fs=self.fs)
 
     def running(self) -> list[str]:
         return [iid for iid, instance in self.instances.items() if instance.machine.running]

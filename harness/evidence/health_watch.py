@@ -9,7 +9,7 @@ import time
 from ..lab.instance import Instance
 from .loadbalancer import HealthCheck, LoadBalancer
 from ..errors import GuestTimeout
-from ..machines.machine import AGENT_PORT, HEALTH_PORT
+from ..lab.instance import AGENT_PORT, HEALTH_PORT
 from ..waiting import wait_until
 
 # ALB's thresholds with the durations scaled down (30 s -> 1 s interval) so an experiment

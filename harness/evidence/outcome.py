@@ -4,9 +4,7 @@ keep working. `Outcome.from_json()` reads it back (the report, older runs), taki
 missing key as "not known"."""
 from dataclasses import dataclass, field, fields
 
-# What an outcome records of the guest: its kernel, its systemd and the chain's own Debian
-# packages ("postgresql-15 15.14-0+deb12u1"); the outcome changes with each.
-VERSION_KEYS = ("kernel", "systemd", "packages")
+from ..lab.instance import VERSION_KEYS
 
 
 @dataclass
@@ -67,6 +65,46 @@ class Seconds:
         return {**out, "vagrant_up": self.vagrant_up} if self.vagrant_up is not None else out
 
 
+class _Plain:
+    """A record whose JSON is its fields, under their own names."""
+
+    @classmethod
+    def from_json(cls, data: dict):
+        return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
+
+    def to_json(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+@dataclass
+class KernelWord(_Plain):
+    """What the kernel itself told userspace about the volume's filesystem: FAN_FS_ERROR
+    as the guest's deep check received it (fanotify, FAN_REPORT_FID, a filesystem mark).
+    Seconds are on the guest's clock (CLOCK_MONOTONIC), so host load does not enter them."""
+    supported: bool | None = None       # None: the deep check did not say
+    reason: str | None = None           # why not: "not supported by kernel X"
+    arrived: bool = False
+    error: str | None = None            # "EIO"
+    errors_counted: int = 0
+    seconds_from_first_failed_io: float | None = None
+    deep_unhealthy_after_shutdown_line: float | None = None
+    agent_stopping_after_shutdown_line: float | None = None  # systemd's "Stopping ecs-agent.service"
+
+
+@dataclass
+class Healer(_Plain):
+    """xfs_healer@<volume>.service (xfsprogs 7): present at all, its state after the fault,
+    and whether its journal said anything of the shutdown."""
+    present: bool = False
+    unit: str | None = None
+    state: str | None = None            # "active (running)", or why there is no unit
+    result: str | None = None
+    exit_status: str | None = None
+    saw_shutdown: bool = False
+    journal: list[str] = field(default_factory=list)
+    start: str | None = None            # xfs_healer_start.service, when no healer unit ran
+
+
 @dataclass
 class Outcome:
     """One experiment's findings: what systemd, the kernel, the mount table and the health
@@ -94,7 +132,8 @@ class Outcome:
     health_check_lies: bool = False
     kernel_events: list[str] = field(default_factory=list)
     kernel_lines: list[str] = field(default_factory=list)
-    guest_versions: dict[str, str] = field(default_factory=dict)  # VERSION_KEYS
+    # "kernel", "systemd", and on Debian "packages": exact linux-image, systemd, xfsprogs versions
+    guest_versions: dict[str, str] = field(default_factory=dict)
     accel: str | None = None
     timeout_scale: float | None = None
     start: str | None = None            # "warm snapshot" or "cold boot"
@@ -111,6 +150,9 @@ class Outcome:
     must_stop: dict[str, str] = field(default_factory=dict)
     must_stop_ok: bool = True
     data_dir_device: str | None = None
+    remedy: str | None = None           # the vm/remedies/ unit files laid over the chain's
+    fan_fs_error: KernelWord | None = None
+    xfs_healer: Healer | None = None
 
     @property
     def is_incident(self) -> bool:
@@ -150,6 +192,12 @@ class Outcome:
         if not self.is_incident:  # the agent's metadata and container start are the incident's
             for key in ("metadata_status", "docker_dir_device", "container_start_ok", "container_start"):
                 out.pop(key)
+        if self.remedy is not None:
+            out["remedy"] = self.remedy
+        if self.fan_fs_error is not None:
+            out["fan_fs_error"] = self.fan_fs_error.to_json()
+        if self.xfs_healer is not None:
+            out["xfs_healer"] = self.xfs_healer.to_json()
         if self.artifacts is not None:
             out["artifacts"] = self.artifacts
         return out
@@ -157,8 +205,10 @@ class Outcome:
     @classmethod
     def from_json(cls, data: dict) -> "Outcome":
         """An Outcome from its JSON object; keys it lacks keep their defaults."""
-        simple = {f.name for f in fields(cls)} - {"health", "seconds", "guest_versions"}
+        simple = {f.name for f in fields(cls)} - {"health", "seconds", "guest_versions", "fan_fs_error", "xfs_healer"}
         return cls(**{name: data[name] for name in simple if name in data},
+                   fan_fs_error=KernelWord.from_json(data["fan_fs_error"]) if data.get("fan_fs_error") else None,
+                   xfs_healer=Healer.from_json(data["xfs_healer"]) if data.get("xfs_healer") else None,
                    health=Health.from_json(data.get("health", {})),
                    seconds=Seconds(**{k: v for k, v in data.get("seconds", {}).items()
                                       if k in {f.name for f in fields(Seconds)}}),

@@ -96,7 +96,7 @@ def _yank(machine: Machine) -> dict:
     if not machine.volume_attached():
         return {ALREADY: "the volume's backend is already gone (yank or unplug)"}
     try:
-        done = machine.remove_volume_backend()
+        done = block_faults.remove_volume_backend(machine)
     except MonitorError as exc:
         raise UserError(f"yank does not apply: {exc}", "inject it on a guest that still has its volume") from None
     # Nothing notices until something writes back; Docker would, sooner or later.

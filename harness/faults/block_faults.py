@@ -19,6 +19,7 @@ more processes under every experiment, for faults that a few use.
 import time
 
 from ..errors import MonitorError, UserError
+from ..machines.disks import YANK_NODE
 from ..machines.machine import Machine
 
 FILTER_NODE = "volume-blkdebug"
@@ -28,13 +29,36 @@ _ERRNO = {"EIO": 5, "ENOSPC": 28, "EROFS": 30}
 
 def require_volume(machine: Machine, fault: str) -> None:
     """A volume fault needs the volume's backend; a yanked or unplugged one has none."""
-    if not machine.names_volume_nodes:
+    if not machine.capabilities.named_volume_nodes:
         raise UserError(f"{fault} needs the harness's own QEMU (libvirt names the volume's block nodes itself)",
                         "run it with --backend qemu")
     devices = {block["device"]: block for block in machine.monitor.command("query-block")}
     if "inserted" not in devices.get(machine.volume.name, {}):
         raise UserError(f"{fault} does not apply: the volume's disk was removed (yank or unplug)",
                         "inject it on an instance that still has its volume")
+
+
+def remove_volume_backend(machine: Machine) -> dict:
+    """Takes the volume's backend away and leaves its virtio device: every later I/O on it
+    fails with EIO (a force-detached EBS volume whose Xen front end would not let go)."""
+    if machine.capabilities.named_volume_nodes:
+        machine.monitor.hmp(f"drive_del {machine.volume.name}")
+        return {"hmp": f"drive_del {machine.volume.name}"}
+    # libvirt attaches disks with -blockdev, and drive_del cannot remove a node a device
+    # uses. Same effect: the format node's file is swapped (blockdev-reopen) for a blkdebug
+    # filter that fails every read, write and flush with EIO, for good.
+    nodes = {node["node-name"]: node for node in machine.monitor.command("query-named-block-nodes", flat=True)}
+    node = nodes[machine.volume.name]
+    storage = next(name for name, other in nodes.items()
+                   if other["drv"] == "file" and other["file"] == str(machine.volume.path))
+    rules = [{"event": event, "errno": 5, "once": False} for event in ("read_aio", "write_aio", "flush_to_disk")]
+    machine.monitor.command("blockdev-add", driver="blkdebug", **{"node-name": YANK_NODE}, image=storage,
+                            **{"inject-error": rules})
+    cache = {"direct": node["cache"]["direct"], "no-flush": node["cache"]["no-flush"]}
+    machine.monitor.command("blockdev-reopen", options=[{
+        "driver": node["drv"], "node-name": machine.volume.name, "read-only": node["ro"],
+        "cache": cache, "file": YANK_NODE, "backing": None}])
+    return {"qmp": f"blockdev-reopen {machine.volume.name} file={YANK_NODE} (blkdebug: EIO on all I/O)"}
 
 
 def throttle(machine: Machine, **limits) -> None:

@@ -13,12 +13,13 @@ import shlex
 import shutil
 import subprocess
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from . import agent_image
 from .. import progress
-from ..errors import UserError, disk_full_means
+from ..errors import ArchiveBroken, UserError, disk_full_means
 from ..paths import VM_DIR, cache_dir
 
 # Bump when the build steps below change in a way the hashed files do not show.
@@ -37,6 +38,9 @@ class Release:
     suites: tuple[str, ...]
     preferences: str | None = None
     extra_packages: tuple[str, ...] = ()
+    # The archive moves under it: an image that cannot be built because of the archive
+    # is reported as such (see archive_broken), not counted as the project's failure.
+    moving: bool = False
 
 
 RELEASES = {r.name: r for r in [
@@ -46,6 +50,14 @@ RELEASES = {r.name: r for r in [
     Release("trixie", ("trixie",), extra_packages=("docker-cli",)),
     # bookworm's userland with the backported kernel (6.12) and systemd (254).
     Release("bookworm-backports", ("bookworm", "bookworm-backports"), "bookworm-backports.pref"),
+    # trixie's userland (systemd 257, xfsprogs 6.13) with the backported 7.x kernel.
+    Release("trixie-backports", ("trixie", "trixie-backports"), "trixie-backports.pref",
+            extra_packages=("docker-cli",)),
+    # unstable: moves every day (2026-12-01: kernel 7.2.13, systemd 262.1, xfsprogs 7.2.0);
+    # each image's manifest records what it got, and a rebuild says what changed.
+    # sid's mount (2.42) is no longer Priority: required, so --variant=apt leaves it out and
+    # systemd's .mount units fail: "Failed at step EXEC spawning /usr/bin/mount".
+    Release("sid", ("sid",), extra_packages=("docker-cli", "mount"), moving=True),
 ]}
 ROOT_SIZE = "3G"
 # Everything that goes into an image: the guest-side files and the code that builds it.
@@ -207,6 +219,13 @@ def _build_into(release: str, out: Path, key: str, extras: Extras = NO_EXTRAS) -
         cmd.append(f'--customize-hook=mkdir -p "$1"{shlex.quote(str(Path(dest).parent))} && '
                    f'cp {shlex.quote(str(src))} "$1"{shlex.quote(dest)}')
     spec = RELEASES[release]
+    # What each suite's Release file says it is as of: a mirror's sid can be weeks old.
+    cmd.append(f'--customize-hook=cd "$1"/var/lib/apt/lists && grep -H "^Date:" *InRelease > {out}/archive-dates.txt || true')
+    if spec.moving:
+        # The mirror here serves a sid whose Release file expired (Date 2026-10-30, Valid-Until
+        # 2026-11-06; apt: "Release file ... is expired (invalid since 25d 0h 56min)"). A stale
+        # sid is still sid as of its date: install it, and record that date with every outcome.
+        cmd.append('--aptopt=Acquire::Check-Valid-Until "false"')
     if spec.preferences:
         # In place before the first `apt-get install`, so the pinned packages come from
         # backports from the start (backports is NotAutomatic: never chosen otherwise).
@@ -221,7 +240,10 @@ def _build_into(release: str, out: Path, key: str, extras: Extras = NO_EXTRAS) -
         lines = log.read_text().splitlines()
         if any("No space left" in line for line in lines):
             raise OSError(errno.ENOSPC, "disk full")
-        raise UserError(f"mmdebstrap could not build Debian {release}: {_failure_cause(lines)}",
+        cause = _failure_cause(lines)
+        if spec.moving and archive_broken(lines):
+            raise ArchiveBroken(release, cause)
+        raise UserError(f"mmdebstrap could not build Debian {release}: {cause}",
                         f"check that {mirror} is reachable and has {', '.join(spec.suites)} "
                         "(set UNITCHAOS_MIRROR to use another mirror)")
 
@@ -230,14 +252,56 @@ def _build_into(release: str, out: Path, key: str, extras: Extras = NO_EXTRAS) -
         agent_image.build(rootfs, rootfs / "usr/share/unitchaos/ecs-agent.tar")
     systemd_version = _dpkg_version(rootfs, "systemd")
     extra_versions = {p: _dpkg_version(rootfs, p) for p in extras.packages}
+    # Exact package versions: sid moves every day, and an outcome must say what it ran on.
+    versions = {"kernel": _dpkg_version(rootfs, f"linux-image-{kernel_version}"),
+                "systemd": systemd_version, "xfsprogs": _dpkg_version(rootfs, "xfsprogs")}
     with progress.step("Writing the ext4 root filesystem"):
         subprocess.run(["mke2fs", "-q", "-F", "-t", "ext4", "-L", "root", "-d", str(rootfs),
                         str(out / "root.img"), ROOT_SIZE], check=True, stdout=subprocess.DEVNULL)
     shutil.rmtree(rootfs)
     manifest = {"release": release, "kernel": kernel_version, "systemd": systemd_version,
                 "packages": packages(release, extras), "key": key,
-                "versions": extra_versions}
+                "versions": extra_versions, "package_versions": versions,
+                "archive_dates": _archive_dates(out / "archive-dates.txt"),
+                "built": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    _say_what_changed(release, versions)
+
+
+def _archive_dates(path: Path) -> dict[str, str]:
+    """Suite -> the Date: of its Release file, from lines like
+    deb.debian.org_debian_dists_sid_InRelease:Date: Fri, 30 Oct 2026 08:08:01 UTC."""
+    dates = {}
+    for line in path.read_text().splitlines() if path.exists() else []:
+        name, _, date = line.partition(":Date: ")
+        suite = name.removesuffix("_InRelease").rpartition("_dists_")[2].replace("_", "/")
+        dates[suite] = date.strip()
+    return dates
+
+
+def _say_what_changed(release: str, versions: dict) -> None:
+    """Says which package versions differ from the release's previous image (sid moves
+    daily), and remembers these for the next build."""
+    seen = images_dir() / f"{release}.versions.json"
+    before = json.loads(seen.read_text()) if seen.exists() else {}
+    changed = [f"{name} {before[name]} -> {version}" for name, version in versions.items()
+               if name in before and before[name] != version]
+    if changed:
+        progress.say(f"Debian {release} changed since its last image: {', '.join(changed)}")
+    elif before:
+        progress.say(f"Debian {release}: kernel, systemd and xfsprogs as in its last image")
+    seen.write_text(json.dumps(versions, indent=2) + "\n")
+
+
+# apt's own words when the archive, not the request, is at fault.
+_ARCHIVE_WORDS = ("unmet dependencies", "but it is not installable", "but it is not going to be installed",
+                  "has no installation candidate", "held broken packages", "Unable to locate package")
+
+
+def archive_broken(lines: list[str]) -> bool:
+    """Whether mmdebstrap's log says apt could not resolve the packages (unmet dependencies,
+    a package missing), as opposed to a mirror that did not answer or a failing hook."""
+    return any(words in line for line in lines for words in _ARCHIVE_WORDS)
 
 
 # mmdebstrap's and apt's own summaries, which follow the line that says why.

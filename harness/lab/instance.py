@@ -14,10 +14,19 @@ from pathlib import Path
 from .. import faults, kernel_log, progress, timeouts, units
 from ..errors import GuestKernelPanic, GuestRefused, GuestTimeout, UserError
 from ..images.image import Image
-from ..machines.machine import AGENT_PORT, HEALTH_PORT, Machine
+from ..machines.machine import Machine
 from ..waiting import wait_until
 
 UNITS_FW_CFG = "opt/unitchaos/units.tar"
+# What an instance records of its guest (Instance.versions): the running kernel, systemd, and
+# "packages", the exact Debian versions of the kernel, systemd, xfsprogs and the chain's own
+# packages ("postgresql-15 15.18-0+deb12u1"). Outcomes change with each.
+VERSION_KEYS = ("kernel", "systemd", "packages")
+# The guest agents' ports, forwarded to the host: the (fake) ECS agent's introspection API,
+# which the stock health check asks, and the deep health daemon (vm/guest/usr/local/sbin/unitchaos-health).
+AGENT_PORT = 51678
+HEALTH_PORT = 51680
+AGENT_PORTS = (AGENT_PORT, HEALTH_PORT)
 # The incident's guest says "metadata=200 agent=active"; a chain without the agent
 # "unit=redis-server.service state=active" (vm/guest/usr/local/sbin/unitchaos-ready).
 BOOTED = r"unitchaos: booted (?:metadata=(\d+) agent=(\S+)|unit=(\S+) state=(\S+))"
@@ -31,7 +40,7 @@ BOOTS_UNDER_TCG = 3
 
 class Instance:
     """A guest running the incident's unit chain for one variant, and the questions a
-    scenario asks of it. Get one from the lab (`lab.instance(chain="bindsto", fs="xfs")`);
+    scenario asks of it. Get one from the lab (`lab.acquire(chain="bindsto", fs="xfs")`);
     break it with `inject`, then ask `unit_states`, `metadata_status`, `mount_listed`,
     `can_start_container`, `wait_for_kernel_message`."""
     def __init__(self, image: Image, variant: units.Variant, run_dir: Path, memory_mb: int = 1024,
@@ -43,7 +52,8 @@ class Instance:
         self.unit_files = units.pack(variant, run_dir / "units.tar")
         self.chain = variant.spec
         self.machine = machine_class(image, run_dir, memory_mb=memory_mb, volume_size=self.chain.size,
-                                     fw_cfg={UNITS_FW_CFG: run_dir / "units.tar"}, extra_ports=self.chain.ports,
+                                     fw_cfg={UNITS_FW_CFG: run_dir / "units.tar"},
+                                     extra_ports=(*AGENT_PORTS, *self.chain.ports),
                                      volume_source=_old_filesystem(run_dir) if variant.old_fs else None)
         self.machine.mount_point, self.machine.mount_unit = self.chain.mount_point, self.chain.mount_unit
         self.boot_seconds: float | None = None
@@ -64,7 +74,7 @@ class Instance:
                 self._boot_once(timeout)
                 break
             except GuestKernelPanic as panic:
-                if self.machine.accel == "kvm" or not self.machine.reboots_after_panic or attempt == BOOTS_UNDER_TCG:
+                if self.machine.accel == "kvm" or not self.machine.capabilities.reboots_after_panic or attempt == BOOTS_UNDER_TCG:
                     raise
                 # That is the emulator, not the experiment (see BOOTS_UNDER_TCG): boot again
                 # on fresh disks, and keep the panicked console as evidence.
@@ -90,7 +100,7 @@ class Instance:
         self.machine.channel.set_clock(time.time())
         self.boot_seconds = time.monotonic() - started
         self.restored = True
-        self.guest_versions = {**saved.guest_versions, **self.package_versions()}
+        self.guest_versions = dict(saved.guest_versions)
         return self
 
     def require_healthy(self) -> None:
@@ -370,18 +380,21 @@ class Instance:
             conn.close()
 
     def versions(self) -> dict[str, str]:
-        """The guest's running kernel and systemd, and the chain's own packages: outcomes
-        change with all three."""
-        out = self.machine.succeed("uname -r; systemctl --version | head -1").splitlines()
-        return {"kernel": out[0].strip(), "systemd": out[1].strip(), **self.package_versions()}
-
-    def package_versions(self) -> dict[str, str]:
-        """{"packages": "postgresql-15 15.14-0+deb12u1, ..."}: the chain's [guest] packages as
-        the image holds them (its manifest), or {} for a chain without packages."""
-        manifest = self.image.path / "manifest.json"
-        built = json.loads(manifest.read_text()).get("versions", {}) if manifest.exists() else {}
-        listed = [f"{name} {built.get(name, '?')}" for name in self.chain.packages]
-        return {"packages": ", ".join(listed)} if listed else {}
+        """The guest's running kernel and systemd, and the exact package versions of the
+        kernel, systemd, xfsprogs (sid moves daily) and the chain's own packages (its
+        [guest] packages, e.g. postgresql-15): outcomes change with all of them."""
+        names = {"linux-image": "linux-image-$(uname -r)", "systemd": "systemd", "xfsprogs": "xfsprogs",
+                 **{package: package for package in self.chain.packages}}
+        out = self.machine.succeed("uname -r; systemctl --version | head -1; dpkg-query -W -f='${Package} ${Version}\\n' "
+                                   f"{' '.join(names.values())} 2>/dev/null || true").splitlines()
+        versions = {"kernel": out[0].strip(), "systemd": out[1].strip()}
+        # dpkg-query lists in its own order; a guest without dpkg (Fedora CoreOS) names none.
+        found = dict(line.split(" ", 1) for line in out[2:] if " " in line.strip())
+        found = {("linux-image" if package.startswith("linux-image-") else package): version.strip()
+                 for package, version in found.items()}
+        if found:
+            versions["packages"] = ", ".join(f"{name} {found[name]}" for name in names if name in found)
+        return versions
 
 
 def _old_filesystem(run_dir: Path) -> Path:

@@ -23,10 +23,18 @@ NOT_EVIDENCE = ("root.qcow2", "volume.qcow2", "old-volume.raw", "qmp.sock", "cmd
 
 
 class Lab:
-    """Hands out instances (warm from a snapshot, or cold-booted) and tears them down: on
-    `close`, on leaving a `with` block, or one by one with `release_instance`."""
+    """Hands out instances of one chain on one release and makes sure none outlives its
+    owner. Two verbs:
+
+        with Lab(release="bookworm") as lab:
+            vm = lab.acquire(chain="bindsto", fs="xfs")  # warm from a snapshot, or booted
+            ...
+            lab.release(vm)                               # stopped; its run directory goes
+
+    Leaving the `with` block releases whatever is still acquired. KEEP=True keeps every
+    released instance's evidence under artifacts/."""
     def __init__(self, release: str = "bookworm", keep: bool = False, memory_mb: int = 1024,
-                 cold: bool | None = None, hold: bool = False, outlive_owner: bool = False,
+                 cold: bool | None = None, outlive_owner: bool = False,
                  backend: str = "qemu", guest: str = "debian", fcos_image: str | Path | None = None,
                  chain: "chainfile.Chain | None" = None):
         self.fcos_image = backends.check(backend, guest, fcos_image)
@@ -34,83 +42,64 @@ class Lab:
         sweep_stale_runs()
         self.cold = os.environ.get("UNITCHAOS_COLD") == "1" if cold is None else cold
         self.cold = self.cold or backends.cold_only(backend, guest)
-        self.release = release
+        self.guest_release = release
         self.keep = keep
-        # HOLD: experiments leave their instance running for the lab's owner (the pytest
-        # fixture), which keeps or releases it once it knows whether the test failed.
-        self.hold = hold
         # OUTLIVE_OWNER: QEMU is not killed when this process dies, so an instance can be
         # handed over to the interactive lab (see interactive.py); the sweep still reaps it.
         self.outlive_owner = outlive_owner
         self.memory_mb = memory_mb
         # The chain every instance of this lab runs (a chain file; default the incident's).
         self.chain = chain or units.incident()
-        self.instances: list[Instance] = []
+        self.instances: list[Instance] = []  # acquired and not yet released
         self._image: image_mod.Image | None = None
 
     @property
     def image(self) -> image_mod.Image:
         """The guest image of this lab's release, built on first use."""
         if self._image is None:
-            self._image = image_mod.ensure_image(self.release, extras=image_mod.Extras.of(self.chain))
+            self._image = image_mod.ensure_image(self.guest_release, extras=image_mod.Extras.of(self.chain))
         return self._image
 
-    def new_run_dir(self, label: str) -> Path:
-        """A fresh run directory under the cache, stamped with this process as its owner."""
-        path = runs_dir() / f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{next(_counter)}-{label}"
-        path.mkdir(parents=True)
-        (path / "owner").write_text(str(os.getpid()))
-        return path
-
-    def new_instance(self, variant: units.Variant, label: str) -> Instance:
-        """An instance not yet started, with a run directory of its own."""
-        run_dir = self.new_run_dir(f"{label}-{variant.chain}-{variant.fs}")
-        instance = Instance(self.image, variant, run_dir, self.memory_mb,
-                            machine_class=backends.machine_class(self.backend, self.fcos_image, self.image,
-                                                                 variant, run_dir))
-        instance.machine.die_with_owner = not self.outlive_owner
-        self.instances.append(instance)
-        return instance
-
-    def instance(self, chain: str | None = None, fs: str | None = None, units_dir: str | Path | None = None,
-                 cold: bool | None = None, **boot) -> Instance:
+    def acquire(self, chain: str | None = None, fs: str | None = None, units_dir: str | Path | None = None,
+                cold: bool | None = None, *, variant: units.Variant | None = None, started: bool = True,
+                label: str | None = None, remedy: str | None = None, **boot) -> Instance:
         """A healthy guest running the lab's chain (the chain file's; CHAIN: requires|bindsto
-        and FS: xfs|ext4 override its dependency and filesystem).
+        and FS: xfs|ext4 override its dependency and filesystem; REMEDY: one of vm/remedies laid
+        over its units), or VARIANT's.
         It starts from a warm snapshot unless COLD (or UNITCHAOS_COLD=1): then it boots.
         BOOT changes the variant (old_fs, docker_requires_mount): such a guest is not healthy
-        by design, so it always boots."""
-        variant = self.variant(chain, fs, units_dir, **boot)
+        by design, so it always boots. STARTED=False: not started at all, for whoever boots
+        it their own way (the snapshot maker, bench --survey); LABEL names its run directory.
+
+            vm = lab.acquire(chain="bindsto", fs="xfs")
+            vm = lab.acquire(old_fs=True)   # booted with an old filesystem on the volume
+        """
+        variant = variant or self.variant(chain, fs, units_dir, remedy=remedy, **boot)
         cold = self.cold if cold is None else cold
+        if not started:
+            return self._new(variant, label or "cold")
         if cold or boot or backends.cold_only(self.backend, self.guest):
-            return self.new_instance(variant, "cold").boot()
+            return self._new(variant, label or "cold").boot()
         saved = snapshots.ensure(self, variant)
-        return self.new_instance(variant, "warm").restore(saved)
+        return self._new(variant, label or "warm").restore(saved)
 
-    def variant(self, chain: str | None = None, fs: str | None = None, units_dir: str | Path | None = None,
-                **boot) -> units.Variant:
-        """The lab's chain with these overrides (None: the chain file's value)."""
-        return units.Variant(chain=chain or self.chain.dependency, fs=fs or self.chain.fs, spec=self.chain,
-                             **({"units_dir": Path(units_dir)} if units_dir else {}), **boot)
+    def release(self, instance: Instance, keep: bool | None = None, running: bool = False) -> Path | None:
+        """Lets INSTANCE go. It is stopped and its run directory removed, unless KEEP (None:
+        as this lab was made): then its evidence (console, journal, dmesg, QMP events, unit
+        files, outcome) is kept and that directory returned.
+        RUNNING: it goes on running after this lab and its owner are gone (`unitchaos up`, a
+        failed test kept up for a look); with KEEP its evidence so far is copied out.
 
-    def done_with(self, instance: Instance) -> None:
-        """An experiment is finished with INSTANCE: release it, unless the lab holds it."""
-        if not self.hold:
-            self.release_instance(instance)
-
-    def detach(self, instance: Instance) -> None:
-        """Lets INSTANCE go on running after this lab closes (its owner is now its QEMU)."""
-        (instance.run_dir / "owner").write_text(str(instance.machine.process.pid))
-        if instance in self.instances:
-            self.instances.remove(instance)
-
-    def release_instance(self, instance: Instance, keep: bool = False) -> Path | None:
-        """Stops INSTANCE. With KEEP (or a keeping lab) its artifacts stay in its run
-        directory, which is returned; otherwise the directory goes."""
+            kept = lab.release(vm, keep=True)   # ~/.cache/unitchaos/artifacts/<run>
+        """
+        keep = self.keep if keep is None else keep
+        if running:
+            return self._let_run(instance, keep)
         kept = None
-        if keep or self.keep:
+        if keep:
             instance.save_artifacts()
         instance.stop()
-        if keep or self.keep:
+        if keep:
             (instance.run_dir / "owner").unlink(missing_ok=True)
             for leftover in NOT_EVIDENCE:
                 (instance.run_dir / leftover).unlink(missing_ok=True)
@@ -121,22 +110,42 @@ class Lab:
             self.instances.remove(instance)
         return kept
 
-    def keep_copy(self, instance: Instance) -> Path:
-        """Saves INSTANCE's artifacts and copies them out of its run directory, leaving it
-        running (a failed test's instance kept up for a look)."""
-        instance.save_artifacts()
-        return Path(shutil.copytree(instance.run_dir, artifacts_dir() / instance.run_dir.name,
-                                    ignore=shutil.ignore_patterns("owner", *NOT_EVIDENCE)))
-
-    def close(self, keep: bool = False) -> list[Path]:
-        """Releases every instance still held; returns the directories kept (KEEP)."""
-        return [kept for instance in list(self.instances) if (kept := self.release_instance(instance, keep))]
+    def variant(self, chain: str | None = None, fs: str | None = None, units_dir: str | Path | None = None,
+                remedy: str | None = None, **boot) -> units.Variant:
+        """The lab's chain with these overrides (None: the chain file's value)."""
+        return units.Variant(chain=chain or self.chain.dependency, fs=fs or self.chain.fs, spec=self.chain,
+                             **({"units_dir": Path(units_dir)} if units_dir else {}), remedy=remedy, **boot)
 
     def __enter__(self):
         return self
 
     def __exit__(self, *exc):
-        self.close()
+        for instance in list(self.instances):
+            self.release(instance)
+
+    def _new(self, variant: units.Variant, label: str) -> Instance:
+        """An instance not yet started, in a run directory stamped with this process as owner."""
+        run_dir = runs_dir() / f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{next(_counter)}-{label}-{variant.chain}-{variant.fs}"
+        run_dir.mkdir(parents=True)
+        (run_dir / "owner").write_text(str(os.getpid()))
+        instance = Instance(self.image, variant, run_dir, self.memory_mb,
+                            machine_class=backends.machine_class(self.backend, self.fcos_image, self.image,
+                                                                 variant, run_dir))
+        instance.machine.die_with_owner = not self.outlive_owner
+        self.instances.append(instance)
+        return instance
+
+    def _let_run(self, instance: Instance, keep: bool) -> Path | None:
+        kept = None
+        if keep:
+            instance.save_artifacts()
+            kept = Path(shutil.copytree(instance.run_dir, artifacts_dir() / instance.run_dir.name,
+                                        ignore=shutil.ignore_patterns("owner", *NOT_EVIDENCE)))
+        # Its owner is now its own QEMU: the sweep reaps the directory once QEMU is gone.
+        (instance.run_dir / "owner").write_text(str(instance.machine.process.pid))
+        if instance in self.instances:
+            self.instances.remove(instance)
+        return kept
 
 
 def sweep_stale_runs() -> list[Path]:

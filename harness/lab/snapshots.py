@@ -20,7 +20,7 @@ from ..machines import accel
 from .. import progress
 from ..errors import GuestError, UserError, disk_full_means
 from ..images.image import Image
-from .instance import UNITS_FW_CFG
+from .instance import AGENT_PORTS, UNITS_FW_CFG, VERSION_KEYS
 from ..machines.machine import Machine, SavedState
 from ..paths import cache_dir
 from ..units import Variant, render
@@ -71,8 +71,9 @@ def ensure(lab, variant: Variant) -> SavedState:
 
 def argv_shape(image: Image, memory_mb: int, accel_name: str, chain=None) -> str:
     """QEMU's command line with the per-run paths and ports left out: what must match."""
-    extra = {"volume_size": chain.size, "extra_ports": chain.ports} if chain else {}
-    machine = Machine(image, Path("/RUN"), memory_mb=memory_mb, fw_cfg={UNITS_FW_CFG: Path("/RUN/units.tar")}, **extra)
+    extra = {"volume_size": chain.size} if chain else {}
+    machine = Machine(image, Path("/RUN"), memory_mb=memory_mb, fw_cfg={UNITS_FW_CFG: Path("/RUN/units.tar")},
+                      extra_ports=(*AGENT_PORTS, *(chain.ports if chain else ())), **extra)
     machine.accel = accel_name
     machine.ram_file = Path("/RUN/ram")
     machine.ports = {guest: 0 for guest in machine.guest_ports}
@@ -86,7 +87,7 @@ def _load(path: Path, image: Image) -> SavedState | None:
         return None
     saved = SavedState(state=path / "state", ram=path / "ram", root=path / "root.qcow2",
                        volume=path / "volume.qcow2", accel=meta["accel"],
-                       guest_versions={key: meta.get(key, "?") for key in ("kernel", "systemd")})
+                       guest_versions={key: meta[key] for key in VERSION_KEYS if key in meta})
     if not all(p.exists() for p in (saved.state, saved.ram, saved.root, saved.volume)) or not image.root.exists():
         return None
     if saved.state.stat().st_size != meta.get("state_bytes") or saved.ram.stat().st_size != meta.get("ram_bytes"):
@@ -116,7 +117,7 @@ def image_stamp(image: Image) -> str:
 def _create(path: Path, lab, variant: Variant, accel_name: str, argv: str) -> None:
     _require_space(lab.memory_mb)
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=snapshots_dir()))
-    instance = lab.new_instance(variant, "snapshot")
+    instance = lab.acquire(variant=variant, started=False, label="snapshot")
     instance.machine.ram_file = staging / "ram"
     keep, disk_full = False, False
     try:
@@ -162,12 +163,12 @@ def _release(lab, instance, keep: bool) -> None:
     which the test that wanted the snapshot never gets to see otherwise."""
     if keep:
         try:
-            kept = lab.release_instance(instance, keep=True)
+            kept = lab.release(instance, keep=True)
             progress.say(f"the guest that was to be saved is kept for a look: {kept}")
             return
         except OSError:
             pass  # no room for the evidence either: let the failure itself be reported
-    lab.release_instance(instance)
+    lab.release(instance, keep=lab.keep)
 
 
 def _require_space(memory_mb: int) -> None:

@@ -11,12 +11,10 @@ import shlex
 import subprocess
 from pathlib import Path
 
-import testinfra
-
 from ..images import ignition
 from ..images.image import Image
-from ..errors import UserError
-from .machine import SSH_ALIAS, Machine, _qemu_img
+from .disks import overlay
+from .machine import SSH_ALIAS, Capabilities, Machine
 from ..waiting import Deadline
 
 # Fedora CoreOS asks for 2 GiB; with less, Ignition and Docker compete for memory at boot.
@@ -52,29 +50,27 @@ class SshChannel:
 
 
 class FcosMachine(Machine):
+    """A Machine booting a Fedora CoreOS image by its own boot loader, commands over SSH."""
+    CAPABILITIES = Capabilities(
+        name="Fedora CoreOS", warm_snapshots=False, volume_from_image=False, ssh_user="core",
+        # First boot on FCOS runs Ignition (and may reboot once for kernel arguments).
+        responsive_within=180)
+
     def __init__(self, image: Image, run_dir: Path, *, disk: Path, ignition_config: Path,
                  memory_mb: int = MIN_MEMORY_MB, cpus: int = 2, volume_size: str = "1G",
                  fw_cfg: dict[str, Path] | None = None, extra_ports: tuple[int, ...] = (), name: str = "fcos",
                  volume_source: Path | None = None):
-        if volume_source is not None:
-            raise UserError("the mkfs-refuses experiments need the harness's own QEMU (a volume that starts "
-                            "with an old filesystem)", "run them with --backend qemu --guest debian")
         # The unit chain travels inside the Ignition config: the Debian guest's units.tar is not passed.
         super().__init__(image, run_dir, memory_mb=max(memory_mb, MIN_MEMORY_MB), cpus=cpus,
                          volume_size=volume_size, fw_cfg={ignition.CONFIG_FW_CFG: ignition_config},
-                         extra_ports=extra_ports, name=name)
+                         extra_ports=extra_ports, name=name, volume_source=volume_source)
         self.disk = disk
         self.channel = SshChannel(self)
         self.cpu_model = "max"  # the lean-guest survey measured Debian guests only
 
-    def start(self, restore=None) -> None:
-        if restore is not None:
-            raise ValueError("Fedora CoreOS guests boot cold: warm snapshots are for the Debian guest")
-        super().start()
-
     def _create_disks(self, restore) -> None:
-        _qemu_img("create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", str(self.disk), str(self.root.path))
-        _qemu_img("create", "-q", "-f", "qcow2", str(self.volume.path), self.volume_size)
+        overlay(self.root.path, self.disk, "qcow2")
+        overlay(self.volume.path, size=self.volume_size)
 
     def _boot_args(self) -> list[str]:
         # The image's own boot loader and kernel command line (ignition.platform.id=qemu).
@@ -82,21 +78,3 @@ class FcosMachine(Machine):
 
     def _command_port_args(self) -> list[str]:
         return []
-
-    @property
-    def ssh_config(self) -> Path:
-        path = super().ssh_config
-        text = path.read_text()
-        if "User root" in text:
-            path.write_text(text.replace("User root", "User core"))
-        return path
-
-    @property
-    def host(self):
-        if self._host is None:
-            self._host = testinfra.get_host(f"ssh://{SSH_ALIAS}", ssh_config=str(self.ssh_config), sudo=True)
-        return self._host
-
-    def wait_until_responsive(self, timeout: float = 180) -> None:
-        # First boot on FCOS runs Ignition (and may reboot once for kernel arguments).
-        super().wait_until_responsive(timeout)

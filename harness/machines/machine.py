@@ -9,7 +9,6 @@ import http.client
 import json
 import os
 import re
-import shlex
 import signal
 import socket
 import subprocess
@@ -19,52 +18,41 @@ from pathlib import Path
 
 import testinfra
 
-from . import accel
+from . import accel, saved_state
 from .. import timeouts
-from ..errors import GuestCommandFailed, GuestKernelPanic, GuestRefused, GuestTimeout, UserError
+from ..errors import GuestKernelPanic, GuestTimeout, UserError
 from ..waiting import Deadline, wait_until
 from ..images.image import Image
 from .channel import GuestChannel
+from .commands import GuestCommands, Result
+from .disks import Disk, overlay
 from .qmp import Monitor
+from .saved_state import SavedState
+
+__all__ = ["Capabilities", "Disk", "Machine", "Result", "SavedState", "SSH_ALIAS"]
 
 SSH_ALIAS = "unitchaos-guest"
-AGENT_PORT = 51678
-HEALTH_PORT = 51680  # the deep health daemon (vm/guest/usr/local/sbin/unitchaos-health)
 _PR_SET_PDEATHSIG = 1
 
 
-@dataclass
-class Result:
-    command: str
-    status: int
-    stdout: str
-    stderr: str
-
-    @property
-    def ok(self) -> bool:
-        return self.status == 0
-
-
-@dataclass
-class Disk:
-    """A virtio disk: NAME is both QEMU's drive id and (with a 'disk' suffix) its device id."""
-    name: str
-    path: Path
-
-    @property
-    def device_id(self) -> str:
-        return f"{self.name}disk"
-
-
 @dataclass(frozen=True)
-class SavedState:
-    """A paused guest written to disk: RAM and devices, plus its disks at that moment."""
-    state: Path
-    ram: Path
-    root: Path
-    volume: Path
-    accel: str
-    guest_versions: dict  # kernel and systemd the saved guest runs
+class Capabilities:
+    """What a backend's machines can do. The harness asks `machine.capabilities`, never
+    which class a machine is."""
+    name: str = "qemu"  # the backend, in messages ("warm snapshots do not apply to the Vagrant backend")
+    # start(restore=...) resumes a saved guest (warm snapshots).
+    warm_snapshots: bool = True
+    # The volume's block nodes carry the names _node_names gives them, so block_faults can
+    # slide filters under them and drive_del can take the volume's backend away.
+    named_volume_nodes: bool = True
+    # Instance.boot may boot again on fresh overlays after a kernel panic under TCG.
+    reboots_after_panic: bool = True
+    # Who SSH logs in as; testinfra runs as any other user with sudo.
+    ssh_user: str = "root"
+    # How long wait_until_responsive waits by default (seconds, before scaling).
+    responsive_within: float = 60
+    # The volume can start as a given raw image (volume_source: the mkfs-refuses experiments).
+    volume_from_image: bool = True
 
 
 # A panicked guest never prints what the harness waits for: say so at once, with the
@@ -78,9 +66,24 @@ KERNEL_ARGS = "root=/dev/vda rw console=ttyS0 net.ifnames=0 printk.time=1 apparm
 # without CX16 SLUB takes its locked path and the guest boots. trixie's 6.12.117 boots
 # with CX16 (one unexplained panic in CI aside: see Instance.boot).
 TCG_HIDDEN_FEATURES = {"bookworm-backports": ("cx16",)}
+# Releases whose kernel must run under single-threaded TCG. trixie-backports' 7.3.4+deb13
+# oopses in early boot under QEMU 7.2's multi-threaded TCG on a breakpoint the kernel's own
+# text patching left in a 5-byte NOP (seen 2026-12-01, 2 of 2 boots, with and without CX16):
+#   Oops: int3: 0000 [#1] SMP NOPTI / RIP: 0010:set_next_task_fair+0x609/0x780
+#   Code: ... eb 6d 0f <1f> 44 00 00 ... / Kernel panic - not syncing: Fatal exception in interrupt
+#   (other boot: RIP: 0010:__hrtimer_start_range_ns+0x45a/0x8d0)
+# i.e. one vCPU ran stale translated code while another patched it (int3-based text_poke).
+# With thread=single (vCPUs take turns) the same image boots to systemd.
+TCG_SINGLE_THREAD = {"trixie-backports"}
+# Under TCG on a loaded host udev's coldplug can outlast systemd's 90 s wait for the volume:
+# on 2026-12-01 (host load 11-16 on 2 cores) trixie-backports (single-threaded) and sid
+# (multi-threaded) both logged "dev-vdb.device: Job dev-vdb.device/start timed out.",
+# "Dependency failed for format-ephemeral.service" and booted metadata=000 agent=inactive.
+# A device that comes late is not what the experiments are about: wait longer.
+TCG_KERNEL_ARGS = "systemd.default_device_timeout_sec=600"
 
 
-class Machine:
+class Machine(GuestCommands):
     """One guest under the harness's QEMU: `start` it (or restore a saved one), talk to it
     (console, QMP `monitor`, command `channel`, SSH `host`), wait on it, `stop` it.
 
@@ -88,12 +91,23 @@ class Machine:
             m.wait_for_console(BOOTED, 240)
             m.succeed("systemctl is-active docker")
 
-    Backends (Vagrant, Fedora CoreOS) subclass it; everything else sees a Machine.
+    Backends (Vagrant, Fedora CoreOS) subclass it; everything else sees a Machine and asks
+    its `capabilities`. A backend states its CAPABILITIES and overrides only the HOOKS, as
+    QEMU's own QEMUMachine subclasses override _pre_launch and _post_launch:
+
+    - `__init__`: may take more keyword arguments; passes the rest on.
+    - `_pre_launch(restore)`: before QEMU runs: choose the accelerator, make the disks.
+    - `_create_disks(restore)`: the root and volume files (called by _pre_launch).
+    - `_launch(restore)`: start QEMU, set `process` and `ports`, connect `monitor` and `channel`.
+    - `_post_launch(restore)`: after QEMU runs: load a saved guest, find the volume.
+    - `_shutdown()`: end QEMU and whatever the backend made for it (after channels close).
+    - `_boot_args()`, `_command_port_args()`: pieces of the QEMU command line.
+    - `_ssh_config_text()`: the ssh_config file's text (written once, to `ssh_config`).
+    - `volume_attached()`: when the backend names the volume's nodes its own way.
     """
-    # block_faults.py finds the volume's nodes by the names _node_names gives them.
-    names_volume_nodes = True
-    # Instance.boot may boot again on fresh overlays after a kernel panic under TCG.
-    reboots_after_panic = True
+    CAPABILITIES = Capabilities()
+    HOOKS = ("__init__", "_pre_launch", "_create_disks", "_launch", "_post_launch", "_shutdown",
+             "_boot_args", "_command_port_args", "_ssh_config_text", "volume_attached")
     # The volume's mount point and .mount unit in the guest; the Instance sets the chain's.
     mount_point = "/var/lib/docker"
     mount_unit = "var-lib-docker.mount"
@@ -101,6 +115,9 @@ class Machine:
     def __init__(self, image: Image, run_dir: Path, *, memory_mb: int = 1024, cpus: int = 2,
                  volume_size: str = "1G", fw_cfg: dict[str, Path] | None = None,
                  extra_ports: tuple[int, ...] = (), name: str = "guest", volume_source: Path | None = None):
+        if volume_source is not None and not self.capabilities.volume_from_image:
+            raise UserError("the mkfs-refuses experiments need the harness's own QEMU (a volume that starts "
+                            "with an old filesystem)", "run them with --backend qemu --guest debian")
         self.image = image
         self.run_dir = run_dir
         self.memory_mb = memory_mb
@@ -108,15 +125,19 @@ class Machine:
         self.volume_size = volume_size
         self.volume_source = volume_source  # a raw image the volume starts as (else blank)
         self.fw_cfg = fw_cfg or {}
-        self.guest_ports = (22, AGENT_PORT, HEALTH_PORT, *extra_ports)
+        self.guest_ports = (22, *extra_ports)  # forwarded to the host: SSH and what the lab asks for
         self.name = name
-        self.ports: dict[int, int] = {}
+        self.address = "127.0.0.1"  # where the host reaches the guest's ports
+        self.ports: dict[int, int] = {}  # guest port -> host port at `address`
         self.accel = ""
         self.process: subprocess.Popen | None = None
         self.monitor = Monitor(str(run_dir / "qmp.sock"))
         self.channel = GuestChannel(str(run_dir / "cmd.sock"))
         self.console_path = run_dir / "console.log"
         self.started_at = 0.0
+        # How long the backend's own tool took to bring the guest up (vagrant up); None
+        # when the harness starts QEMU itself.
+        self.up_seconds: float | None = None
         self._host = None
         self.ram_file: Path | None = None
         self.restoring = False
@@ -129,78 +150,58 @@ class Machine:
         self.root = Disk("root", run_dir / "root.qcow2")
         self.volume = Disk("volume", run_dir / "volume.qcow2")
 
+    @property
+    def capabilities(self) -> Capabilities:
+        """What this machine's backend can do (see Capabilities)."""
+        return self.CAPABILITIES
+
     # -- life cycle -------------------------------------------------------------
 
     def start(self, restore: "SavedState | None" = None) -> None:
         """Boots the kernel, or with RESTORE resumes a saved guest on fresh overlays of its disks."""
+        if restore is not None and not self.capabilities.warm_snapshots:
+            raise UserError(f"warm snapshots do not apply to the {self.capabilities.name} backend", "boot cold (--cold)")
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._pre_launch(restore)
+        self._launch(restore)
+        self._post_launch(restore)
+
+    def _pre_launch(self, restore: "SavedState | None") -> None:
+        """Hook: everything QEMU needs before it starts: the accelerator, the disks."""
         self.accel = restore.accel if restore else accel.choose(self.image.kernel)
         if restore:
             self.ram_file, self.restoring = restore.ram, True
         self._create_disks(restore)
-        for attempt in range(3):
-            self.ports = {guest: _free_port() for guest in self.guest_ports}
-            if self._launch(incoming=restore is not None):
-                break
-        else:
-            raise UserError("QEMU could not forward a port to the guest: every port tried was taken",
-                            "free some loopback ports or stop other VMs")
-        if restore:
-            self._load_state(restore.state)
 
     def _create_disks(self, restore: "SavedState | None") -> None:
+        """Hook: the root and volume disks, as overlays of the image (or of RESTORE's disks)."""
         if restore:
             # Copy-on-write over the saved disks: a restore never changes the snapshot.
             for disk, base in ((self.root, restore.root), (self.volume, restore.volume)):
-                _qemu_img("create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", str(base), str(disk.path))
+                overlay(disk.path, base, "qcow2")
             return
-        _qemu_img("create", "-q", "-f", "qcow2", "-F", "raw", "-b", str(self.image.root), str(self.root.path))
-        if self.volume_source:
-            _qemu_img("create", "-q", "-f", "qcow2", "-F", "raw", "-b", str(self.volume_source), str(self.volume.path))
-        else:
-            _qemu_img("create", "-q", "-f", "qcow2", str(self.volume.path), self.volume_size)
+        overlay(self.root.path, self.image.root)
+        overlay(self.volume.path, self.volume_source, size=self.volume_size)
 
-    def _load_state(self, state: Path) -> None:
-        self._ignore_shared_ram()
-        self.monitor.command("migrate-incoming", uri=f"exec:cat {shlex.quote(str(state))}")
-        # The guest was paused when saved, so it stays paused once loaded: then resume it.
-        def status() -> str:
-            now = self.monitor.command("query-status")["status"]
-            if now not in ("paused", "running") and not self.running:
-                message = (self.run_dir / "qemu.stderr").read_text().strip().splitlines()
-                raise UserError(f"QEMU could not load the saved guest: {message[-1] if message else 'no output'}",
-                                "remove the snapshot cache (unitchaos snapshot clear) and retry")
-            return now
-        if wait_until(status, 120, "QEMU to finish loading the saved guest", interval=0.01,
-                      done=lambda now: now in ("paused", "running")) == "paused":
-            self.monitor.command("cont")
+    def _launch(self, restore: "SavedState | None") -> None:
+        """Hook: starts QEMU (paused for an incoming RESTORE) on free loopback ports and
+        connects the monitor and the command port."""
+        for attempt in range(3):
+            self.ports = {guest: _free_port() for guest in self.guest_ports}
+            if self._spawn(incoming=restore is not None):
+                return
+        raise UserError("QEMU could not forward a port to the guest: every port tried was taken",
+                        "free some loopback ports or stop other VMs")
+
+    def _post_launch(self, restore: "SavedState | None") -> None:
+        """Hook: once QEMU runs: a RESTORE loads the saved guest and resumes it."""
+        if restore:
+            saved_state.load(self, restore.state)
 
     def save_state(self, state: Path) -> None:
         """Pauses the guest and writes its RAM and device state to STATE. The guest stays
         paused; its disks, as they are now, belong with the state."""
-        self.channel.close()
-        self.monitor.command("stop")
-        # Fast: the state file is local, so let the migration use all the bandwidth it likes.
-        self.monitor.command("migrate-set-parameters", **{"max-bandwidth": 8 << 30})
-        self._ignore_shared_ram()
-        self.monitor.command("migrate", uri=f"exec:cat > {shlex.quote(str(state))}")
-        self._wait_for_migration()
-
-    def _ignore_shared_ram(self) -> None:
-        # The RAM is in its file already: keep it out of the migration stream.
-        if self.ram_file is not None:
-            self.monitor.command("migrate-set-capabilities",
-                                 capabilities=[{"capability": "x-ignore-shared", "state": True}])
-
-    def _wait_for_migration(self) -> None:
-        def status() -> str:
-            info = self.monitor.command("query-migrate")
-            if (now := info.get("status", "none")) in ("failed", "cancelled"):
-                raise UserError(f"QEMU could not save the guest's state: {info.get('error-desc', now)}",
-                                "check free disk space in the cache directory")
-            return now
-        wait_until(status, 120, "saving the guest's state to finish", interval=0.02,
-                   done=lambda now: now == "completed")
+        saved_state.save(self, state)
 
     def qemu_argv(self) -> list[str]:
         """QEMU's command line for this guest (snapshots key their saves on its shape)."""
@@ -208,7 +209,8 @@ class Machine:
         if self.accel == "kvm":
             cpu = ["-accel", "kvm", "-cpu", "host"]
         else:
-            cpu = ["-accel", f"tcg,thread={self.tcg_threads}", "-cpu", self._tcg_cpu()]
+            threads = "single" if self._release() in TCG_SINGLE_THREAD else self.tcg_threads
+            cpu = ["-accel", f"tcg,thread={threads}", "-cpu", self._tcg_cpu()]
         argv = [
             accel.qemu_binary(), "-name", f"unitchaos-{self.name}", *cpu,
             "-smp", str(self.cpus), "-m", f"{self.memory_mb}M", *self._memory_args(),
@@ -227,10 +229,15 @@ class Machine:
             argv += ["-fw_cfg", f"name={name},file={path}"]
         return argv
 
-    def _tcg_cpu(self) -> str:
+    def _kernel_args(self) -> str:
+        return self.kernel_args if self.accel == "kvm" else f"{self.kernel_args} {TCG_KERNEL_ARGS}"
+
+    def _release(self) -> str:
         manifest = self.image.path / "manifest.json"  # a user's FCOS image has none
-        release = json.loads(manifest.read_text()).get("release", "") if manifest.exists() else ""
-        return ",".join([self.cpu_model, *(f"-{f}" for f in TCG_HIDDEN_FEATURES.get(release, ()))])
+        return json.loads(manifest.read_text()).get("release", "") if manifest.exists() else ""
+
+    def _tcg_cpu(self) -> str:
+        return ",".join([self.cpu_model, *(f"-{f}" for f in TCG_HIDDEN_FEATURES.get(self._release(), ()))])
 
     def _node_names(self, disk: Disk) -> str:
         """Names for the volume's block nodes, so that a fault can slide a filter under its
@@ -243,7 +250,7 @@ class Machine:
     def _boot_args(self) -> list[str]:
         """Direct kernel boot from the image's kernel and initrd."""
         return ["-kernel", str(self.image.kernel), "-initrd", str(self.image.initrd),
-                "-append", self.kernel_args]
+                "-append", self._kernel_args()]
 
     def _command_port_args(self) -> list[str]:
         """The virtio-serial port the guest's unitchaos-cmdd answers on."""
@@ -262,7 +269,8 @@ class Machine:
         return ["-object", f"memory-backend-file,id=ram,size={self.memory_mb}M,mem-path={self.ram_file},share={share}",
                 "-machine", "pc,memory-backend=ram"]
 
-    def _launch(self, incoming: bool = False) -> bool:
+    def _spawn(self, incoming: bool) -> bool:
+        """Starts QEMU and connects to it; False if a forwarded port was taken meanwhile."""
         stderr_path = self.run_dir / "qemu.stderr"
         self.console_path.write_bytes(b"")
         with open(stderr_path, "w") as stderr:
@@ -287,6 +295,10 @@ class Machine:
     def stop(self) -> None:
         """Ends the guest at once (these guests are disposable) and closes every channel."""
         self.close_channels()
+        self._shutdown()
+
+    def _shutdown(self) -> None:
+        """Hook: ends QEMU (the channels are closed already)."""
         if self.process and self.process.poll() is None:
             self.process.kill()
             self.process.wait(timeout=10)
@@ -352,105 +364,30 @@ class Machine:
         match = self.wait_for_console(r"\[\s*\d+\.\d+\][^\n]*" + pattern + r"[^\n]*", timeout, since)
         return match.group(0).strip()
 
-    # -- commands in the guest --------------------------------------------------
+    # -- reaching the guest (commands: see GuestCommands) -------------------------
 
     @property
     def ssh_config(self) -> Path:
         """An ssh_config file for this guest (`ssh -F PATH unitchaos-guest`), written once."""
         path = self.run_dir / "ssh_config"
         if not path.exists():
-            path.write_text(
-                f"Host {SSH_ALIAS}\n  HostName 127.0.0.1\n  Port {self.ports[22]}\n  User root\n"
+            path.write_text(self._ssh_config_text())
+        return path
+
+    def _ssh_config_text(self) -> str:
+        """Hook: the ssh_config for SSH_ALIAS: this guest's forwarded port 22, the image's key."""
+        return (f"Host {SSH_ALIAS}\n  HostName 127.0.0.1\n  Port {self.ports[22]}\n  User {self.capabilities.ssh_user}\n"
                 f"  IdentityFile {self.image.ssh_key}\n  IdentitiesOnly yes\n"
                 "  StrictHostKeyChecking no\n  UserKnownHostsFile /dev/null\n  LogLevel ERROR\n"
                 "  ConnectTimeout 10\n  ServerAliveInterval 5\n  ServerAliveCountMax 3\n"
                 f"  ControlMaster auto\n  ControlPath {self.run_dir}/ssh-mux\n  ControlPersist 60\n")
-        return path
-
-    def run(self, command: str, timeout: float = 30) -> Result:
-        """Runs COMMAND in the guest with bash (-eo pipefail); never waits past TIMEOUT."""
-        wrapped = f"set -eo pipefail\n{command}"
-        status, stdout, stderr = self.channel.run(wrapped, timeouts.scaled(timeout))
-        if status == -1:
-            raise GuestTimeout(f"guest command {command!r} did not finish within {timeout:.0f} s")
-        return Result(command, status, stdout, stderr)
-
-    def succeed(self, command: str, timeout: float = 30) -> str:
-        """COMMAND's stdout; GuestCommandFailed (an AssertionError) if it exits non-zero.
-
-            vm.machine.succeed("xfs_io -c 'pwrite 0 4k' /var/lib/docker/probe")
-        """
-        __tracebackhide__ = True  # pytest points at the scenario's line, not this one
-        result = self.run(command, timeout)
-        if not result.ok:
-            raise GuestCommandFailed(result, evidence=self.run_dir)
-        return result.stdout
-
-    def fail(self, command: str, timeout: float = 30) -> str:
-        """COMMAND's stderr; GuestCommandFailed if it exits zero (it was meant to fail)."""
-        __tracebackhide__ = True
-        result = self.run(command, timeout)
-        if result.ok:
-            raise GuestCommandFailed(result, expected_failure=True, evidence=self.run_dir)
-        return result.stderr
-
-    def wait_until_succeeds(self, command: str, timeout: float = 60, interval: float = 0.5) -> str:
-        """Runs COMMAND until it exits 0 and returns its stdout; GuestTimeout after TIMEOUT
-        (scaled) seconds, with what it last printed."""
-        __tracebackhide__ = True
-        return wait_until(lambda: self.run(command, timeout=max(5.0, timeout)), timeout,
-                          f"{command!r} to succeed", done=lambda result: result.ok, machine=self,
-                          interval=interval, last_seen=lambda r: r.stderr.strip() or r.stdout.strip()).stdout
-
-    def wait_until_responsive(self, timeout: float = 60) -> None:
-        """Waits until the guest runs commands (its command port answers)."""
-        __tracebackhide__ = True
-
-        def answers() -> bool:
-            try:
-                return self.run("true", timeout=5).ok
-            except GuestTimeout:
-                return False
-        wait_until(answers, timeout, "the guest to answer commands", machine=self)
-
-    def wait_for_unit(self, unit: str, state: str = "active", timeout: float = 60) -> None:
-        """Waits until UNIT's ActiveState is STATE; fails at once if it failed instead.
-
-            vm.machine.wait_for_unit("ecs-agent.service", "inactive")
-        """
-        __tracebackhide__ = True
-
-        def current() -> str:
-            now = self.unit_state(unit)
-            if now == "failed" and state != "failed":
-                raise GuestRefused(f"{unit} failed while waiting for it to be {state}:\n"
-                                   + self.run(f"journalctl -u {unit} -n 20 --no-pager").stdout, evidence=self.run_dir)
-            return now
-        wait_until(current, timeout, f"{unit} to be {state}", done=lambda now: now == state,
-                   machine=self, interval=0.3)
-
-    def unit_state(self, unit: str) -> str:
-        """UNIT's ActiveState ("active", "inactive", "failed", ...)."""
-        return self.unit_states([unit])[unit]
-
-    def unit_states(self, units: list[str]) -> dict[str, str]:
-        """Each unit's ActiveState, from one systemctl call."""
-        out = self.succeed("systemctl show -p Id -p ActiveState " + " ".join(map(shlex.quote, units)))
-        states = {}
-        for block in out.strip().split("\n\n"):
-            fields = dict(line.split("=", 1) for line in block.splitlines() if "=" in line)
-            states[fields.get("Id", "")] = fields.get("ActiveState", "unknown")
-        return {unit: states.get(unit, "unknown") for unit in units}
-
-    def wait_for_port(self, guest_port: int, timeout: float = 60) -> None:
-        """Waits until something in the guest listens on GUEST_PORT."""
-        self.wait_until_succeeds(f"test -n \"$(ss -Htln 'sport = :{guest_port}')\"", timeout)
 
     @property
     def host(self):
         """testinfra's view of the guest: host.service(...), host.mount_point(...), host.file(...)."""
         if self._host is None:
-            self._host = testinfra.get_host(f"ssh://{SSH_ALIAS}", ssh_config=str(self.ssh_config))
+            self._host = testinfra.get_host(f"ssh://{SSH_ALIAS}", ssh_config=str(self.ssh_config),
+                                            **({"sudo": True} if self.capabilities.ssh_user != "root" else {}))
         return self._host
 
     # -- from the host, as a load balancer would see it ------------------------
@@ -461,15 +398,10 @@ class Machine:
         devices = {block["device"]: block for block in self.monitor.command("query-block")}
         return "inserted" in devices.get(self.volume.name, {})
 
-    def remove_volume_backend(self) -> dict:
-        """Takes the volume's backend away and leaves its virtio device: every later I/O on
-        it fails with EIO (a force-detached EBS volume whose Xen front end would not let go)."""
-        self.monitor.hmp(f"drive_del {self.volume.name}")
-        return {"hmp": f"drive_del {self.volume.name}"}
-
     def endpoint(self, guest_port: int) -> tuple[str, int]:
-        """Where the host reaches GUEST_PORT: a port forwarded on the loopback."""
-        return "127.0.0.1", self.ports[guest_port]
+        """Where the host reaches GUEST_PORT: (address, port), a port forwarded on the loopback
+        for the harness's QEMU."""
+        return self.address, self.ports[guest_port]
 
     def http_get(self, guest_port: int, path: str, timeout: float = 5.0) -> tuple[int | None, dict | str | None]:
         """(status, body) of GET PATH on the guest's GUEST_PORT; (None, reason) if no answer."""
@@ -492,19 +424,6 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def _qemu_img(*args: str) -> None:
-    try:
-        subprocess.run(["qemu-img", *args], check=True, capture_output=True, text=True)
-    except FileNotFoundError:
-        raise UserError("qemu-img is not installed", "apt-get install qemu-utils") from None
-    except subprocess.CalledProcessError as exc:
-        message = exc.stderr.strip()
-        if "No space left" in message:
-            raise UserError("disk full while creating a disk overlay",
-                            "free some space or point UNITCHAOS_CACHE at a larger disk") from None
-        raise UserError(f"qemu-img {args[0]} failed: {message}", "check the image cache (unitchaos image build --rebuild)") from None
 
 
 def _die_with_parent() -> None:

@@ -29,7 +29,8 @@ from .. import timeouts
 from ..images import vagrant_box
 from ..errors import UserError
 from ..images.image import Image
-from .machine import SSH_ALIAS, Disk, Machine
+from .disks import YANK_NODE, Disk
+from .machine import SSH_ALIAS, Capabilities, Machine
 from .process import AdoptedProcess
 from ..paths import REPO
 from ..waiting import Deadline
@@ -38,7 +39,6 @@ SHARED_ROOT = Path("/var/lib/unitchaos/vagrant")
 LIBVIRT_URI = "qemu:///system"
 QEMU_USER = "libvirt-qemu"
 VOLUME_TARGET = "vdb"
-YANK_NODE = "unitchaos-yank"
 
 
 @dataclass
@@ -52,17 +52,17 @@ class LibvirtDisk(Disk):
 
 
 class VagrantMachine(Machine):
-    names_volume_nodes = False  # libvirt names them: no volume I/O faults here
-    reboots_after_panic = False  # a second `vagrant up` costs minutes: report the panic
+    """A Machine whose QEMU libvirt runs, brought up and destroyed by Vagrant."""
+    CAPABILITIES = Capabilities(
+        name="Vagrant", warm_snapshots=False, volume_from_image=False,
+        named_volume_nodes=False,  # libvirt names them: no volume I/O faults here
+        reboots_after_panic=False)  # a second `vagrant up` costs minutes: report the panic
 
     def __init__(self, image: Image, run_dir: Path, *, memory_mb: int = 1024, cpus: int = 2,
                  volume_size: str = "1G", fw_cfg: dict[str, Path] | None = None,
                  extra_ports: tuple[int, ...] = (), name: str = "guest", volume_source: Path | None = None):
-        if volume_source is not None:
-            raise UserError("the mkfs-refuses experiments need the harness's own QEMU (a volume that starts "
-                            "with an old filesystem)", "run them with --backend qemu --guest debian")
         super().__init__(image, run_dir, memory_mb=memory_mb, cpus=cpus, volume_size=volume_size,
-                         fw_cfg=fw_cfg, extra_ports=extra_ports, name=name)
+                         fw_cfg=fw_cfg, extra_ports=extra_ports, name=name, volume_source=volume_source)
         self.domain_prefix = f"unitchaos-{uuid.uuid4().hex[:10]}-"
         self.domain = self.domain_prefix + "default"
         self.shared = SHARED_ROOT / self.domain
@@ -71,23 +71,24 @@ class VagrantMachine(Machine):
         self.console_path = self.shared / "console.log"
         self.volume = LibvirtDisk("", Path(f"/var/lib/libvirt/images/{self.domain}-{VOLUME_TARGET}.qcow2"))
         self.address = ""
-        self.up_seconds: float | None = None
+        self._box = ""
         self._vagrant: vagrant.Vagrant | None = None
 
     # -- life cycle -------------------------------------------------------------
 
-    def start(self, restore=None) -> None:
-        if restore is not None:
-            raise UserError("warm snapshots do not apply to the Vagrant backend", "boot cold (--cold)")
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+    def _pre_launch(self, restore) -> None:
+        """libvirt's daemons, the accelerator, the box, and what the Vagrantfile reads."""
         libvirt_daemons.ensure()
         self.accel = accel.choose(self.image.kernel)
         self._prepare_shared_dir()
-        box = vagrant_box.ensure_box(self.image, self.vagrant.env, self.run_dir / "vagrant.log")
-        (self.run_dir / "vagrant.json").write_text(json.dumps(self.vagrant_config(box), indent=1))
+        self._box = vagrant_box.ensure_box(self.image, self.vagrant.env, self.run_dir / "vagrant.log")
+        (self.run_dir / "vagrant.json").write_text(json.dumps(self.vagrant_config(self._box), indent=1))
+
+    def _launch(self, restore) -> None:
+        """vagrant up, then QEMU's monitor and command port (through the shared directory)."""
         started = time.monotonic()
         self.started_at = started
-        first_up = not vagrant_box.uploaded(box, _virsh("vol-list", "default").stdout)
+        first_up = not vagrant_box.uploaded(self._box, _virsh("vol-list", "default").stdout)
         try:
             with vagrant_box.locked() if first_up else contextlib.nullcontext():
                 self.vagrant.up(provider="libvirt")
@@ -99,12 +100,12 @@ class VagrantMachine(Machine):
         # The sweeper of dead owners' run directories kills the QEMU named here.
         (self.run_dir / "qemu.pid").write_text(str(pid))
         self.address = self._ssh_fields()["HostName"]
+        self.ports = {port: port for port in self.guest_ports}  # the guest's own, at its address
         deadline = Deadline(timeouts.scaled(15))
         self.monitor.connect(deadline)
         self.channel.connect(deadline)
-        self._find_volume()
 
-    def _find_volume(self) -> None:
+    def _post_launch(self, restore) -> None:
         """The volume's node and device, as libvirt named them (from the disk's file)."""
         for block in self.monitor.command("query-block"):
             inserted = block.get("inserted") or {}
@@ -121,23 +122,6 @@ class VagrantMachine(Machine):
                        for block in self.monitor.command("query-block"))
         return attached and not any(node["node-name"] == YANK_NODE
                                     for node in self.monitor.command("query-named-block-nodes", flat=True))
-
-    def remove_volume_backend(self) -> dict:
-        """libvirt attaches disks with -blockdev, and drive_del cannot remove a node a device
-        uses. Same effect: the format node's file is swapped (blockdev-reopen) for a
-        blkdebug filter that fails every read, write and flush with EIO, for good."""
-        nodes = {node["node-name"]: node for node in self.monitor.command("query-named-block-nodes", flat=True)}
-        node = nodes[self.volume.name]
-        storage = next(name for name, other in nodes.items()
-                       if other["drv"] == "file" and other["file"] == str(self.volume.path))
-        rules = [{"event": event, "errno": 5, "once": False} for event in ("read_aio", "write_aio", "flush_to_disk")]
-        self.monitor.command("blockdev-add", driver="blkdebug", **{"node-name": YANK_NODE}, image=storage,
-                             **{"inject-error": rules})
-        cache = {"direct": node["cache"]["direct"], "no-flush": node["cache"]["no-flush"]}
-        self.monitor.command("blockdev-reopen", options=[{
-            "driver": node["drv"], "node-name": self.volume.name, "read-only": node["ro"],
-            "cache": cache, "file": YANK_NODE, "backing": None}])
-        return {"qmp": f"blockdev-reopen {self.volume.name} file={YANK_NODE} (blkdebug: EIO on all I/O)"}
 
     def vagrant_config(self, box: str) -> dict:
         """What the Vagrantfile reads (see its header)."""
@@ -213,9 +197,8 @@ class VagrantMachine(Machine):
         text = self.vagrant.ssh_config()
         return dict(line.strip().split(None, 1) for line in text.splitlines() if len(line.strip().split(None, 1)) == 2)
 
-    def stop(self) -> None:
+    def _shutdown(self) -> None:
         """Destroys the domain and everything Vagrant made for it, whatever state it is in."""
-        self.close_channels()
         if self._vagrant is not None and (self.run_dir / ".vagrant").exists():
             try:
                 self.vagrant.destroy()
@@ -233,18 +216,11 @@ class VagrantMachine(Machine):
 
     # -- reaching the guest -----------------------------------------------------
 
-    def endpoint(self, guest_port: int) -> tuple[str, int]:
-        return self.address, guest_port
-
-    @property
-    def ssh_config(self) -> Path:
+    def _ssh_config_text(self) -> str:
         """Vagrant's own SSH configuration for the guest, under the harness's alias."""
-        path = self.run_dir / "ssh_config"
-        if not path.exists():
-            text = re.sub(r"^Host \S+", f"Host {SSH_ALIAS}", self.vagrant.ssh_config(), flags=re.MULTILINE)
-            path.write_text(text + f"  ConnectTimeout 10\n  ServerAliveInterval 5\n  ServerAliveCountMax 3\n"
-                            f"  ControlMaster auto\n  ControlPath {self.run_dir}/ssh-mux\n  ControlPersist 60\n")
-        return path
+        text = re.sub(r"^Host \S+", f"Host {SSH_ALIAS}", self.vagrant.ssh_config(), flags=re.MULTILINE)
+        return text + (f"  ConnectTimeout 10\n  ServerAliveInterval 5\n  ServerAliveCountMax 3\n"
+                       f"  ControlMaster auto\n  ControlPath {self.run_dir}/ssh-mux\n  ControlPersist 60\n")
 
 
 def sweep(run_dir: Path) -> None:

@@ -42,10 +42,10 @@ def measure_start(lab: Lab, cold: bool, runs: int) -> list[float]:
     samples = []
     for _ in range(runs):
         started = time.monotonic()
-        instance = lab.instance(cold=cold)
+        instance = lab.acquire(cold=cold)
         instance.require_healthy()
         samples.append(time.monotonic() - started)
-        lab.release_instance(instance)
+        lab.release(instance, keep=lab.keep)
     return samples
 
 
@@ -143,7 +143,7 @@ def survey(runs: int = 3, only: list[str] | None = None) -> dict:
         for round_ in range(runs):
             for label, changes in options.items():
                 with progress.step(f"bench survey {round_ + 1}/{runs}: {label}"):
-                    instance = lab.new_instance(units.Variant(), "survey")
+                    instance = lab.acquire(variant=units.Variant(), started=False, label="survey")
                     for key, value in changes.items():
                         if key == "kernel_args":
                             value = f"{instance.machine.kernel_args} {value.lstrip('+')}"
@@ -156,7 +156,7 @@ def survey(runs: int = 3, only: list[str] | None = None) -> dict:
                     except (GuestError, UserError) as exc:
                         failures[label] = str(exc).splitlines()[0][:200]  # an option that breaks boot is a finding
                     finally:
-                        lab.release_instance(instance)
+                        lab.release(instance, keep=lab.keep)
     base = statistics.median(samples[next(iter(options))])
     return {"machine": _machine(), "failed": failures, "cold_boot_by_option": {
         label: {**summary(values), "vs_default": round(statistics.median(values) / base, 3)}

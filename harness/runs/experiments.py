@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass
 
 from .. import faults, timeouts, units
-from ..evidence import timeline, timeline_svg
+from ..evidence import fs_error, timeline, timeline_svg
 from ..errors import GuestTimeout, UserError
 from ..evidence.health_watch import HealthWatch
 from ..evidence.outcome import Outcome, Seconds
@@ -63,11 +63,11 @@ def get(name: str) -> Experiment:
 
 
 def run(lab: Lab, name: str, chain: str | None = None, fs: str | None = None, units_dir=None,
-        health_window: float = 12.0, params: dict | None = None) -> dict:
+        health_window: float = 12.0, params: dict | None = None, remedy: str | None = None) -> Outcome:
     """Runs experiment NAME on a fresh instance of the lab's chain (CHAIN and FS override
-    the chain file's). Each of the chain's checks and the deep check are watched by a load
-    balancer from just before the fault until all have given their verdict or
-    HEALTH_WINDOW seconds have passed."""
+    the chain file's; REMEDY lays vm/remedies/REMEDY over its units). Each of the chain's
+    checks and the deep check are watched by a load balancer from just before the fault
+    until all have given their verdict or HEALTH_WINDOW seconds have passed."""
     experiment = get(name)
     if params and not experiment.fault:
         experiment.parse_params(list(params))  # says it takes none
@@ -75,7 +75,7 @@ def run(lab: Lab, name: str, chain: str | None = None, fs: str | None = None, un
         raise UserError(f"{name} is an experiment on the incident's chain",
                         "run it without --chain-file (chains/ecs-docker.toml)")
     started = time.monotonic()
-    instance = lab.instance(chain=chain, fs=fs, units_dir=units_dir, **dict(experiment.boot))
+    instance = lab.acquire(chain=chain, fs=fs, units_dir=units_dir, remedy=remedy, **dict(experiment.boot))
     chain, fs = instance.variant.chain, instance.variant.fs
     watch = HealthWatch(instance).start()
     try:
@@ -83,8 +83,8 @@ def run(lab: Lab, name: str, chain: str | None = None, fs: str | None = None, un
             # A warm snapshot was saved only once the workload succeeded; a cold boot has
             # to show it here, or its findings would be about a chain that never worked.
             instance.wait_for_workload()
-        outcome = {"experiment": name, "release": lab.release, "chain_file": lab.chain.name, "chain": chain,
-                   "fs": fs, "fault": experiment.fault, "units_dir": str(instance.variant.units_dir)}
+        outcome = {"experiment": name, "release": lab.guest_release, "chain_file": lab.chain.name, "chain": chain,
+                   "fs": fs, "fault": experiment.fault, "units_dir": str(instance.variant.units_dir), "remedy": remedy}
         fault_started = time.monotonic()
         watch.mark_fault(time.time())
         if experiment.fault:
@@ -122,7 +122,7 @@ def run(lab: Lab, name: str, chain: str | None = None, fs: str | None = None, un
         outcome.backend, outcome.guest = lab.backend, lab.guest
         outcome.seconds = Seconds(boot=round(instance.boot_seconds, 1), fault_to_verdict=round(now - fault_started, 1),
                                   total=round(now - started, 1))
-        if getattr(instance.machine, "up_seconds", None) is not None:
+        if instance.machine.up_seconds is not None:
             outcome.seconds.vagrant_up = round(instance.machine.up_seconds, 1)
         if lab.keep:
             outcome.artifacts = str(artifacts_dir() / instance.run_dir.name)
@@ -139,7 +139,7 @@ def run(lab: Lab, name: str, chain: str | None = None, fs: str | None = None, un
         return outcome
     finally:
         watch.stop()
-        lab.done_with(instance)
+        lab.release(instance)  # a test's lab keeps it until it knows whether the test failed
 
 
 def describe(outcome: dict) -> str:
@@ -210,6 +210,9 @@ def observe(instance: Instance) -> dict:
     if chain.has_agent:
         seen["metadata_status"] = instance.metadata_status()
         seen["docker_dir_device"] = seen["data_dir_device"]
+        # Before the workload, which can wake Docker and remount the volume.
+        word, healer = fs_error.observe(instance)
+        seen.update({"fan_fs_error": word.to_json(), "xfs_healer": healer.to_json()})
     # Last, because it changes what it looks at: with the agent gone, asking Docker wakes
     # docker.socket, which starts docker.service, which pulls the mount back in.
     work = instance.workload()

@@ -28,7 +28,8 @@ from ..errors import GuestTimeout, UserError
 from ..images.image import Image
 from ..lab.instance import Instance
 from ..lab.lab import Lab, qemu_of
-from ..machines.machine import AGENT_PORT, HEALTH_PORT, SSH_ALIAS
+from ..lab.instance import AGENT_PORT, HEALTH_PORT
+from ..machines.machine import SSH_ALIAS
 from ..machines.process import AdoptedProcess
 from ..paths import cache_dir
 from ..waiting import Deadline
@@ -104,13 +105,14 @@ def up(name: str, chain: str, fs: str, units_dir: str | None, cold: bool | None)
                                 "or start another with --name OTHER")
             _remove(state)  # Its QEMU died: what is left is stale.
         with Lab(cold=cold, outlive_owner=True) as lab:
-            instance = lab.instance(chain=chain, fs=fs, units_dir=units_dir)
-            return hand_over(lab, instance, name)
+            instance = lab.acquire(chain=chain, fs=fs, units_dir=units_dir)
+            lab.release(instance, keep=False, running=True)
+            return hand_over(instance, name)
 
 
-def hand_over(lab: Lab, instance: Instance, name: str, artifacts: Path | None = None) -> dict:
-    """Leaves INSTANCE running as lab instance NAME (its QEMU must have been started to
-    outlive its owner); returns its state."""
+def hand_over(instance: Instance, name: str, artifacts: Path | None = None) -> dict:
+    """Names INSTANCE, released running from its lab (its QEMU started to outlive its
+    owner), lab instance NAME; returns its state."""
     state = {
         "name": name, "run_dir": str(instance.run_dir), "pid": instance.machine.process.pid,
         "ports": instance.machine.ports, "accel": instance.machine.accel, "image": str(instance.image.path),
@@ -120,7 +122,6 @@ def hand_over(lab: Lab, instance: Instance, name: str, artifacts: Path | None = 
         "artifacts": str(artifacts) if artifacts else None,
     }
     _save(state)
-    lab.detach(instance)
     # The connections go with this process; the next command makes its own.
     instance.machine.channel.close()
     instance.machine.monitor.close()

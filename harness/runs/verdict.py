@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass
 from . import experiments
 from .. import progress
 from ..errors import GuestTimeout, UserError
-from ..evidence.outcome import VERSION_KEYS
+from ..lab.instance import VERSION_KEYS
 from ..lab.lab import Lab
 
 # Every fault that breaks the volume itself (not the network, the CPU or the root disk).
@@ -74,6 +74,6 @@ def run(lab: Lab, names: list[str]) -> list[FaultVerdict]:
 
 
 def as_json(lab: Lab, verdicts: list[FaultVerdict]) -> dict:
-    return {"chain": lab.chain.name, "chain_file": str(lab.chain.source), "release": lab.release,
+    return {"chain": lab.chain.name, "chain_file": str(lab.chain.source), "release": lab.guest_release,
             "failed": any(v.failed for v in verdicts),
             "faults": [{**asdict(v), "failed": v.failed} for v in verdicts]}

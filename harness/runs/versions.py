@@ -14,12 +14,12 @@ from pathlib import Path
 from . import experiments
 from ..images import image
 from .. import kernel_log, progress
-from ..errors import GuestError, UserError
-from ..evidence.outcome import Outcome
+from ..errors import ArchiveBroken, GuestError, UserError
+from ..evidence.outcome import Healer, KernelWord, Outcome
 from ..lab.lab import Lab
 
 # What a cell compares, in the order it is shown.
-ASPECTS = ("systemd", "kernel", "checks")
+ASPECTS = ("systemd", "kernel", "checks", "kernel word", "healer")
 # Kernel line kinds from most to least telling: a cell names all it saw, in this order.
 KIND_ORDER = ["xfs-shutdown", "xfs-device-removed", "xfs-log-io-error", "xfs-metadata-io-error",
               "xfs-please-unmount", "ext4-abort-journal", "ext4-remount-ro", "ext4-error", "jbd2-error",
@@ -41,14 +41,34 @@ def behaviour(outcome: Outcome) -> dict[str, str]:
     checks = (f"metadata {outcome.metadata_status}, containers {'start' if outcome.container_start_ok else 'fail'}, "
               f"stock {'LIES' if outcome.health_check_lies else 'truthful'}, "
               f"deep {'fails' if deep and deep.detected else 'passes'}")
-    return {"systemd": systemd, "kernel": kernel, "checks": checks}
+    return {"systemd": systemd, "kernel": kernel, "checks": checks,
+            "kernel word": fs_error_words(outcome.fan_fs_error), "healer": healer_words(outcome.xfs_healer)}
+
+
+def fs_error_words(seen: KernelWord | None) -> str:
+    """FAN_FS_ERROR in comparable words: which error arrived, none, or why it cannot."""
+    if seen is None or seen.supported is None:
+        return "not measured"
+    if not seen.supported:
+        return seen.reason or "not supported"
+    return f"FAN_FS_ERROR {seen.error}" if seen.arrived else "no FAN_FS_ERROR"
+
+
+def healer_words(seen: Healer | None) -> str:
+    if seen is None:
+        return "not measured"
+    if not seen.present or not seen.unit:
+        return seen.state or "not measured"
+    saw = "saw the shutdown" if seen.saw_shutdown else "said nothing of it"
+    return f"{seen.state}, {saw}"
 
 
 def run(rows: list[tuple[str, str, str]], releases: list[str], cold: bool = False, units_dir=None,
         runs: int = 1) -> dict:
-    """Runs every ROW (experiment, chain, fs) RUNS times on every release (with the unit
-    files in UNITS_DIR, default vm/units); returns the matrix."""
-    for name, _, _ in rows:
+    """Runs every ROW (experiment, chain, fs[, remedy]) RUNS times on every release (with the
+    unit files in UNITS_DIR, default vm/units; a remedy from vm/remedies laid over them);
+    returns the matrix."""
+    for name, *_ in rows:
         experiments.get(name)
     for release in releases:
         image.check_release(release)
@@ -56,23 +76,33 @@ def run(rows: list[tuple[str, str, str]], releases: list[str], cold: bool = Fals
         raise UserError("nothing to compare", "name at least one experiment and one release")
     if runs < 1:
         raise UserError(f"--runs {runs} is not a number of runs", "use --runs 1 or more")
-    # Every image first: a release that cannot be built fails before any VM runs.
-    images = {release: image.ensure_image(release) for release in releases}
+    # Every image first: a release that cannot be built fails before any VM runs, except a
+    # moving one (sid) the archive cannot install today: its column says so, the rest runs.
+    images, unbuilt = {}, {}
+    for release in releases:
+        try:
+            images[release] = image.ensure_image(release)
+        except ArchiveBroken as exc:
+            progress.say(f"versions: {exc.problem}")
+            unbuilt[release] = exc.problem
     outcomes: dict[str, dict[tuple, list[Outcome | dict]]] = {}
     for release in releases:
+        if release in unbuilt:
+            outcomes[release] = {row: [{"error": f"not run: {unbuilt[release]}"}] for row in rows}
+            continue
         with Lab(release=release, cold=cold or None) as lab:
             for row in rows:
                 for attempt in range(1, runs + 1):
                     of = f" (run {attempt} of {runs})" if runs > 1 else ""
                     progress.say(f"versions: {' '.join(row)} on {release}{of}")
                     try:
-                        outcome = experiments.run(lab, *row, units_dir)
+                        outcome = experiments.run(lab, *row[:3], units_dir, remedy=_remedy(row))
                     except (GuestError, UserError) as exc:
                         # A release whose guest hangs or never comes up healthy is a finding
                         # (the arguments were checked above); the rest of the matrix still runs.
                         outcome = {"error": str(exc).splitlines()[0]}
                     outcomes.setdefault(release, {}).setdefault(row, []).append(outcome)
-    result = matrix(rows, releases, outcomes, {r: images[r].manifest for r in releases})
+    result = matrix(rows, releases, outcomes, {r: images[r].manifest for r in images})
     result["runs"] = runs
     return result
 
@@ -90,13 +120,24 @@ def matrix(rows, releases, outcomes: dict[str, dict[tuple, Outcome | dict | list
             "kernel": ran[0].kernel if ran else manifest.get("kernel"),
             "systemd": ran[0].systemd if ran else manifest.get("systemd"),
             "image": manifest.get("key"),
+            "packages": manifest.get("package_versions"),
+            "archive_dates": manifest.get("archive_dates"),
         }
     for row in rows:
         cells = {release: _cell(_runs(outcomes.get(release, {}).get(tuple(row)))) for release in releases}
-        name, chain, fs = row
-        result["rows"].append({"experiment": name, "chain": chain, "fs": fs, "cells": cells,
+        name, chain, fs = row[:3]
+        result["rows"].append({"experiment": name, "chain": chain, "fs": fs, "remedy": _remedy(row), "cells": cells,
                                "disagree": _disagree(cells)})
     return result
+
+
+def _remedy(row) -> str | None:
+    return row[3] if len(row) > 3 else None
+
+
+def with_remedies(rows, remedies: list[str]) -> list[tuple]:
+    """Each row without a remedy, then with each of REMEDIES: outcome x kernel x remedy."""
+    return [(*row[:3], remedy) for row in rows for remedy in [None, *remedies]]
 
 
 def _runs(outcomes) -> list[Outcome | dict]:
@@ -119,6 +160,13 @@ def _cell(runs: list[Outcome | dict]) -> dict:
             for aspect, values in observed.items()}
     cell.update({"kernel_version": finished[0].kernel, "systemd_version": finished[0].systemd,
                  "deep_seconds": statistics.median(seconds) if seconds else None,
+                 "package_versions": finished[0].guest_versions.get("packages"),
+                 "fs_error_seconds": _median(out.fan_fs_error.seconds_from_first_failed_io
+                                             for out in finished if out.fan_fs_error),
+                 "deep_after_shutdown_line": _median(out.fan_fs_error.deep_unhealthy_after_shutdown_line
+                                                     for out in finished if out.fan_fs_error),
+                 "agent_stopping_after_shutdown_line": _median(out.fan_fs_error.agent_stopping_after_shutdown_line
+                                                               for out in finished if out.fan_fs_error),
                  "kernel_events": _union(out.kernel_events for out in finished),
                  "kernel_lines": _union(out.kernel_lines for out in finished)})
     if len(runs) > 1:
@@ -127,6 +175,12 @@ def _cell(runs: list[Outcome | dict]) -> dict:
     if errors:
         cell["errors"] = errors
     return cell
+
+
+def _median(values) -> float | None:
+    """Median of the runs' guest-clock seconds that were measured (None: none was)."""
+    measured = [value for value in values if value is not None]
+    return round(statistics.median(measured), 3) if measured else None
 
 
 def _union(lists) -> list[str]:
@@ -153,7 +207,7 @@ def combine(results: list[dict]) -> dict:
     rows: dict[tuple, dict] = {}
     for result in results:
         for row in result["rows"]:
-            key = (row["experiment"], row["chain"], row["fs"])
+            key = (row["experiment"], row["chain"], row["fs"], row.get("remedy"))
             rows.setdefault(key, {**row, "cells": {}})["cells"].update(row["cells"])
     for row in rows.values():
         row["cells"] = {release: row["cells"].get(release, {"error": "not run"}) for release in releases}
@@ -171,7 +225,7 @@ def render(result: dict):
 
     runs = result.get("runs", 1)
     releases = list(result["releases"])
-    table = Table("experiment", *(f"{r}\nkernel {v['kernel']}\n{v['systemd']}" for r, v in result["releases"].items()),
+    table = Table("experiment", *(_column(r, v) for r, v in result["releases"].items()),
                   title="The same experiment on each release (≠: releases disagree; ~: varied between runs)",
                   caption=(f"{runs} runs per cell" if runs > 1 else
                            "one run per cell: --runs 3 tells a release's behaviour from run-to-run variation"),
@@ -191,11 +245,25 @@ def render(result: dict):
                 elif aspect in cell.get("varies", []):
                     text = f"[yellow]~ {text}[/yellow]"
                 parts.append(text)
+            timings = [f"{label} {cell[key]:+.3f} s" for key, label in (
+                ("fs_error_seconds", "FAN_FS_ERROR after first failed I/O"),
+                ("deep_after_shutdown_line", "deep check unhealthy after shutdown line"),
+                ("agent_stopping_after_shutdown_line", "systemd stopping the agent after shutdown line"))
+                if cell.get(key) is not None]
+            if timings:
+                parts.append("[dim]" + "; ".join(timings) + " (guest clock)[/dim]")
             if cell.get("errors"):
                 parts.append(f"[red]{len(cell['errors'])} of {cell['runs']} runs did not finish: {cell['errors'][0]}[/red]")
             cells.append("\n".join(parts))
-        table.add_row(f"{row['experiment']}\n{row['chain']}, {row['fs']}", *cells)
+        remedy = f"\nremedy {row['remedy']}" if row.get("remedy") else ""
+        table.add_row(f"{row['experiment']}\n{row['chain']}, {row['fs']}{remedy}", *cells)
     return table
+
+
+def _column(release: str, info: dict) -> str:
+    packages = info.get("packages") or {}
+    exact = "\n".join(f"{name} {version}" for name, version in packages.items())
+    return f"{release}\nkernel {info['kernel']}\n{info['systemd']}" + (f"\n{exact}" if exact else "")
 
 
 def to_json(result: dict) -> str:
@@ -212,7 +280,7 @@ def save_kernel_lines(result: dict, directory: Path) -> list[Path]:
         experiments_seen = {}
         for row in result["rows"]:
             cell = row["cells"][release]
-            if "error" not in cell:
+            if "error" not in cell and not row.get("remedy"):
                 experiments_seen[f"{row['experiment']} {row['chain']} {row['fs']}"] = cell["kernel_lines"]
         if not experiments_seen:
             continue
