@@ -62,7 +62,7 @@ def matrix_table(outcomes: list[Outcome], args) -> Table:
         cells = []
         for name in names:
             check = out.health.named()[name]
-            lies = out.checks.get(name, {}).get("lies")
+            lies = name in out.checks and out.checks[name].lies
             cells += ["[red]LIES[/red]" if lies else _detected(check), _secs(check.seconds), _secs(check.lb_seconds)]
         table.add_row(out.experiment, *cells, findings.yes(out.workload_ok))
     return table
