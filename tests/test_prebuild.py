@@ -1,4 +1,5 @@
 """Images built ahead of the tests that need them (harness/images/prebuild.py, plugin)."""
+import os
 import threading
 from types import SimpleNamespace
 
@@ -18,6 +19,9 @@ def built(monkeypatch, tmp_path):
     calls = []
 
     def fake_ensure(release, extras=NO_EXTRAS):
+        # The build, and the mmdebstrap it would fork, run niced: the guest under test keeps its CPU.
+        assert os.getpriority(os.PRIO_PROCESS, 0) == os.getpriority(os.PRIO_PROCESS, os.getpid()) + 10 or \
+            os.getpriority(os.PRIO_PROCESS, 0) == 19
         calls.append((release, extras))
         if release == "sid":
             raise RuntimeError("apt: unmet dependencies")

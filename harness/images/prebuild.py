@@ -5,15 +5,16 @@ Why: a run on a fresh machine (or after a recipe change) needs an image per rele
 per chain with packages of its own (seven in CI: bookworm, trixie, bookworm-backports,
 trixie-backports, sid, Redis, PostgreSQL). Built where each is first needed, at ~3.5 min
 each (measured 2026-12-01, quiet host), they wait in line behind each other; built behind
-the running tests, most of that time is hidden. One builder at a time, because a second
-mmdebstrap next to a TCG guest on a 2-core host slows the guest's own checks more than it
-saves.
+the running tests, most of that time is hidden. One builder at a time, at nice 10: at a
+host load of 5-8 a TCG guest's own checks time out (a container start over 20 s, seen
+2026-12-01), so the guest under test must keep its CPU and the build takes what is left.
 
 A build that fails here is not reported: the test that needs the image builds it again
 through ensure_image and reports it as usual (with apt's words for an uninstallable sid).
 Two processes asking for one image are serialized by ensure_image's lock, so the test
 simply waits for a build in progress.
 """
+import os
 import threading
 
 from .. import progress
@@ -52,6 +53,8 @@ class Prebuild:
             self._thread.join()
 
     def _build_all(self) -> None:
+        # Linux keeps the nice value per thread, and mmdebstrap's processes inherit it.
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
         for release, extras in self.wanted:
             if self._stopping.is_set():
                 return
