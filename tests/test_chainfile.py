@@ -3,6 +3,7 @@ is one UserError naming the key and the fix (the CLI turns it into one line, exi
 before any VM starts)."""
 import shutil
 import textwrap
+import tomllib
 
 import pytest
 
@@ -89,6 +90,32 @@ def test_the_redis_chain_parses_and_its_deep_check_leaves_docker_out():
     health = rendered[units.HEALTH_DROPIN]
     assert "UNITCHAOS_HEALTH_MOUNT_POINT=/var/lib/redis" in health and "PROBES=volume,io,space,kernel\n" in health
     assert "UNITCHAOS_READY_UNIT=redis-server.service" in rendered[units.READY_DROPIN]
+
+
+def test_the_postgresql_chain_binds_the_cluster_instance_not_debians_wrapper():
+    chain = chainfile.parse_file(chainfile.CHAINS_DIR / "postgresql.toml", check_packages=False)
+    # postgresql.service is Debian's oneshot wrapper: the postmaster runs under the instance.
+    assert chain.units[-1] == "postgresql@15-main.service" and chain.must_stop == ("postgresql@15-main.service",)
+    assert chain.mount_unit == "var-lib-postgresql.mount" and chain.ports == (5432,)
+    assert [(c.name, c.type) for c in chain.checks] == [("pg_isready", "command"), ("tcp:5432", "tcp")]
+    assert [dest for _, dest in chain.files] == ["/etc/postgresql/15/main/conf.d/unitchaos.conf"]
+    assert "synchronous_commit = on" in chain.workload and chain.workload_expect == "^COMMIT$"
+    rendered = units.render(units.Variant(spec=chain))
+    dropin = rendered["postgresql@15-main.service.d/10-volume.conf"]
+    assert "BindsTo=var-lib-postgresql.mount" in dropin and "-D /var/lib/postgresql/15/main" in dropin
+    assert "UNITCHAOS_READY_UNIT=postgresql@15-main.service" in rendered[units.READY_DROPIN]
+    assert not any("listen" in rel for rel in rendered)  # files/ is not part of the units directory
+    assert units.render(units.Variant(chain="requires", spec=chain))[
+        "postgresql@15-main.service.d/10-volume.conf"].count("Requires=var-lib-postgresql.mount") == 1
+
+
+def test_the_postgresql_wrapper_is_refused_as_must_stop(tmp_path):
+    # The honest unit is the cluster's instance; naming the wrapper is a chain mistake.
+    source = chainfile.CHAINS_DIR / "postgresql.toml"
+    text = source.read_text().replace('must_stop = ["postgresql@15-main.service"]', 'must_stop = ["postgresql.service"]')
+    data = tomllib.loads(text)
+    with pytest.raises(UserError, match="must_stop names postgresql.service, which is not in units.chain"):
+        chainfile.parse(data, source, check_packages=False)
 
 
 def test_find_prefers_the_flag_then_the_environment_then_the_current_directory(chain_dir, monkeypatch, tmp_path):
@@ -179,6 +206,65 @@ def test_a_debian_package_that_does_not_exist_in_apts_words(chain_dir):
 ])
 def test_other_bad_input(chain_dir, text, words):
     assert words in error_of(write(chain_dir, text))
+
+
+TCP_CHECK = '[[checks]]\ntype = "tcp"\nport = 8080\n'
+
+
+@pytest.mark.parametrize("old, new, words", [
+    # [volume]
+    ('[volume]\nmount_point = "/srv/data"\n', "", "the [volume] table is missing"),
+    ('mount_point = "/srv/data"', 'mount_point = "/"', "not an absolute path below /"),
+    ('mount_point = "/srv/data"', 'mount_point = "/srv/data"\nfs = "btrfs"', "volume.fs 'btrfs' is not supported"),
+    ('mount_point = "/srv/data"', 'mount_point = "/srv/data"\nsize = "1 TB"', "volume.size '1 TB' is not a size"),
+    # [units]
+    ('must_stop = ["app.service"]', 'must_stop = ["app.service"]\ndependency = "wants"', "units.dependency 'wants' is unknown"),
+    ('directory = "units"', 'directory = "nowhere"', "units.directory 'nowhere' is not a directory"),
+    ('chain = ["format.service", "srv-data.mount", "app.service"]\nmust_stop = ["app.service"]', "chain = []",
+     "units.chain is empty"),
+    ('chain = ["format.service", "srv-data.mount", "app.service"]', 'chain = ["format.service", "app.service"]',
+     "units.chain lacks srv-data.mount"),
+    ('must_stop = ["app.service"]', "must_stop = [1]", "units.must_stop must be a list of strings"),
+    # [guest]
+    ("[workload]", '[guest]\npackages = ["Redis Server"]\n\n[workload]', "'Redis Server' is not a Debian package name"),
+    ("[workload]", '[guest]\nfiles = ["app.conf"]\n\n[workload]', "guest.files[0] is not a table"),
+    ("[workload]", '[guest]\nfiles = [{source = "missing.conf", destination = "/etc/app.conf"}]\n\n[workload]',
+     "guest.files[0].source 'missing.conf' does not exist"),
+    ("[workload]", '[guest]\nfiles = [{source = "units/app.service", destination = "etc/app.conf"}]\n\n[workload]',
+     "guest.files[0].destination 'etc/app.conf' is not absolute"),
+    ("[workload]", '[guest]\nfiles = [{source = "units/app.service"}]\n\n[workload]', "guest.files[0].destination is missing"),
+    # [workload]
+    ('command = "true"', 'expect = "OK"', "workload.command is missing"),
+    ('command = "true"', 'command = "true"\nexpect = "(unclosed"', "workload.expect is not a regular expression"),
+    ('command = "true"', 'command = "true"\ntimeout = 0', "workload.timeout must be positive"),
+    ('command = "true"', 'command = "true"\ntimeout = "10"', "workload.timeout must be a number"),
+    # [[checks]]
+    ("port = 8080", "", "checks[0] (tcp) has no port"),
+    ("port = 8080", 'port = 8080\npath = "/health"', "checks[0] is tcp and has path"),
+    ('type = "tcp"\nport = 8080', 'type = "http"\nport = 8080\ncommand = "true"', "checks[0] is http and has a command"),
+    ('type = "tcp"\nport = 8080', 'type = "command"\ncommand = "true"\nport = 8080', "checks[0] is a command check and has port"),
+    ('type = "tcp"\nport = 8080', 'type = "http"\nport = 8080\nstatus = 999', "checks[0].status 999 is not an HTTP status"),
+    ('type = "tcp"\nport = 8080', 'type = "http"\nport = 8080\npath = "health"', "checks[0].path 'health' does not start with /"),
+    ('type = "tcp"\nport = 8080', 'name = "deep"\ntype = "tcp"\nport = 8080', "may not be named 'deep'"),
+    (TCP_CHECK, TCP_CHECK + "\n" + TCP_CHECK, "two checks are named 'tcp:8080'"),
+])
+def test_each_bad_value_is_named_with_its_fix(chain_dir, old, new, words):
+    assert old in GOOD
+    assert words in error_of(write(chain_dir, GOOD.replace(old, new)), check_packages=False)
+
+
+def test_a_check_that_is_not_a_table(chain_dir):
+    text = "checks = [1]\n" + GOOD.replace(TCP_CHECK, "")
+    assert "checks[0] is not a table" in error_of(write(chain_dir, text))
+
+
+def test_an_unknown_placeholder_in_a_unit_file(chain_dir):
+    (chain_dir / "units" / "app.service").write_text("[Unit]\nBindsTo={{mount}}\n[Service]\nExecStart=/bin/true\n")
+    assert "unknown placeholder {{mount}}" in error_of(write(chain_dir, GOOD))
+
+
+def test_a_chain_file_that_does_not_exist(tmp_path):
+    assert "chain file" in error_of(tmp_path / "nope.toml") and "does not exist" in error_of(tmp_path / "nope.toml")
 
 
 def test_the_cli_says_it_in_one_line_and_exits_2_without_a_vm(chain_dir, capsys):

@@ -2,16 +2,18 @@
 a must_stop unit that keeps running, an experiment that did not finish)."""
 import pytest
 
+from harness.evidence.outcome import Outcome
 from harness.runs import verdict
 from harness.errors import UserError
 
 
 def outcome(lies=False, must_stop="inactive", stopped=True, workload_ok=False):
-    return {"experiment": "yank", "must_stop": {"redis-server.service": must_stop}, "must_stop_ok": stopped,
+    return Outcome.from_json({"experiment": "yank", "chain": "bindsto", "fs": "xfs", "chain_file": "redis",
+                             "must_stop": {"redis-server.service": must_stop}, "must_stop_ok": stopped,
             "checks": {"tcp:6379": {"detected": not lies, "seconds": None if lies else 1.5,
                                     "lb_seconds": None if lies else 2.5, "lies": lies}},
             "workload_ok": workload_ok, "workload": {"ok": workload_ok, "error": None if workload_ok else "MISCONF"},
-            "workload_traffic": {"first_failure": 3.9}, "kernel_events": [], "kernel": "6.1", "systemd": "252"}
+            "workload_traffic": {"first_failure": 3.9}, "kernel_events": [], "kernel": "6.1", "systemd": "252"})
 
 
 def test_a_truthful_check_and_a_stopped_unit_pass():

@@ -7,12 +7,12 @@ import signal
 import sys
 
 from ..errors import GuestError, GuestKernelPanic, GuestTimeout, MonitorError, UnitchaosError, UserError
-from . import compare, host, lab_instance, run, serve, verdict
+from . import compare, fis, host, lab_instance, run, serve, verdict
 from .options import Parser
 
 COMMANDS = (
     host.add_doctor, host.add_image, run.add_run, run.add_demo, host.add_ignition, compare.add_versions,
-    verdict.add_matrix, verdict.add_verdict, run.add_report, compare.add_bench, serve.add_serve, serve.add_chaos,
+    verdict.add_matrix, verdict.add_verdict, run.add_report, compare.add_bench, serve.add_serve, fis.add_fis, serve.add_chaos,
     lab_instance.add_up, lab_instance.add_shell, lab_instance.add_inject, lab_instance.add_heal,
     lab_instance.add_status, lab_instance.add_down, host.add_snapshot, host.add_prune,
 )

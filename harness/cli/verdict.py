@@ -62,7 +62,7 @@ def matrix_table(outcomes: list[Outcome], args) -> Table:
         cells = []
         for name in names:
             check = out.health.named()[name]
-            lies = out.checks.get(name, {}).get("lies")
+            lies = name in out.checks and out.checks[name].lies
             cells += ["[red]LIES[/red]" if lies else _detected(check), _secs(check.seconds), _secs(check.lb_seconds)]
         table.add_row(out.experiment, *cells, findings.yes(out.workload_ok))
     return table
@@ -103,7 +103,8 @@ def cmd_verdict(args) -> int:
         return 1 if failed else 0
     console.print(verdict_table(verdicts, args.chain_spec))
     versions = next((v.versions for v in verdicts if v.versions), {})
-    console.print(f"guest kernel {versions.get('kernel', '?')}, {versions.get('systemd', '?')}; "
+    console.print(f"guest kernel {versions.get('kernel', '?')}, {versions.get('systemd', '?')}"
+                  + (f", packages {versions['packages']}" if versions.get("packages") else "") + "; "
                   + ("FAIL: a check lies or a must_stop unit kept running" if failed else "ok"))
     return 1 if failed else 0
 

@@ -4,7 +4,7 @@ did. The terminal's table and the HTML report show the same facts, made here onc
 The incident's chain keeps its own columns (docker, ecs-agent, metadata, containers); any
 other chain gets its must_stop units, its workload and one column per declared check."""
 from .. import kernel_log
-from .outcome import Outcome
+from .outcome import CheckVerdict, Outcome
 
 COLUMNS = ["experiment", "chain", "fs", "mount listed", "docker", "ecs-agent", "metadata",
            "container starts", "kernel said", "stock check", "deep check", "seconds"]
@@ -21,20 +21,20 @@ def columns(outcomes: list[Outcome]) -> list[str]:
             + ["kernel said", "deep check", "seconds"])
 
 
-def check_cell(check: dict, workload_ok: bool) -> tuple[str, str | None]:
-    """A declared check: LIES (healthy while the workload fails), or when it noticed."""
-    if check.get("lies"):
+def check_cell(check: CheckVerdict, workload_ok: bool) -> tuple[str, str | None]:
+    """A declared check (or the deep one): LIES (healthy while the workload fails), or when it noticed."""
+    if getattr(check, "lies", False):
         return "LIES", "bad"
-    if check.get("seconds") is not None:
-        verdict = f", LB {check['lb_seconds']:.1f} s" if check.get("lb_seconds") is not None else ""
-        return f"failed after {check['seconds']:.1f} s{verdict}", "good" if not workload_ok else "warn"
+    if check.seconds is not None:
+        verdict = f", LB {check.lb_seconds:.1f} s" if check.lb_seconds is not None else ""
+        return f"failed after {check.seconds:.1f} s{verdict}", "good" if not workload_ok else "warn"
     return "passes", "good" if workload_ok else "bad"
 
 
 def row(out: Outcome) -> list[tuple[str, str | None]]:
     """One cell per column: (text, tone), tone "good", "bad" or None."""
     if not out.is_incident:
-        return _chain_row(out.to_json())
+        return _chain_row(out)
     starts = out.container_start_ok
     deep = out.health.deep
     if deep is not None and deep.seconds is not None:
@@ -54,26 +54,25 @@ def row(out: Outcome) -> list[tuple[str, str | None]]:
     ]
 
 
-def _chain_row(out: dict) -> list[tuple[str, str | None]]:
-    ok = out["workload_ok"]
-    deep = out.get("health", {}).get("deep", {})
-    stopped = ", ".join(f"{unit.removesuffix('.service')} {state}" for unit, state in out["must_stop"].items())
+def _chain_row(out: Outcome) -> list[tuple[str, str | None]]:
+    ok = bool(out.workload_ok)
+    stopped = ", ".join(f"{unit.removesuffix('.service')} {state}" for unit, state in out.must_stop.items())
     return [
-        (out["experiment"], None), (out["chain"], None), (out["fs"], None),
-        (yes(out["mount_listed"]), None),
-        (stopped or "-", "good" if out["must_stop_ok"] else "bad"),
+        (out.experiment, None), (out.chain, None), (out.fs, None),
+        (yes(out.mount_listed), None),
+        (stopped or "-", "good" if out.must_stop_ok else "bad"),
         _workload(out),
-        *[check_cell(check, ok) for check in out["checks"].values()],
-        (kernel_summary(out["kernel_events"]), None),
-        check_cell(deep, ok) if deep else ("-", None),
-        (f"{out['seconds']['total']:.0f}", None),
+        *[check_cell(check, ok) for check in out.checks.values()],
+        (kernel_summary(out.kernel_events), None),
+        check_cell(out.health.deep, ok) if out.health.deep else ("-", None),
+        (f"{out.seconds.total:.0f}", None),
     ]
 
 
-def _workload(out: dict) -> tuple[str, str | None]:
-    first = (out.get("workload_traffic") or {}).get("first_failure")
+def _workload(out: Outcome) -> tuple[str, str | None]:
+    first = (out.workload_traffic or {}).get("first_failure")
     after = f" (first after {first:.1f} s)" if first is not None else ""
-    if out["workload_ok"]:
+    if out.workload_ok:
         return ("works" + (f", failed once{after}" if after else ""), "good" if not after else "warn")
     return "fails" + after, "bad"
 

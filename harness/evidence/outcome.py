@@ -4,6 +4,8 @@ keep working. `Outcome.from_json()` reads it back (the report, older runs), taki
 missing key as "not known"."""
 from dataclasses import dataclass, field, fields
 
+from ..lab.instance import VERSION_KEYS
+
 
 @dataclass
 class CheckVerdict:
@@ -21,6 +23,18 @@ class CheckVerdict:
     def to_json(self) -> dict:
         return {"detected": self.detected, "seconds": self.seconds, "lb_seconds": self.lb_seconds,
                 "samples": self.samples}
+
+
+@dataclass
+class ChainCheck(CheckVerdict):
+    """One of a chain file's declared checks: what its load balancer saw (CheckVerdict), what
+    it answered at the end (`now`: 200 healthy, else the status or None) and whether it
+    LIES: healthy while the workload fails."""
+    now: int | None = None
+    lies: bool = False
+
+    def to_json(self) -> dict:
+        return {**super().to_json(), "now": self.now, "lies": self.lies}
 
 
 @dataclass
@@ -139,9 +153,9 @@ class Outcome:
     guest: str | None = None
     seconds: Seconds = field(default_factory=Seconds)
     artifacts: str | None = None        # the kept run directory
-    # A chain file's: per declared check {detected, seconds, lb_seconds, samples, now, lies};
-    # the workload (the incident's is the container start); what must_stop units did.
-    checks: dict[str, dict] = field(default_factory=dict)
+    # A chain file's: its declared checks by name; the workload (the incident's is the
+    # container start); what must_stop units did.
+    checks: dict[str, ChainCheck] = field(default_factory=dict)
     workload_ok: bool | None = None
     workload: dict = field(default_factory=dict)
     workload_traffic: dict | None = None
@@ -184,7 +198,7 @@ class Outcome:
                     "kernel_events": self.kernel_events, "kernel_lines": self.kernel_lines, **self.guest_versions,
                     "accel": self.accel, "timeout_scale": self.timeout_scale, "start": self.start,
                     "backend": self.backend, "guest": self.guest, "seconds": self.seconds.to_json(),
-                    "checks": self.checks, "workload_ok": self.workload_ok, "workload": self.workload,
+                    "checks": {name: check.to_json() for name, check in self.checks.items()}, "workload_ok": self.workload_ok, "workload": self.workload,
                     "workload_traffic": self.workload_traffic, "must_stop": self.must_stop,
                     "must_stop_ok": self.must_stop_ok, "data_dir_device": self.data_dir_device})
         if not self.is_incident:  # the agent's metadata and container start are the incident's
@@ -203,11 +217,13 @@ class Outcome:
     @classmethod
     def from_json(cls, data: dict) -> "Outcome":
         """An Outcome from its JSON object; keys it lacks keep their defaults."""
-        simple = {f.name for f in fields(cls)} - {"health", "seconds", "guest_versions", "fan_fs_error", "xfs_healer"}
+        simple = {f.name for f in fields(cls)} - {"health", "seconds", "guest_versions", "fan_fs_error", "xfs_healer",
+                                                  "checks"}
         return cls(**{name: data[name] for name in simple if name in data},
+                   checks={name: ChainCheck.from_json(check) for name, check in data.get("checks", {}).items()},
                    fan_fs_error=KernelWord.from_json(data["fan_fs_error"]) if data.get("fan_fs_error") else None,
                    xfs_healer=Healer.from_json(data["xfs_healer"]) if data.get("xfs_healer") else None,
                    health=Health.from_json(data.get("health", {})),
                    seconds=Seconds(**{k: v for k, v in data.get("seconds", {}).items()
                                       if k in {f.name for f in fields(Seconds)}}),
-                   guest_versions={key: data[key] for key in ("kernel", "systemd", "packages") if key in data})
+                   guest_versions={key: data[key] for key in VERSION_KEYS if key in data})

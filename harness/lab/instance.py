@@ -18,6 +18,10 @@ from ..waiting import wait_until
 from .guest_questions import GuestQuestions
 
 UNITS_FW_CFG = "opt/unitchaos/units.tar"
+# What an instance records of its guest (Instance.versions): the running kernel, systemd, and
+# "packages", the exact Debian versions of the kernel, systemd, xfsprogs and the chain's own
+# packages ("postgresql-15 15.18-0+deb12u1"). Outcomes change with each.
+VERSION_KEYS = ("kernel", "systemd", "packages")
 # The guest agents' ports, forwarded to the host: the (fake) ECS agent's introspection API,
 # which the stock health check asks, and the deep health daemon (vm/guest/usr/local/sbin/unitchaos-health).
 AGENT_PORT = 51678
@@ -366,12 +370,19 @@ class Instance(GuestQuestions):
 
     def versions(self) -> dict[str, str]:
         """The guest's running kernel and systemd, and the exact package versions of the
-        kernel, systemd and xfsprogs (sid moves daily): outcomes change with all of them."""
-        out = self.machine.succeed("uname -r; systemctl --version | head -1; dpkg-query -W -f='${Version}\\n' "
-                                   "linux-image-$(uname -r) systemd xfsprogs 2>/dev/null || true").splitlines()
+        kernel, systemd, xfsprogs (sid moves daily) and the chain's own packages (its
+        [guest] packages, e.g. postgresql-15): outcomes change with all of them."""
+        names = {"linux-image": "linux-image-$(uname -r)", "systemd": "systemd", "xfsprogs": "xfsprogs",
+                 **{package: package for package in self.chain.packages}}
+        out = self.machine.succeed("uname -r; systemctl --version | head -1; dpkg-query -W -f='${Package} ${Version}\\n' "
+                                   f"{' '.join(names.values())} 2>/dev/null || true").splitlines()
         versions = {"kernel": out[0].strip(), "systemd": out[1].strip()}
-        if len(out) >= 5:  # a guest without dpkg (Fedora CoreOS) names only the two
-            versions["packages"] = f"linux-image {out[2].strip()}, systemd {out[3].strip()}, xfsprogs {out[4].strip()}"
+        # dpkg-query lists in its own order; a guest without dpkg (Fedora CoreOS) names none.
+        found = dict(line.split(" ", 1) for line in out[2:] if " " in line.strip())
+        found = {("linux-image" if package.startswith("linux-image-") else package): version.strip()
+                 for package, version in found.items()}
+        if found:
+            versions["packages"] = ", ".join(f"{name} {found[name]}" for name in names if name in found)
         return versions
 
 

@@ -20,7 +20,7 @@ from ..machines import accel
 from .. import progress
 from ..errors import GuestError, UserError, disk_full_means
 from ..images.image import Image
-from .instance import AGENT_PORTS, UNITS_FW_CFG
+from .instance import AGENT_PORTS, UNITS_FW_CFG, VERSION_KEYS
 from ..machines.machine import Machine, SavedState
 from ..paths import cache_dir
 from ..units import Variant, render
@@ -87,7 +87,7 @@ def _load(path: Path, image: Image) -> SavedState | None:
         return None
     saved = SavedState(state=path / "state", ram=path / "ram", root=path / "root.qcow2",
                        volume=path / "volume.qcow2", accel=meta["accel"],
-                       guest_versions={key: meta.get(key, "?") for key in ("kernel", "systemd")})
+                       guest_versions={key: meta[key] for key in VERSION_KEYS if key in meta})
     if not all(p.exists() for p in (saved.state, saved.ram, saved.root, saved.volume)) or not image.root.exists():
         return None
     if saved.state.stat().st_size != meta.get("state_bytes") or saved.ram.stat().st_size != meta.get("ram_bytes"):

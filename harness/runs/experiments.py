@@ -63,12 +63,16 @@ def get(name: str) -> Experiment:
 
 
 def run(lab: Lab, name: str, chain: str | None = None, fs: str | None = None, units_dir=None,
-        health_window: float = 12.0, params: dict | None = None, remedy: str | None = None) -> Outcome:
+        health_window: float = 12.0, params: dict | None = None, remedy: str | None = None,
+        act=None) -> Outcome:
     """Runs experiment NAME on a fresh instance of the lab's chain (CHAIN and FS override
     the chain file's; REMEDY lays vm/remedies/REMEDY over its units). Each of the chain's
     checks and the deep check are watched by a load balancer from just before the fault
-    until all have given their verdict or HEALTH_WINDOW seconds have passed."""
-    experiment = get(name)
+    until all have given their verdict or HEALTH_WINDOW seconds have passed.
+
+    ACT(instance, on_injected) -> dict, when given, breaks the instance instead of NAME's
+    fault (an FIS template's actions); NAME then only names the outcome."""
+    experiment = get(name) if act is None else Experiment(name, None, "actions of its own")
     if params and not experiment.fault:
         experiment.parse_params(list(params))  # says it takes none
     if experiment.boot and not lab.chain.has_agent:
@@ -84,13 +88,16 @@ def run(lab: Lab, name: str, chain: str | None = None, fs: str | None = None, un
             # to show it here, or its findings would be about a chain that never worked.
             instance.wait_for_workload()
         outcome = {"experiment": name, "release": lab.guest_release, "chain_file": lab.chain.name, "chain": chain,
-                   "fs": fs, "fault": experiment.fault, "units_dir": str(instance.variant.units_dir), "remedy": remedy}
+                   "fs": fs, "fault": experiment.fault if act is None else name,
+                   "units_dir": str(instance.variant.units_dir), "remedy": remedy}
         fault_started = time.monotonic()
         watch.mark_fault(time.time())
-        if experiment.fault:
+        if act is not None:
+            outcome["fault_detail"] = act(instance, watch.mark_fault)
+        elif experiment.fault:
             outcome["fault_detail"] = inject_and_wait(instance, experiment.fault, fs, params or {},
                                                       on_injected=watch.mark_fault)
-        watch.wait(health_window if experiment.fault else 3.0)
+        watch.wait(health_window if experiment.fault or act else 3.0)
         watch.stop()
         outcome["health"] = watch.result()
         traffic = watch.workload_result()
@@ -173,7 +180,7 @@ def inject_and_wait(instance: Instance, fault_name: str, fs: str, params: dict |
     return _jsonable(detail)
 
 
-def terminated(instance: Instance, outcome: Outcome) -> None:
+def terminated(instance: Instance) -> dict:
     """What is left to see of an instance whose QEMU is gone: only what the network says."""
     gone = {"via": None, "ok": False, "error": "instance terminated"}
     return {"units": {unit: "terminated" for unit in instance.chain.units}, "volume_device": "terminated",

@@ -7,6 +7,8 @@ from dataclasses import asdict, dataclass
 from . import experiments
 from .. import progress
 from ..errors import GuestTimeout, UserError
+from ..evidence.findings import kernel_summary
+from ..evidence.outcome import Outcome
 from ..lab.lab import Lab
 
 # Every fault that breaks the volume itself (not the network, the CPU or the root disk).
@@ -33,7 +35,7 @@ class FaultVerdict:
     workload_said: str | None
     workload_seconds: float | None  # to the first failure of the traffic (the workload once a second)
     kernel: str                # the most telling kernel message seen
-    versions: dict             # the guest's kernel and systemd
+    versions: dict             # the guest's kernel, systemd and the chain's packages
     error: str | None = None   # the experiment did not finish (a finding too)
 
     @property
@@ -49,15 +51,14 @@ def check_faults(names: list[str]) -> list[str]:
     return names
 
 
-def of(outcome: dict) -> FaultVerdict:
-    from ..evidence.findings import kernel_summary
-    checks = [CheckVerdict(name, check["detected"], check["seconds"], check["lb_seconds"], check["lies"])
-              for name, check in outcome["checks"].items()]
-    return FaultVerdict(fault=outcome["experiment"], must_stop=outcome["must_stop"], stopped=outcome["must_stop_ok"],
-                        checks=checks, workload_failed=not outcome["workload_ok"],
-                        workload_said=outcome["workload"].get("error"),
-                        workload_seconds=(outcome.get("workload_traffic") or {}).get("first_failure"), kernel=kernel_summary(outcome["kernel_events"]),
-                        versions={key: outcome.get(key) for key in ("kernel", "systemd")})
+def of(out: Outcome) -> FaultVerdict:
+    checks = [CheckVerdict(name, check.detected, check.seconds, check.lb_seconds, check.lies)
+              for name, check in out.checks.items()]
+    return FaultVerdict(fault=out.experiment, must_stop=out.must_stop, stopped=out.must_stop_ok,
+                        checks=checks, workload_failed=not out.workload_ok,
+                        workload_said=out.workload.get("error"),
+                        workload_seconds=(out.workload_traffic or {}).get("first_failure"),
+                        kernel=kernel_summary(out.kernel_events), versions=dict(out.guest_versions))
 
 
 def run(lab: Lab, names: list[str]) -> list[FaultVerdict]:
@@ -65,7 +66,7 @@ def run(lab: Lab, names: list[str]) -> list[FaultVerdict]:
     for name in check_faults(names):
         progress.say(f"verdict: {name} on {lab.chain.name}")
         try:
-            verdicts.append(of(experiments.run(lab, name).to_json()))
+            verdicts.append(of(experiments.run(lab, name)))
         except GuestTimeout as exc:
             # A fault whose experiment hangs fails the verdict; the other faults still run.
             verdicts.append(FaultVerdict(name, {}, False, [], True, None, None, "-", {}, error=str(exc).splitlines()[0]))

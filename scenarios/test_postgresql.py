@@ -1,0 +1,48 @@
+"""PostgreSQL 15 with its cluster on its own volume (chains/postgresql.toml: the cluster's
+unit postgresql@15-main.service BindsTo= the mount; checks: pg_isready and TCP :5432;
+workload: INSERT and COMMIT). Measured on bookworm (kernel 6.1, systemd 252, PostgreSQL
+15.18): what systemd, the two checks and the workload do when the volume dies."""
+import pytest
+
+from harness.chainfile import CHAINS_DIR, parse_file
+from harness.faults import XFS_SHUTDOWN
+
+POSTGRESQL = CHAINS_DIR / "postgresql.toml"
+PG_ISREADY, TCP = parse_file(POSTGRESQL, check_packages=False).checks
+CLUSTER, WRAPPER = "postgresql@15-main.service", "postgresql.service"
+
+pytestmark = pytest.mark.lab(chain_file=POSTGRESQL)
+
+
+def server_log(vm) -> str:
+    return vm.machine.succeed("cat /var/log/postgresql/postgresql-15-main.log")
+
+
+def test_yank_an_idle_postgres_stays_up_and_both_checks_pass_while_no_session_can_start(lab):
+    vm = lab.acquire()
+    vm.inject("yank")
+    vm.wait_for_kernel_message(XFS_SHUTDOWN)
+    vm.wait_until_settled()
+    assert vm.mount_listed()                       # shut down, still mounted: BindsTo= sees nothing
+    assert vm.unit_states()[CLUSTER] == "active"   # nothing was written since the fault: no PANIC
+    # Each new session reads the catalog's file map from the dead disk and is refused; the
+    # postmaster still answers, and pg_isready counts any answer as up.
+    work = vm.workload()
+    assert not work["ok"] and 'could not open file "global/pg_filenode.map": Input/output error' in work["error"]
+    assert vm.check_fails(PG_ISREADY) is None and vm.check_fails(TCP) is None   # both lie
+    assert vm.unit_states()[CLUSTER] == "active" and "PANIC" not in server_log(vm)
+
+
+def test_unplug_bindsto_stops_postgres_its_shutdown_checkpoint_panics_and_the_mount_goes(lab):
+    vm = lab.acquire()
+    vm.inject("unplug")
+    vm.wait_for_kernel_message(r"XFS \(vdb\)")
+    # BindsTo= stops the cluster; pg_ctlcluster cannot read the pid file and fails, systemd's
+    # SIGTERM makes the server shut down, and its shutdown checkpoint cannot fsync pg_control.
+    vm.machine.wait_for_unit(CLUSTER, "failed", timeout=30)
+    vm.wait_until_settled()
+    assert 'PANIC:  could not fsync file "/var/lib/postgresql/15/main/global/pg_control"' in server_log(vm)
+    assert vm.unit_states() == {"format-volume.service": "active", "var-lib-postgresql.mount": "inactive",
+                                CLUSTER: "failed"}
+    assert vm.check_fails(PG_ISREADY) and vm.check_fails(TCP) and not vm.workload()["ok"]   # both truthful
+    assert vm.machine.unit_state(WRAPPER) == "active"   # the wrapper does not follow its cluster
