@@ -246,3 +246,23 @@ def test_a_failed_action_fails_the_experiment_and_cancels_the_rest():
     assert run["state"] == "failed" and states == {"pause": "cancelled", "burn": "failed", "later": "cancelled"}
     assert run["actions"]["burn"]["reason"] == "burn-cpu does not apply"
     assert vm.log == [("inject", "pause-io"), ("heal", "pause-io")]  # the pause was lifted at once, not after 5 s
+
+
+def test_the_summary_names_each_action_each_checks_verdict_and_the_recovery():
+    from harness.cli.fis import render
+    from harness.evidence.outcome import Outcome
+    outcome = Outcome.from_json({
+        "experiment": "fis:pause-volume-io", "chain": "bindsto", "fs": "xfs", "workload_ok": True,
+        "health": {"stock": {"detected": False, "samples": 25}, "deep": {"detected": True, "seconds": 2.85,
+                                                                           "lb_seconds": 3.94, "samples": 25}},
+        "checks": {"stock": {"detected": False, "now": 200, "lies": False}},
+        "fault_detail": {"instance_id": "i-1", "group": "ecs", "state": "completed", "deep_200_after_s": 2.8,
+                         "actions": {"PauseDataVolume": {"actionId": "aws:ebs:pause-volume-io", "state": "completed",
+                                                         "fault": "pause-io", "params": {}, "seconds": 20.0}}}})
+    assert render(outcome).splitlines() == [
+        "experiment fis:pause-volume-io on i-1 (ecs): completed",
+        "  PauseDataVolume      aws:ebs:pause-volume-io      completed  lab: pause-io 20 s",
+        "  stock check: never unhealthy; answers 200 at the end",
+        "  deep check: failed after 2.9 s, unhealthy after 3.9 s",
+        "  deep check 200 again 2.8 s after the last action ended",
+        "  workload at the end: works"]

@@ -61,8 +61,8 @@ def render(outcome) -> str:
     for check, verdict in outcome.health.named().items():
         said = (f"failed after {verdict.seconds:.1f} s, unhealthy after {verdict.lb_seconds:.1f} s"
                 if verdict.detected else "never unhealthy")
-        now = outcome.checks.get(check, {}).get("now", "-")
-        lines.append(f"  {check} check: {said}" + (f"; answers {now} at the end" if now != "-" else ""))
+        seen = outcome.checks.get(check)  # the chain's declared checks; the deep one is not among them
+        lines.append(f"  {check} check: {said}" + (f"; answers {seen.now} at the end" if seen else ""))
     if "deep_200_after_s" in detail:
         back = detail["deep_200_after_s"]
         lines.append(f"  deep check 200 again {back} s after the last action ended" if back is not None
