@@ -137,3 +137,13 @@ def test_an_outcome_keeps_the_kernel_word_and_the_healer_typed_and_old_json_stil
     assert not {"fan_fs_error", "xfs_healer", "remedy"} & set(old)
     assert Outcome.from_json(old).fan_fs_error is None
     assert versions.fs_error_words(None) == "not measured" and versions.healer_words(None) == "not measured"
+
+
+def test_a_remedy_the_image_cannot_carry_is_refused_before_any_boot():
+    units.check_remedy_fits("healer-bindsto", "sid", {"xfsprogs": "7.2.0-1"})
+    units.check_remedy_fits("fs-error-watch", "bookworm", {"xfsprogs": "6.1.0-1"})
+    with pytest.raises(UserError, match="healer-bindsto cannot apply on trixie-backports: it needs xfsprogs 7 "
+                                        "or later, the image has xfsprogs 6.13.0-2"):
+        units.check_remedy_fits("healer-bindsto", "trixie-backports", {"xfsprogs": "6.13.0-2+deb13u1"})
+    with pytest.raises(UserError, match="of unknown version"):
+        units.check_remedy_fits("healer-bindsto", "bookworm", {})

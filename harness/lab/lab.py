@@ -81,6 +81,7 @@ class Lab:
         BOOT changes the variant (old_fs, docker_requires_mount): such a guest is not healthy
         by design, so it always boots."""
         variant = self.variant(chain, fs, units_dir, remedy=remedy, **boot)
+        units.check_remedy_fits(remedy, self.release, self.image.manifest.get("package_versions", {}))
         cold = self.cold if cold is None else cold
         if cold or boot or backends.cold_only(self.backend, self.guest):
             return self.new_instance(variant, "cold").boot()
