@@ -86,7 +86,9 @@ def _load(path: Path, image: Image) -> SavedState | None:
         return None
     saved = SavedState(state=path / "state", ram=path / "ram", root=path / "root.qcow2",
                        volume=path / "volume.qcow2", accel=meta["accel"],
-                       guest_versions={key: meta.get(key, "?") for key in ("kernel", "systemd")})
+                       guest_versions={**{key: meta.get(key, "?") for key in ("kernel", "systemd")},
+                                       # exact package versions (Debian guests; sid moves daily)
+                                       **({"packages": meta["packages"]} if "packages" in meta else {})})
     if not all(p.exists() for p in (saved.state, saved.ram, saved.root, saved.volume)) or not image.root.exists():
         return None
     if saved.state.stat().st_size != meta.get("state_bytes") or saved.ram.stat().st_size != meta.get("ram_bytes"):
