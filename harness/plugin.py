@@ -43,10 +43,13 @@ TOOLS = {
 
 DEFAULT_RELEASE = "bookworm"
 # What every_release means without --release: the releases CI runs the incident suite on.
-# trixie-backports and sid are built, boot and take --release, but have not yet finished a
-# run here (2026-12-01, host load 11-16: cold boots outlasted the harness's waits), so they
-# have no captured kernel lines and are not in CI's every-release set yet.
-EVERY_RELEASE = ("bookworm", "trixie", "bookworm-backports")
+# sid (kernel 7.2.13, systemd 262.1) joined on 2026-12-01 after its yank and unplug passed
+# here (an uninstallable sid archive is a skip saying so, see _archive_broken).
+# trixie-backports is built and takes --release, but its kernel boots only under
+# single-threaded TCG, and at host load 5 its warm snapshot did not come up healthy within
+# the harness's waits (the deep check's first container test never finished): not in CI
+# until a run on it passes.
+EVERY_RELEASE = ("bookworm", "trixie", "bookworm-backports", "sid")
 
 
 def pytest_addoption(parser):

@@ -37,8 +37,25 @@ GENERATED = (HEALTH_DROPIN, READY_DROPIN)
 REMEDIES_DIR = VM_DIR / "remedies"
 
 
+# What a remedy needs of the image (package, lowest major version): without it the agent
+# BindsTo= a unit that does not exist and never starts, so it is refused before any boot.
+REMEDY_NEEDS = {"healer-bindsto": ("xfsprogs", 7)}
+
+
 def remedies() -> list[str]:
     return sorted(p.name for p in REMEDIES_DIR.iterdir() if p.is_dir())
+
+
+def check_remedy_fits(remedy: str | None, release: str, package_versions: dict) -> None:
+    """UserError if REMEDY cannot work on RELEASE's image (its manifest's package versions)."""
+    if remedy not in REMEDY_NEEDS:
+        return
+    package, major = REMEDY_NEEDS[remedy]
+    have = package_versions.get(package)
+    if have is None or int(re.match(r"(?:\d+:)?(\d+)", have).group(1)) < major:
+        raise UserError(f"remedy {remedy} cannot apply on {release}: it needs {package} {major} or later, "
+                        f"the image has {package} {have or 'of unknown version'}",
+                        f"pick a release with {package} {major} (sid), or another remedy")
 
 
 @cache

@@ -137,3 +137,47 @@ def test_an_outcome_keeps_the_kernel_word_and_the_healer_typed_and_old_json_stil
     assert not {"fan_fs_error", "xfs_healer", "remedy"} & set(old)
     assert Outcome.from_json(old).fan_fs_error is None
     assert versions.fs_error_words(None) == "not measured" and versions.healer_words(None) == "not measured"
+
+
+def test_a_remedy_the_image_cannot_carry_is_refused_before_any_boot():
+    units.check_remedy_fits("healer-bindsto", "sid", {"xfsprogs": "7.2.0-1"})
+    units.check_remedy_fits("fs-error-watch", "bookworm", {"xfsprogs": "6.1.0-1"})
+    with pytest.raises(UserError, match="healer-bindsto cannot apply on trixie-backports: it needs xfsprogs 7 "
+                                        "or later, the image has xfsprogs 6.13.0-2"):
+        units.check_remedy_fits("healer-bindsto", "trixie-backports", {"xfsprogs": "6.13.0-2+deb13u1"})
+    with pytest.raises(UserError, match="of unknown version"):
+        units.check_remedy_fits("healer-bindsto", "bookworm", {})
+
+
+class FakeGuest:
+    """Answers the few commands xfs_healer() runs, as a sid guest would."""
+    def __init__(self, show: str, journal: str, installed: bool = True):
+        self.show, self.journal, self.installed = show, journal, installed
+
+    def run(self, command, timeout):
+        from types import SimpleNamespace
+        if command.startswith("test -e"):
+            return SimpleNamespace(status=0 if self.installed else 1, stdout="")
+        if command.startswith("systemctl show"):
+            assert "xfs_healer@var-lib-docker.service" in command
+            return SimpleNamespace(status=0, stdout=self.show)
+        if command.startswith("journalctl"):
+            return SimpleNamespace(status=0, stdout=self.journal)
+        return SimpleNamespace(status=0, stdout="active\n")
+
+
+def healer_of(machine):
+    from types import SimpleNamespace
+    return fs_error.xfs_healer(SimpleNamespace(machine=machine, chain=units.incident()))
+
+
+def test_the_healer_is_named_from_the_mount_point_even_once_systemd_unloaded_it():
+    ran = healer_of(FakeGuest("ActiveState=inactive\nSubState=dead\nResult=success\nExecMainStatus=0\n"
+                              "ExecMainStartTimestampMonotonic=120000000\n",
+                              "Started xfs_healer@var-lib-docker.service - XFS healer.\n"
+                              "Stopping xfs_healer@var-lib-docker.service...\n"))
+    assert ran.unit == "xfs_healer@var-lib-docker.service" and ran.state == "inactive (dead)"
+    assert versions.healer_words(ran) == "inactive (dead), said nothing of it"
+    never = healer_of(FakeGuest("ActiveState=inactive\nSubState=dead\nExecMainStartTimestampMonotonic=0\n", ""))
+    assert versions.healer_words(never) == "never started for the volume"
+    assert versions.healer_words(healer_of(FakeGuest("", "", installed=False))) == "not installed (xfsprogs before 7)"

@@ -4,6 +4,7 @@ FAN_FS_ERROR (as the guest's deep check received it) and xfs_healer@<volume>.ser
 Times are on the guest's own clock (CLOCK_MONOTONIC; kernel lines are put on it by the
 deep check's clock mark in /dev/kmsg), so host load does not enter them.
 """
+from ..chainfile import escape_path
 from ..lab.instance import HEALTH_PORT
 from .outcome import Healer, KernelWord
 
@@ -12,7 +13,6 @@ from .outcome import Healer, KernelWord
 FAILED_IO = ("block-io-error", "buffer-io-error", "lost-page-write", "xfs-metadata-io-error", "xfs-log-io-error",
              "block-device-gone", "writeback-error")
 SHUTDOWN = ("xfs-shutdown", "xfs-device-removed", "ext4-abort-journal", "ext4-remount-ro", "ext4-shutdown")
-HEALER_UNITS = "xfs_healer@*.service"
 
 
 def fan_fs_error(health_body) -> KernelWord:
@@ -61,20 +61,21 @@ def agent_stopping(instance) -> float | None:
 
 
 def xfs_healer(instance) -> Healer:
-    """The healer's per-volume service: present at all (xfsprogs >= 7), its state now, and
-    whether its journal says it saw the shutdown."""
+    """The healer's service for the volume (xfs_healer@<mount point>.service): present at all
+    (xfsprogs >= 7), its state now, and whether its journal (systemd's lines about it
+    included) says it saw the shutdown. A unit that ran and was stopped is unloaded by
+    systemd, so the unit is named from the mount point, not looked up among loaded ones."""
     machine = instance.machine
     if machine.run("test -e /usr/lib/systemd/system/xfs_healer@.service", timeout=10).status != 0:
         return Healer(present=False, state="not installed (xfsprogs before 7)")
-    listed = machine.run(f"systemctl list-units --all --plain --no-legend '{HEALER_UNITS}' | awk '{{print $1}}'",
-                         timeout=10).stdout.split()
-    unit = next((name for name in listed if "docker" in name), None)
-    if unit is None:
-        return Healer(present=True, state="never started for the volume",
-                      start=machine.run("systemctl is-active xfs_healer_start.service", timeout=10).stdout.strip())
+    unit = f"xfs_healer@{escape_path(instance.chain.mount_point)}.service"
     shown = dict(line.split("=", 1) for line in machine.run(
-        f"systemctl show -p ActiveState,SubState,Result,ExecMainStatus {unit}", timeout=10).stdout.splitlines() if "=" in line)
+        f"systemctl show -p ActiveState,SubState,Result,ExecMainStatus,ExecMainStartTimestampMonotonic {unit}",
+        timeout=10).stdout.splitlines() if "=" in line)
     journal = machine.run(f"journalctl -b -o cat -u {unit} | tail -n 20", timeout=10).stdout.strip().splitlines()
+    if shown.get("ExecMainStartTimestampMonotonic", "0") == "0" and not journal:
+        return Healer(present=True, unit=unit, state="never started for the volume",
+                      start=machine.run("systemctl is-active xfs_healer_start.service", timeout=10).stdout.strip())
     saw = [line for line in journal if any(word in line.lower() for word in ("shut", "i/o error", "dead", "unmount"))]
     return Healer(present=True, unit=unit, state=f"{shown.get('ActiveState')} ({shown.get('SubState')})",
                   result=shown.get("Result"), exit_status=shown.get("ExecMainStatus"),

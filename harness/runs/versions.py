@@ -57,7 +57,7 @@ def fs_error_words(seen: KernelWord | None) -> str:
 def healer_words(seen: Healer | None) -> str:
     if seen is None:
         return "not measured"
-    if not seen.present or not seen.unit:
+    if not seen.present or not seen.unit or seen.state == "never started for the volume":
         return seen.state or "not measured"
     saw = "saw the shutdown" if seen.saw_shutdown else "said nothing of it"
     return f"{seen.state}, {saw}"
