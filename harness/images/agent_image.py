@@ -15,10 +15,11 @@ import socket
 import subprocess
 import tarfile
 import tempfile
-import time
 from pathlib import Path
 
+from ..errors import UnitchaosError
 from ..paths import VM_DIR
+from ..waiting import Deadline, wait_until
 
 TAG = "amazon/amazon-ecs-agent:latest"
 AGENT = VM_DIR / "agent" / "fake_ecs_agent.py"
@@ -113,6 +114,17 @@ def _import_names(importtime_output: str) -> list[str]:
     return sorted({name for name in names if name and name != "package"})
 
 
+def _answered(port: int, method: str, path: str) -> bool:
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        conn.request(method, path, body=b"{}" if method == "POST" else None)
+        conn.getresponse().read()
+        conn.close()
+        return True
+    except OSError:
+        return False
+
+
 def _imported_while_serving(layer_root: Path) -> list[str]:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -123,20 +135,13 @@ def _imported_while_serving(layer_root: Path) -> list[str]:
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
         env={"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin"), "UNITCHAOS_DOCKER_TIMEOUT": "2"})
     try:
-        deadline = time.monotonic() + 30
+        # One 30 s budget for all the requests: the first waits for the agent to listen.
+        budget = Deadline(30)
         for method, path in [("GET", "/v1/metadata"), ("GET", "/v1/tasks"), ("POST", "/v1/tasks"),
                              ("GET", "/unitchaos/agent"), ("POST", "/unitchaos/disconnect"), ("GET", "/nope")]:
-            while True:
-                try:
-                    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-                    conn.request(method, path, body=b"{}" if method == "POST" else None)
-                    conn.getresponse().read()
-                    conn.close()
-                    break
-                except OSError:
-                    if time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.1)
+            wait_until(lambda: _answered(port, method, path), budget.left(),
+                       f"the fake agent in the image layer to answer {method} {path}", scale=False, interval=0.1,
+                       on_timeout=lambda message, _: UnitchaosError(message))
         agent.send_signal(signal.SIGTERM)
         _, stderr = agent.communicate(timeout=30)
     finally:
