@@ -15,7 +15,8 @@ pytestmark = pytest.mark.lab(chain_file=POSTGRESQL)
 
 
 def server_log(vm) -> str:
-    return vm.machine.succeed("cat /var/log/postgresql/postgresql-15-main.log")
+    """PostgreSQL's own log (Debian's servers log to a file on the root disk, not the journal)."""
+    return vm.host.file("/var/log/postgresql/postgresql-15-main.log").content_string
 
 
 def test_yank_an_idle_postgres_stays_up_and_both_checks_pass_while_no_session_can_start(lab):
@@ -39,10 +40,10 @@ def test_unplug_bindsto_stops_postgres_its_shutdown_checkpoint_panics_and_the_mo
     vm.wait_for_kernel_message(r"XFS \(vdb\)")
     # BindsTo= stops the cluster; pg_ctlcluster cannot read the pid file and fails, systemd's
     # SIGTERM makes the server shut down, and its shutdown checkpoint cannot fsync pg_control.
-    vm.machine.wait_for_unit(CLUSTER, "failed", timeout=30)
+    vm.wait_for_unit(CLUSTER, "failed", timeout=30)
     vm.wait_until_settled()
     assert 'PANIC:  could not fsync file "/var/lib/postgresql/15/main/global/pg_control"' in server_log(vm)
     assert vm.unit_states() == {"format-volume.service": "active", "var-lib-postgresql.mount": "inactive",
                                 CLUSTER: "failed"}
     assert vm.check_fails(PG_ISREADY) and vm.check_fails(TCP) and not vm.workload()["ok"]   # both truthful
-    assert vm.machine.unit_state(WRAPPER) == "active"   # the wrapper does not follow its cluster
+    assert vm.unit_state(WRAPPER) == "active"   # the wrapper does not follow its cluster
