@@ -24,7 +24,8 @@ from . import units
 from .runs import interactive
 from .lab.backends import FCOS_IMAGE_ENV
 from .errors import ArchiveBroken, UserError
-from .images.image import RELEASES
+from .images.image import RELEASES, Extras
+from .images.prebuild import Prebuild
 from .lab.lab import Lab
 
 
@@ -116,6 +117,43 @@ def pytest_collection_modifyitems(config, items):
     items[:] = keep
 
 
+def pytest_collection_finish(session):
+    session.config.unitchaos_wanted_images = _wanted_images(session.config, session.items)
+
+
+def pytest_unconfigure(config):
+    ahead = getattr(config, "unitchaos_prebuild", None)
+    if ahead is not None:
+        ahead.stop()
+
+
+def _wanted_images(config, items) -> list[tuple[str, Extras]]:
+    """The Debian images the collected tests will ask for, in the order they will."""
+    wanted = []
+    for item in items:
+        if "lab" not in getattr(item, "fixturenames", ()):
+            continue
+        marker = item.get_closest_marker("lab")
+        options = marker.kwargs if marker else {}
+        if options.get("guest", "debian") != "debian":
+            continue
+        callspec = getattr(item, "callspec", None)
+        release = (callspec.params.get("unitchaos_release") if callspec else None) \
+            or (config.unitchaos_releases or [DEFAULT_RELEASE])[0]
+        try:
+            chain = _chain(config, options.get("chain_file") or config.getoption("chain_file"))
+        except UserError:
+            continue  # the test itself reports it
+        wanted.append((release, Extras.of(chain)))
+    return wanted
+
+
+def _build_ahead(config) -> None:
+    """From the first VM test on, the images the later ones need are built behind it."""
+    if getattr(config, "unitchaos_prebuild", None) is None:
+        config.unitchaos_prebuild = Prebuild(getattr(config, "unitchaos_wanted_images", [])).start()
+
+
 def _unavailable(message: str, ci_must_run: bool) -> None:
     if ci_must_run:
         pytest.fail(f"CI must run the VM experiments, but {message}", pytrace=False)
@@ -147,6 +185,7 @@ def lab(request, unitchaos_release):
     options = {"backend": "qemu", "guest": "debian", **(marker.kwargs if marker else {})}
     chain_file = options.pop("chain_file", None) or request.config.getoption("chain_file")
     _require(options["backend"], options["guest"])
+    _build_ahead(request.config)
     keep_up = request.config.getoption("keep_on_failure")
     try:
         chain = _chain(request.config, chain_file)
