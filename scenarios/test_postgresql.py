@@ -15,22 +15,28 @@ pytestmark = pytest.mark.lab(chain_file=POSTGRESQL)
 
 
 def server_log(vm) -> str:
-    return vm.machine.succeed("cat /var/log/postgresql/postgresql-15-main.log")
+    """PostgreSQL's own log (Debian's servers log to a file on the root disk, not the journal)."""
+    return vm.host.file("/var/log/postgresql/postgresql-15-main.log").content_string
 
 
-def test_yank_an_idle_postgres_stays_up_and_both_checks_pass_while_no_session_can_start(lab):
+def test_yank_both_checks_follow_the_postmaster_not_the_disk(lab):
     vm = lab.acquire()
     vm.inject("yank")
     vm.wait_for_kernel_message(XFS_SHUTDOWN)
     vm.wait_until_settled()
     assert vm.mount_listed()                       # shut down, still mounted: BindsTo= sees nothing
-    assert vm.unit_states()[CLUSTER] == "active"   # nothing was written since the fault: no PANIC
-    # Each new session reads the catalog's file map from the dead disk and is refused; the
-    # postmaster still answers, and pg_isready counts any answer as up.
-    work = vm.workload()
-    assert not work["ok"] and 'could not open file "global/pg_filenode.map": Input/output error' in work["error"]
-    assert vm.check_fails(PG_ISREADY) is None and vm.check_fails(TCP) is None   # both lie
-    assert vm.unit_states()[CLUSTER] == "active" and "PANIC" not in server_log(vm)
+    # No commit: a new session reads the catalog's file map from the dead disk and is refused
+    # (FATAL ... global/pg_filenode.map: Input/output error), or the server is gone.
+    assert not vm.workload()["ok"]
+    # Whether PostgreSQL itself gives up is a race: from the same snapshot it stayed up (at
+    # 12:07 and 12:13 UTC) or died within seconds (12:01 and 12:42). The checks only follow the
+    # postmaster: while it is up, pg_isready (any answer but "cannot connect now" counts as up)
+    # and TCP both pass: both lie.
+    if vm.unit_state(CLUSTER) != "active":
+        vm.wait_for_unit(CLUSTER, "failed", timeout=60)
+    up = vm.unit_state(CLUSTER) == "active"
+    assert (vm.check_fails(PG_ISREADY) is None) == up and (vm.check_fails(TCP) is None) == up
+    assert vm.unit_state(WRAPPER) == "active"     # Debian's wrapper: `systemctl is-active postgresql` lies
 
 
 def test_unplug_bindsto_stops_postgres_its_shutdown_checkpoint_panics_and_the_mount_goes(lab):
@@ -38,11 +44,12 @@ def test_unplug_bindsto_stops_postgres_its_shutdown_checkpoint_panics_and_the_mo
     vm.inject("unplug")
     vm.wait_for_kernel_message(r"XFS \(vdb\)")
     # BindsTo= stops the cluster; pg_ctlcluster cannot read the pid file and fails, systemd's
-    # SIGTERM makes the server shut down, and its shutdown checkpoint cannot fsync pg_control.
-    vm.machine.wait_for_unit(CLUSTER, "failed", timeout=30)
+    # SIGTERM makes the server shut down, and its shutdown checkpoint cannot write pg_control.
+    vm.wait_for_unit(CLUSTER, "failed", timeout=30)
     vm.wait_until_settled()
-    assert 'PANIC:  could not fsync file "/var/lib/postgresql/15/main/global/pg_control"' in server_log(vm)
+    said = server_log(vm)   # "could not fsync" (12:09 UTC) or "could not open" (12:52) the file
+    assert "PANIC:" in said and 'global/pg_control": Input/output error' in said, said[-1500:]
     assert vm.unit_states() == {"format-volume.service": "active", "var-lib-postgresql.mount": "inactive",
                                 CLUSTER: "failed"}
     assert vm.check_fails(PG_ISREADY) and vm.check_fails(TCP) and not vm.workload()["ok"]   # both truthful
-    assert vm.machine.unit_state(WRAPPER) == "active"   # the wrapper does not follow its cluster
+    assert vm.unit_state(WRAPPER) == "active"   # the wrapper does not follow its cluster
