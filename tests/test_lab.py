@@ -253,3 +253,16 @@ def test_the_lab_has_two_verbs_for_an_instances_life():
     public = {name for name in vars(lab.Lab) if not name.startswith("_") and callable(getattr(lab.Lab, name))}
     assert {"acquire", "release"} <= public
     assert not public & {"instance", "new_instance", "done_with", "release_instance", "close", "keep_copy", "detach"}
+
+
+def test_acquire_refuses_a_remedy_the_image_cannot_carry_even_on_a_variant_passed_in(cache, monkeypatch):
+    class OldImage:
+        manifest = {"package_versions": {"xfsprogs": "6.13.0-2+deb13u1"}}
+    monkeypatch.setattr(lab.Lab, "image", OldImage())
+    a_lab = lab.Lab(release="trixie-backports")
+    variant = a_lab.variant(remedy="healer-bindsto")
+    with pytest.raises(UserError, match="healer-bindsto cannot apply on trixie-backports"):
+        a_lab.acquire(variant=variant, started=False)
+    with pytest.raises(UserError, match="healer-bindsto cannot apply"):
+        a_lab.acquire(remedy="healer-bindsto", started=False)
+    assert a_lab.instances == []

@@ -75,7 +75,10 @@ class Lab:
             vm = lab.acquire(old_fs=True)   # booted with an old filesystem on the volume
         """
         variant = variant or self.variant(chain, fs, units_dir, remedy=remedy, **boot)
-        units.check_remedy_fits(remedy, self.guest_release, self.image.manifest.get("package_versions", {}))
+        if variant.remedy:
+            # The variant's own remedy (a variant passed in carries one too); only a remedy
+            # needs the image's manifest read.
+            units.check_remedy_fits(variant.remedy, self.guest_release, self.image.manifest.get("package_versions", {}))
         cold = self.cold if cold is None else cold
         if not started:
             return self._new(variant, label or "cold")
