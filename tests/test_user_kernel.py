@@ -236,3 +236,21 @@ def test_the_outcome_names_the_package_and_reads_back(kernel_deb):
     assert "user_kernel" not in Outcome("yank", "bindsto", "xfs").to_json()
     from harness.cli.options import kernel_said
     assert kernel_said(outcome).endswith(f"--kernel {kernel.describe()} booted as {UNAME_R}")
+
+
+# -- prune keeps a kernel image while its package is there and unchanged -------------
+
+def test_prune_keeps_a_kernel_image_while_its_package_is_there_unchanged(kernel_deb, tmp_path, monkeypatch):
+    from harness.lab import prune
+    monkeypatch.setenv("UNITCHAOS_CACHE", str(tmp_path / "cache"))
+    kernel = user_kernel.inspect(kernel_deb)
+    built = image.images_dir() / user_kernel.image_key("bookworm", kernel)
+    built.mkdir()
+    (built / "manifest.json").write_text(json.dumps({"release": "bookworm", "user_kernel": kernel.to_json()}))
+    older = image.images_dir() / "bookworm-kernel-0123456789abcdef"  # an older recipe's, same package
+    shutil.copytree(built, older)
+    assert {entry.path.name for entry in prune.find()} == {older.name}
+    kernel_deb.write_bytes(kernel_deb.read_bytes() + b"\0")  # rebuilt: another sha256, another image
+    assert {entry.path.name for entry in prune.find()} == {older.name, built.name}
+    kernel_deb.unlink()
+    assert {entry.path.name for entry in prune.find()} == {older.name, built.name}
