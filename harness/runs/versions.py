@@ -19,7 +19,7 @@ from ..evidence.outcome import Healer, KernelWord, Outcome
 from ..lab.lab import Lab
 
 # What a cell compares, in the order it is shown.
-ASPECTS = ("systemd", "kernel", "checks", "kernel word", "healer")
+ASPECTS = ("systemd", "kernel", "checks", "kernel word", "healer", "remedy")
 # Kernel line kinds from most to least telling: a cell names all it saw, in this order.
 KIND_ORDER = ["xfs-shutdown", "xfs-device-removed", "xfs-log-io-error", "xfs-metadata-io-error",
               "xfs-please-unmount", "ext4-abort-journal", "ext4-remount-ro", "ext4-error", "jbd2-error",
@@ -42,7 +42,8 @@ def behaviour(outcome: Outcome) -> dict[str, str]:
               f"stock {'LIES' if outcome.health_check_lies else 'truthful'}, "
               f"deep {'fails' if deep and deep.detected else 'passes'}")
     return {"systemd": systemd, "kernel": kernel, "checks": checks,
-            "kernel word": fs_error_words(outcome.fan_fs_error), "healer": healer_words(outcome.xfs_healer)}
+            "kernel word": fs_error_words(outcome.fan_fs_error), "healer": healer_words(outcome.xfs_healer),
+            "remedy": remedy_words(outcome)}
 
 
 def fs_error_words(seen: KernelWord | None) -> str:
@@ -52,6 +53,18 @@ def fs_error_words(seen: KernelWord | None) -> str:
     if not seen.supported:
         return seen.reason or "not supported"
     return f"FAN_FS_ERROR {seen.error}" if seen.arrived else "no FAN_FS_ERROR"
+
+
+def remedy_words(outcome: Outcome) -> str:
+    """What a remedy (vm/remedies) came to: did systemd stop the agent with it in place?
+    The agent's end state only: an unplug stops it without any remedy (BindsTo= on the
+    device), so a row with a remedy is read next to the same row without."""
+    if outcome.remedy is None:
+        return "none"
+    agent = outcome.units.get("ecs-agent.service")
+    if agent == "active":
+        return f"{outcome.remedy}: agent still active (systemd did not stop it)"
+    return f"{outcome.remedy}: systemd stopped the agent ({agent})"
 
 
 def healer_words(seen: Healer | None) -> str:
@@ -239,6 +252,8 @@ def render(result: dict):
                 continue
             parts = []
             for aspect in ASPECTS:
+                if aspect == "remedy" and not row.get("remedy"):
+                    continue  # "remedy: none" on every plain row says nothing
                 text = f"{aspect}: {cell[aspect]}"
                 if aspect in row["disagree"]:
                     text = f"[red]≠ {text}[/red]"
