@@ -384,3 +384,22 @@ def test_one_table_holds_the_kernel_word_the_healer_and_each_remedy_per_kernel()
     assert text.count("remedy: ") == 2  # only the row with a remedy says one
     assert "kernel word: FAN_FS_ERROR EIO" in text and "healer: active (running)" in text
     assert "FAN_FS_ERROR after first failed I/O +0.386 s" in text
+
+
+def test_versions_prints_one_table_from_matrices_saved_apart(tmp_path, capsys):
+    from harness.cli import main as cli_main
+    for name, out in (("bookworm", BOOKWORM), ("trixie", TRIXIE)):
+        (tmp_path / f"{name}.json").write_text(versions.to_json(build({name: out})))
+    assert cli_main(["versions", "--from", str(tmp_path / "bookworm.json"), "--from", str(tmp_path / "trixie.json"),
+                     "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == build({"bookworm": BOOKWORM, "trixie": TRIXIE})
+
+
+@pytest.mark.parametrize("content, problem", [(None, "no saved matrix at"), ("{", "is not a saved matrix"),
+                                              ("[]", "is not a saved matrix (no releases and rows)")])
+def test_a_file_that_is_no_saved_matrix_is_one_line(tmp_path, content, problem):
+    path = tmp_path / "m.json"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(UserError, match=problem.replace("(", r"\(").replace(")", r"\)")):
+        versions.load(path)

@@ -281,6 +281,21 @@ def _column(release: str, info: dict) -> str:
     return f"{release}\nkernel {info['kernel']}\n{info['systemd']}" + (f"\n{exact}" if exact else "")
 
 
+def load(path: Path) -> dict:
+    """A matrix saved with `versions --json`; UserError if PATH is not one."""
+    try:
+        result = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"no saved matrix at {path}", "give a file written by unitchaos versions --json") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UserError(f"{path} is not a saved matrix ({exc.__class__.__name__})",
+                        "give a file written by unitchaos versions --json") from None
+    if not isinstance(result, dict) or not {"releases", "rows"} <= set(result):
+        raise UserError(f"{path} is not a saved matrix (no releases and rows)",
+                        "give a file written by unitchaos versions --json")
+    return result
+
+
 def to_json(result: dict) -> str:
     return json.dumps(result, indent=2)
 
