@@ -403,3 +403,14 @@ def test_a_file_that_is_no_saved_matrix_is_one_line(tmp_path, content, problem):
         path.write_text(content)
     with pytest.raises(UserError, match=problem.replace("(", r"\(").replace(")", r"\)")):
         versions.load(path)
+
+
+def test_a_matrix_saved_before_the_remedy_aspect_still_prints(tmp_path):
+    old = build({"bookworm": BOOKWORM})
+    for row in old["rows"]:
+        for cell in row["cells"].values():
+            del cell["remedy"]
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    loaded = versions.load(tmp_path / "old.json")
+    assert loaded["rows"][0]["cells"]["bookworm"]["remedy"] == "none"
+    Console(file=io.StringIO()).print(versions.render(loaded))

@@ -293,6 +293,13 @@ def load(path: Path) -> dict:
     if not isinstance(result, dict) or not {"releases", "rows"} <= set(result):
         raise UserError(f"{path} is not a saved matrix (no releases and rows)",
                         "give a file written by unitchaos versions --json")
+    for row in result["rows"]:
+        for cell in row["cells"].values():
+            if "error" not in cell:
+                # Saved before an aspect existed: it was not measured then.
+                for aspect in ASPECTS:
+                    plain_row = aspect == "remedy" and not row.get("remedy")
+                    cell.setdefault(aspect, "none" if plain_row else "not recorded when saved")
     return result
 
 
