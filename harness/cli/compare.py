@@ -23,6 +23,9 @@ def add_versions(sub) -> None:
     versions_cmd.add_argument("--runs", type=int, default=1,
                               help="runs per experiment and release: what varies between them is not "
                                    "counted as a difference between releases (default 1)")
+    versions_cmd.add_argument("--from", action="append", dest="saved", default=[], metavar="FILE",
+                              help="repeatable: print one table from matrices saved with --json (one release "
+                                   "each, say, run apart or on other machines); boots nothing")
     versions_cmd.add_argument("--kernel-lines", metavar="DIR", default=None,
                               help="also write the kernel lines seen, one <release>-<kernel>.json per release")
     kernel_option(versions_cmd)
@@ -32,6 +35,10 @@ def add_versions(sub) -> None:
 
 
 def cmd_versions(args) -> int:
+    if args.saved:
+        result = versions.combine([versions.load(Path(path)) for path in args.saved])
+        print(versions.to_json(result)) if args.json else console.print(versions.render(result))
+        return 0
     rows = [(name, args.chain, args.fs) for name in args.experiments] or versions.default_rows()
     releases = list(dict.fromkeys(args.releases or image.RELEASES))
     for release in releases:

@@ -222,7 +222,7 @@ class Machine(GuestCommands):
     def _boot_args(self) -> list[str]:
         """Direct kernel boot from the image's kernel and initrd."""
         return ["-kernel", str(self.image.kernel), "-initrd", str(self.image.initrd),
-                "-append", tcg.kernel_args(self.kernel_args, self.accel)]
+                "-append", tcg.kernel_args(self.kernel_args, self.accel, tcg.release_of(self.image))]
 
     def _command_port_args(self) -> list[str]:
         """The virtio-serial port the guest's unitchaos-cmdd answers on."""
