@@ -12,7 +12,8 @@ import time
 from pathlib import Path
 
 from . import backends, snapshots
-from .. import chainfile, units
+from .. import chainfile, progress, units
+from ..errors import GuestError
 from ..images import image as image_mod
 from .instance import Instance
 from ..paths import artifacts_dir, runs_dir
@@ -85,7 +86,23 @@ class Lab:
         if cold or boot or backends.cold_only(self.backend, self.guest):
             return self._new(variant, label or "cold").boot()
         saved = snapshots.ensure(self, variant)
-        return self._new(variant, label or "warm").restore(saved)
+        try:
+            return self._restored(variant, label, saved)
+        except GuestError as unhealthy:
+            # A faster restore must not hide a broken snapshot: make it again, once. A
+            # fresh snapshot that restores unhealthy too is a failure to report.
+            progress.say(f"{unhealthy}; making the snapshot again")
+            saved = snapshots.ensure(self, variant, unless=saved)
+            return self._restored(variant, label, saved)
+
+    def _restored(self, variant: units.Variant, label: str | None, saved) -> Instance:
+        """An instance resumed from SAVED and confirmed healthy, or GuestRefused (it is released)."""
+        instance = self._new(variant, label or "warm")
+        try:
+            return instance.restore(saved)
+        except BaseException:
+            self.release(instance)
+            raise
 
     def release(self, instance: Instance, keep: bool | None = None, running: bool = False) -> Path | None:
         """Lets INSTANCE go. It is stopped and its run directory removed, unless KEEP (None:
