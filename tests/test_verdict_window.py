@@ -61,3 +61,11 @@ def test_a_late_effect_moves_the_window_on():
     now = time.time()
     seconds = timed(watch({DEEP: 3.0}, fault_at=now - 24.5), effect_at=now - 4.5)
     assert 0.4 <= seconds < 1.3
+
+
+def test_without_a_fault_every_check_gets_the_plain_window():
+    now = time.time()
+    w = watch({}, fault_at=now - 4.6)
+    started = time.time()
+    w.wait(None, fault=False)  # 5 s after the start for both: 0.4 s from now (deep's 9 s would be 4.4 s)
+    assert 0.3 <= time.time() - started < 1.2

@@ -176,23 +176,26 @@ class HealthWatch:
     def mark_fault(self, at: float) -> None:
         self.fault_at = at
 
-    def window(self, name: str) -> float:
-        """Seconds after the fault's whole effect until NAME's "never detected" is final."""
-        return verdict_window(self.check, lag=DEEP_LAG if name == DEEP else 0.0)
+    def window(self, name: str, fault: bool = True) -> float:
+        """Seconds after the fault's whole effect until NAME's "never detected" is final.
+        Without a FAULT nothing changes for the deep check's daemon to lag behind."""
+        return verdict_window(self.check, lag=DEEP_LAG if name == DEEP and fault else 0.0)
 
-    def wait(self, effect_at: float | None = None) -> None:
+    def wait(self, effect_at: float | None = None, fault: bool = True) -> None:
         """Watches until each check's verdict is final: the load balancer said unhealthy, or
         its window (verdict_window) has passed since EFFECT_AT (time.time() when the fault
-        took whole effect, e.g. systemd settled; default: the fault's moment, or now)."""
+        took whole effect, e.g. systemd settled; default: the fault's moment, or now).
+        FAULT=False: an experiment without one (healthy), watched for the plain window."""
         since = self.fault_at or 0.0
         effect_at = effect_at or self.fault_at or time.time()
+        windows = {name: self.window(name, fault) for name in self.names}
 
         def final() -> bool:
             now = time.time()
-            return all(self.lb.unhealthy_after(name, since) is not None or now >= effect_at + self.window(name)
+            return all(self.lb.unhealthy_after(name, since) is not None or now >= effect_at + windows[name]
                        for name in self.names)
         # A window of observation, not a timeout: real seconds, and its end is no error.
-        left = effect_at + max(self.window(name) for name in self.names) - time.time()
+        left = effect_at + max(windows.values()) - time.time()
         try:
             wait_until(final, max(left, 0.0) + 1.0, "every check's verdict", scale=False, interval=0.1)
         except GuestTimeout:

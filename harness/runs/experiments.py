@@ -100,7 +100,7 @@ def run(lab: Lab, name: str, chain: str | None = None, fs: str | None = None, un
         # Over once every check's verdict is final: unhealthy, or never detected a window
         # (health_watch.verdict_window) after the fault took whole effect (systemd settled).
         effect_at = (outcome.get("fault_detail") or {}).get("settled_at") if experiment.fault else None
-        watch.wait(effect_at)
+        watch.wait(effect_at, fault=bool(experiment.fault or act))
         watch.stop()
         outcome["health"] = watch.result()
         traffic = watch.workload_result()
