@@ -78,3 +78,19 @@ def test_render_shows_the_splits_and_each_experiments_speedup():
     assert "    kernel                             2.50 s" in text and "incoming" in text
     assert "cold boot per experiment" in text and "50.0 s /   5.0 s    10.0 x" in text
     assert "suite speedup (cold serial / warm x2)     10.0 x" in text
+
+
+def test_without_the_cold_suites_each_experiments_cold_boot_is_computed_from_the_same_run():
+    figures = {"cold_boot_s": 40.0, "restore_s": 0.5, "suite_s": {"warm_serial": 30.0, "warm_parallel_2": 20.0}}
+    out = bench.peers_way(figures, {"warm_serial": {"yank/bindsto/xfs": 10.0, "healthy/bindsto/xfs": 20.0},
+                                    "warm_parallel_2": {}}, workers=2)
+    assert out["experiment_s"]["yank/bindsto/xfs"] == {"cold": 49.5, "warm": 10.0, "speedup": 5.0}
+    assert out["suite_cold_serial_computed_s"] == 109.0 and out["cold_per_experiment"].startswith("computed")
+    assert out["suite_speedup_warm_vs_cold_serial"] == 3.6 and out["suite_speedup_warm_parallel_2_vs_cold_serial"] == 5.5
+
+
+def test_with_the_cold_suites_each_experiments_cold_boot_is_measured():
+    figures = {"cold_boot_s": 40.0, "restore_s": 0.5, "suite_s": {"warm_serial": 30.0, "cold_serial": 300.0}}
+    out = bench.peers_way(figures, {"warm_serial": {"yank/bindsto/xfs": 10.0}, "cold_serial": {"yank/bindsto/xfs": 60.0}}, 1)
+    assert out["experiment_s"]["yank/bindsto/xfs"] == {"cold": 60.0, "warm": 10.0, "speedup": 6.0}
+    assert out["suite_speedup_warm_vs_cold_serial"] == 10.0 and out["cold_per_experiment"].startswith("measured")

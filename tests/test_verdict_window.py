@@ -69,3 +69,10 @@ def test_without_a_fault_every_check_gets_the_plain_window():
     started = time.time()
     w.wait(None, fault=False)  # 5 s after the start for both: 0.4 s from now (deep's 9 s would be 4.4 s)
     assert 0.3 <= time.time() - started < 1.2
+
+
+def test_the_outcome_documents_each_checks_window_and_where_it_was_counted_from():
+    now = time.time()
+    w = watch({"stock": 1.0, DEEP: 1.0}, fault_at=now)
+    w.wait(now)
+    assert w.windows == {"stock": 5.0, DEEP: 9.0} and w.effect_at == round(now, 3)

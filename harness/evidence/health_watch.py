@@ -145,6 +145,8 @@ class HealthWatch:
         if not instance.chain.has_agent:
             self.traffic.register(WORKLOAD, workload_probe(instance, self._recorder(WORKLOAD, "workload")))
         self.fault_at: float | None = None
+        self.windows: dict[str, float] = {}  # each check's "never detected" window (see wait)
+        self.effect_at: float | None = None  # when the windows began
 
     def _recorder(self, name: str, url: str):
         def record(started: float, latency: float, status, body) -> None:
@@ -188,7 +190,8 @@ class HealthWatch:
         FAULT=False: an experiment without one (healthy), watched for the plain window."""
         since = self.fault_at or 0.0
         effect_at = effect_at or self.fault_at or time.time()
-        windows = {name: self.window(name, fault) for name in self.names}
+        windows = self.windows = {name: self.window(name, fault) for name in self.names}
+        self.effect_at = round(effect_at, 3)
 
         def final() -> bool:
             now = time.time()
@@ -225,5 +228,7 @@ class HealthWatch:
                          "seconds": None if seconds is None else round(seconds, 2),
                          "lb_seconds": None if verdict is None else round(verdict, 2),
                          "samples": len([s for s in self.lb.targets[name].samples if s[0] >= since])}
-        out["lb"] = {**self.check.as_dict(), "scaled_from": "ALB 30 s / 5 s / 5 / 2"}
+        out["lb"] = {**self.check.as_dict(), "scaled_from": "ALB 30 s / 5 s / 5 / 2",
+                     # The watch's documented window (verdict_window), counted from effect_at.
+                     "never_detected_after_s": self.windows, "counted_from": self.effect_at}
         return out
