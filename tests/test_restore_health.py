@@ -5,7 +5,7 @@ snapshot. No QEMU here: the machine and the instances are stand-ins."""
 import pytest
 
 from harness import units
-from harness.errors import GuestRefused
+from harness.errors import GuestRefused, GuestTimeout
 from harness.lab import lab as lab_mod
 from harness.lab import snapshots
 from harness.lab.instance import AGENT_PORT, HEALTH_PORT, Instance
@@ -66,6 +66,24 @@ def test_a_restored_guest_whose_check_fails_is_refused_naming_the_check(tmp_path
         restored_instance(answers, tmp_path).confirm_healthy(timeout=0.3)
 
 
+class Slow(Machine):
+    """The deep check fails only by timeouts (a healthy guest on a host at load 12-16)."""
+    def http_get(self, port, path, timeout=5.0):
+        if port == HEALTH_PORT:
+            return 503, {"healthy": False, "checks": {"io": {"status": "fail", "reason": "timeout: the probe did not "
+                                                                                       "finish within 3 s (hung I/O)"},
+                                                      "docker": {"status": "ok", "reason": ""}}}
+        return None, "TimeoutError: timed out"
+
+
+def test_checks_that_only_time_out_say_the_host_is_too_busy_not_that_the_snapshot_is_broken(tmp_path):
+    instance = restored_instance({}, tmp_path)
+    instance.machine = Slow({})
+    with pytest.raises(GuestTimeout, match="answered too slowly") as slow:
+        instance.confirm_healthy(timeout=0.3)
+    assert not isinstance(slow.value, GuestRefused)
+
+
 class Restored:
     """What Lab.acquire does with a restored instance; unhealthy while ANSWERS says so."""
     restores: list = []
@@ -77,7 +95,10 @@ class Restored:
 
     def restore(self, saved):
         Restored.restores.append(saved.made)
-        if self.unhealthy_restores.pop(0):
+        verdict = self.unhealthy_restores.pop(0)
+        if verdict == "slow":
+            raise GuestTimeout("the restored guest answered too slowly")
+        if verdict:
             raise GuestRefused("the restored guest is not healthy: deep 503")
         return self
 
@@ -138,3 +159,10 @@ def test_a_snapshot_another_worker_already_made_again_is_used_not_remade(cache, 
     fresh = snapshots.ensure(lab, units.Variant(), unless=stale)
     assert len(made) == 1 and fresh.made != stale.made
     assert snapshots.ensure(lab, units.Variant(), unless=fresh).made != fresh.made and len(made) == 2
+
+
+def test_a_restore_too_slow_on_a_busy_host_makes_no_snapshot_again(a_lab, made):
+    a_lab.unhealthy_restores += ["slow"]
+    with pytest.raises(GuestTimeout):
+        a_lab.acquire()
+    assert len(made) == 1 and a_lab.handed_out[0].stopped

@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from .. import faults, kernel_log, progress, timeouts, units
-from ..errors import GuestKernelPanic, GuestRefused, GuestTimeout, UserError
+from ..errors import GuestError, GuestKernelPanic, GuestRefused, GuestTimeout, UserError
 from ..images.image import Image
 from ..machines.machine import Machine
 from ..waiting import wait_until
@@ -139,8 +139,14 @@ class Instance(GuestQuestions):
                 futures = {name: pool.submit(probe) for name, probe in probes.items()}
                 return {name: future.result() for name, future in futures.items()}
 
-            def refused(message: str, last: dict) -> GuestRefused:
-                failing = {name: str(body)[:200] for name, (status, body) in last.items() if status != 200}
+            def refused(message: str, last: dict) -> GuestError:
+                failing = {name: _why(body) for name, (status, body) in last.items() if status != 200}
+                if all(_slow(why) for why in failing.values()):
+                    # Nothing but timeouts: a host too busy for the guest (at load 12-16 on 2
+                    # cores the deep check's 3 s I/O probe timed out in a healthy guest), not a
+                    # broken snapshot; making it again would cost a cold boot that busy.
+                    return GuestTimeout(f"the restored guest answered too slowly: {message}; {failing}",
+                                        self.run_dir)
                 return GuestRefused(f"the restored guest is not healthy: {message}; failing checks: {failing}",
                                     "the lab makes its snapshot again; if this repeats, check the unit chain "
                                     "(unitchaos run healthy --cold --keep-artifacts)", self.run_dir)
@@ -433,6 +439,20 @@ class Instance(GuestQuestions):
         if found:
             versions["packages"] = ", ".join(f"{name} {found[name]}" for name in names if name in found)
         return versions
+
+
+def _why(body) -> str:
+    """Why a probe failed, in words: the deep check's failing checks and their reasons."""
+    if isinstance(body, dict) and isinstance(body.get("checks"), dict):
+        return "; ".join(f"{name}: {check.get('reason')}" for name, check in body["checks"].items()
+                         if isinstance(check, dict) and check.get("status") != "ok") or "unhealthy"
+    return str(body)[:200]
+
+
+def _slow(why: str) -> bool:
+    """Is every reason in WHY a timeout (the host, not the guest's health)?"""
+    parts = [part.split(": ", 1)[-1].lower() for part in why.split("; ")]
+    return all("timeout" in part or "timed out" in part for part in parts)
 
 
 def _old_filesystem(run_dir: Path) -> Path:
