@@ -166,3 +166,15 @@ def test_a_restore_too_slow_on_a_busy_host_makes_no_snapshot_again(a_lab, made):
     with pytest.raises(GuestTimeout):
         a_lab.acquire()
     assert len(made) == 1 and a_lab.handed_out[0].stopped
+
+
+def test_a_failing_check_is_reported_even_when_the_clock_cannot_be_set_either(tmp_path):
+    from harness.errors import GuestTimeout as ClockTimeout
+    instance = restored_instance({AGENT_PORT: 200, HEALTH_PORT: 503}, tmp_path)
+
+    def no_clock(epoch):
+        raise ClockTimeout("the guest did not set its clock")
+    instance.machine.set_clock = no_clock
+    instance.confirm_healthy = lambda: Instance.confirm_healthy(instance, timeout=0.3)
+    with pytest.raises(GuestRefused):  # the lab then makes the snapshot again
+        instance.restore(SAVED)

@@ -115,8 +115,10 @@ class Instance(GuestQuestions):
             clock_set = pool.submit(set_clock)
             try:
                 self.confirm_healthy()
-            finally:
-                clock_set.result()
+            except BaseException:
+                clock_set.exception()  # waited for, but the checks' verdict is what to report
+                raise
+            clock_set.result()
         done = time.monotonic()
         self.restore_split = {**self.machine.start_split, "clock": clock["seconds"], "first_answer": done - resumed}
         self.boot_seconds = done - started
