@@ -3,6 +3,7 @@ it (images, snapshots whose root disk is backed by an image, staging directories
 small files standing in for the big ones."""
 import fcntl
 import json
+import shutil
 import subprocess
 import sys
 
@@ -94,3 +95,17 @@ def test_cli_dry_run_lists_and_keeps(cache):
     assert done.returncode == 0 and not old.path.exists()
     freed = float(done.stdout.split("1 stale entry, ")[1].split(" GB")[0])
     assert freed > 0  # measured before the removal, not after
+
+
+def test_images_of_shipped_chains_and_the_chain_in_use_are_kept(cache, tmp_path, monkeypatch):
+    from harness import chainfile
+    redis = image.recipe_key("bookworm", image.Extras.of(chainfile.parse_file(chainfile.CHAINS_DIR / "redis.toml")))
+    shutil.copytree(chainfile.CHAINS_DIR / "redis", tmp_path / "redis")
+    own_file = tmp_path / "unitchaos.toml"
+    own_file.write_text((chainfile.CHAINS_DIR / "redis.toml").read_text().replace('"redis-server"', '"redis-server", "jq"', 1))
+    monkeypatch.setenv(chainfile.ENV, str(own_file))
+    own = image.recipe_key("trixie", image.Extras.of(chainfile.parse_file(own_file, check_packages=False)))
+    assert own != image.recipe_key("trixie", image.Extras.of(chainfile.parse_file(chainfile.CHAINS_DIR / "redis.toml")))
+    for key in (redis, own, "bookworm-0123456789abcdef"):
+        make_image(key)
+    assert stale_names(prune.find()) == {"bookworm-0123456789abcdef": "built by an older recipe"}

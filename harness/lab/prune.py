@@ -3,7 +3,11 @@
 Every change to the guest recipe builds a new image, and every change to QEMU's command
 line or the QEMU version makes new snapshots; the old ones stay behind (gigabytes each
 time). Stale here means:
-- an image whose key is not the current recipe's for its release;
+- an image whose key is not the current recipe's for its release, plain or with the extras
+  of a shipped chain (chains/*.toml) or of the chain file in use (--chain-file's default:
+  $UNITCHAOS_CHAIN_FILE, ./unitchaos.toml). Images of a user's other chain files are rebuilt
+  on their next run. (Before this, prune removed the Redis and PostgreSQL images: their keys
+  are "bookworm-<hash>" like any older bookworm recipe's.)
 - a snapshot whose image is gone, stale or rebuilt since, or that was saved by another
   QEMU or for another command line;
 - a staging directory (a half-built image or half-saved snapshot, dot-named) whose key
@@ -18,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 
+from .. import chainfile
+from ..errors import UserError
 from ..machines import accel
 from ..images import image
 from . import snapshots
@@ -35,13 +41,25 @@ class Stale:
 
 
 def find() -> list[Stale]:
-    current_images = {image.recipe_key(release) for release in image.RELEASES}
+    current_images = current_image_keys()
     found = [Stale(path, "built by an older recipe") for path in _entries(image.images_dir())
              if path.name not in current_images]
     found += [Stale(path, why) for path in _entries(snapshots.snapshots_dir())
               if (why := _stale_snapshot(path, current_images))]
     found += abandoned_staging(image.images_dir()) + abandoned_staging(snapshots.snapshots_dir())
     return found
+
+
+def current_image_keys() -> set[str]:
+    """The image keys a run of this checkout can use: every release, plain and with each
+    known chain's extras."""
+    extras = {image.NO_EXTRAS}
+    for path in {*chainfile.CHAINS_DIR.glob("*.toml"), chainfile.find()}:
+        try:
+            extras.add(image.Extras.of(chainfile.parse_file(path, check_packages=False)))
+        except UserError:
+            continue  # a broken chain file has no image to keep
+    return {image.recipe_key(release, e) for release in image.RELEASES for e in extras}
 
 
 def remove(stale: list[Stale]) -> None:
