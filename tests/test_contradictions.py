@@ -149,7 +149,7 @@ class FakeInstance:
         self.woken_at = time.time()
         self.states.update({"docker.service": "active", "var-lib-docker.mount": "active"})
         self.listed = True
-        return {"via": "docker", "ok": True, "error": None}
+        return {"via": "docker", "ok": True, "error": None}  # what a docker run said: see below
 
     def kernel_events(self):
         return []
@@ -299,7 +299,9 @@ def stop_mount_outcome(monkeypatch) -> tuple[dict, FakeInstance]:
     monkeypatch.setattr(experiments.fs_error, "observe", lambda i: (_Json(), _Json()))
     t0 = time.time() - 10
     woke = [{"t": 0.3, "source": "systemd", "event": "Starting docker.service - Docker Application Container Engine..."},
-            {"t": 0.1, "source": "systemd", "event": "Mounting var-lib-docker.mount - /var/lib/docker..."}]
+            {"t": 0.1, "source": "systemd", "event": "Mounting var-lib-docker.mount - /var/lib/docker..."},
+            {"t": 0.9, "source": "systemd", "event": "var-lib-docker-overlay2-95928e-merged.mount: Deactivated successfully."},
+            {"t": 1.2, "source": "systemd", "event": "Started docker-5c1e7a.scope - libcontainer container 5c1e7a"}]
     monkeypatch.setattr(experiments.timeline, "systemd_since", lambda i, since: sorted(woke, key=lambda e: e["t"]))
     outcome = {"timeline": [{"t": 0.0, "source": "fault", "event": "stop-mount injected"}],
                "health": {"deep": {"seconds": 0.8}}, **experiments.observe(instance)}
@@ -345,3 +347,13 @@ def test_the_run_command_prints_the_after_the_verdict_column(monkeypatch):
                                                    "fault": "stop-mount", "seconds": {"total": 60}, **outcome}))
     text = text_of(cli.run.findings_table([out]))
     assert "after the verdict" in text and "volume mounted again" in text
+
+
+def test_a_failed_docker_run_says_why_even_without_stderr():
+    from harness.lab.instance import Instance
+
+    class Machine:
+        def run(self, command, timeout):
+            return type("R", (), {"ok": False, "status": 125, "stdout": "", "stderr": ""})()
+    fake = type("F", (), {"machine": Machine(), "metadata_status": lambda self: None})()
+    assert Instance.start_container(fake) == {"via": "docker", "ok": False, "error": "exit 125: no output"}

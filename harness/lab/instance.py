@@ -341,9 +341,10 @@ class Instance(GuestQuestions):
             f"timeout -k 5 {seconds} docker run --rm --pull never --network none amazon/amazon-ecs-agent:latest "
             "python3 -c 'print(\"task ran\")'", timeout=timeout + 10)
         timed_out = result.status in (124, 137) and "task ran" not in result.stdout
-        return {"via": "docker", "ok": result.ok and "task ran" in result.stdout,
-                "error": f"docker run did not finish within {seconds} s" if timed_out
-                else result.stderr.strip()[-500:] or None}
+        ok = result.ok and "task ran" in result.stdout
+        said = result.stderr.strip()[-500:] or f"exit {result.status}: {result.stdout.strip()[-200:] or 'no output'}"
+        return {"via": "docker", "ok": ok,
+                "error": f"docker run did not finish within {seconds} s" if timed_out else None if ok else said}
 
     def containers_start(self) -> dict:
         """Can this instance start containers, by the deep check's own definition and time

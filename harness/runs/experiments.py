@@ -203,8 +203,12 @@ def aftermath(instance: Instance, t0: float, states: dict[str, str], listed: boo
     changed, the mount, systemd's lines in order."""
     began = time.time()
     work = instance.workload()
+    # The chain's own units (and docker.socket, which does the waking); not the container
+    # scopes and overlay mounts a container start brings along.
+    names = [*instance.chain.units, "docker.socket"]
     lines = [{"t": round(event["t"] + began - t0, 2), "event": event["event"]}
-             for event in timeline.systemd_since(instance, began)]
+             for event in timeline.systemd_since(instance, began)
+             if any(event["event"].startswith(name) or f" {name}" in event["event"] for name in names)]
     now = instance.unit_states()
     return {"action": "docker run via docker.sock" if work.get("via") == "docker" else "a task through the agent",
             "ok": work["ok"], "error": work.get("error"),
