@@ -2,7 +2,8 @@
 
     UnitchaosError            anything the harness raises on purpose
     ├── UserError             bad input or a missing tool: says the fix; exit 2
-    │   └── ArchiveBroken     a moving release (sid) the archive cannot install today
+    │   ├── ArchiveBroken     a moving release (sid) the archive cannot install today
+    │   └── KernelDidNotBoot  a user's kernel (--kernel FILE.deb) that did not boot
     ├── GuestError            the guest did not do what was asked; exit 1, names the evidence
     │   ├── GuestTimeout      a wait ran out of time (GuestKernelPanic: it never could end)
     │   ├── GuestCommandFailed  a command in the guest exited otherwise than expected
@@ -43,6 +44,18 @@ class ArchiveBroken(UserError):
         self.date = time.strftime("%Y-%m-%d", time.gmtime())
         super().__init__(f"Debian {release} cannot be installed from the archive on {self.date}: {cause}",
                          "wait for the archive to settle (sid transitions take a day or two), or pick another release")
+
+
+class KernelDidNotBoot(UserError):
+    """A user's kernel (--kernel FILE.deb) that did not boot, after the retries any boot
+    gets under TCG: the package is the problem, so it is bad input; its console is kept."""
+
+    def __init__(self, kernel: str, release: str, failure: str, console: Path):
+        self.console = console
+        super().__init__(f"the kernel {kernel} did not boot on Debian {release}'s userspace: {failure}; "
+                         f"console kept: {console}",
+                         "read the console; the kernel needs virtio (blk, net, pci), ext4 and a serial console, "
+                         "built in or in its initrd (a slow host: rerun with UNITCHAOS_TIMEOUT_SCALE=2)")
 
 
 class GuestError(UnitchaosError):

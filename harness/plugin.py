@@ -9,6 +9,9 @@ more than one, every test that uses `lab` runs once per release (test ids gain `
 chains/ecs-docker.toml) picks the chain lab.acquire() boots; a test module can pin its
 own with @pytest.mark.lab(chain_file=...).
 
+`--kernel FILE.deb` (or UNITCHAOS_KERNEL) boots that linux-image package on every
+release's userspace instead of the release's kernel (see images/user_kernel.py).
+
 Under CI=true a missing QEMU fails the test: a skipped VM experiment must never pass
 for a green run. With --keep-on-failure a failed test's instances stay up (as
 `unitchaos up` leaves one) and the failure says how to reach them.
@@ -24,6 +27,7 @@ from . import units
 from .runs import interactive
 from .lab.backends import FCOS_IMAGE_ENV
 from .errors import ArchiveBroken, UserError
+from .images import user_kernel
 from .images.image import RELEASES
 from .lab.lab import Lab
 
@@ -64,6 +68,9 @@ def pytest_addoption(parser):
         "--chain-file", default=None, metavar="FILE",
         help="the chain file lab.acquire() boots (default $UNITCHAOS_CHAIN_FILE, else ./unitchaos.toml, "
              "else the incident's chains/ecs-docker.toml)")
+    parser.getgroup("unitchaos").addoption(
+        "--kernel", default=None, metavar="FILE.deb",
+        help="a linux-image package the lab fixture boots instead of the release's kernel (default $UNITCHAOS_KERNEL)")
 
 
 def pytest_configure(config):
@@ -72,6 +79,16 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "every_release: run on every guest release unless --release says which")
     config.addinivalue_line("markers", "releases(*names): run on these releases (those of them --release names, if given)")
     config.unitchaos_releases = _chosen_releases(config)
+    config.unitchaos_kernel = _chosen_kernel(config)
+
+
+def _chosen_kernel(config) -> user_kernel.UserKernel | None:
+    """The kernel package asked for (--kernel, else UNITCHAOS_KERNEL), checked once, or None."""
+    given = config.getoption("kernel") or os.environ.get("UNITCHAOS_KERNEL")
+    try:
+        return user_kernel.inspect(given) if given else None
+    except UserError as exc:
+        raise pytest.UsageError(str(exc)) from None
 
 
 def _chosen_releases(config) -> list[str] | None:
@@ -153,7 +170,8 @@ def lab(request, unitchaos_release):
     keep_up = request.config.getoption("keep_on_failure")
     try:
         chain = _chain(request.config, chain_file)
-        lab = _TestLab(release=unitchaos_release, outlive_owner=keep_up, chain=chain, **options)
+        lab = _TestLab(release=unitchaos_release, outlive_owner=keep_up, chain=chain,
+                       kernel=request.config.unitchaos_kernel, **options)
     except ArchiveBroken as exc:
         _archive_broken(exc)
     except UserError as exc:

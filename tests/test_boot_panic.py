@@ -83,6 +83,10 @@ def booting(tmp_path, accel: str) -> Instance:
     instance.run_dir = tmp_path
     instance.machine = PanicsOnFirstBoot(tmp_path, accel)
     instance.versions = lambda: {"kernel": "6.12.117+deb13-cloud-amd64"}
+    # The release's own image (its manifest names no user's kernel: see test_user_kernel.py).
+    instance.image = Image(tmp_path / "image")
+    instance.image.path.mkdir()
+    (instance.image.path / "manifest.json").write_text('{"release": "trixie"}')
     return instance
 
 

@@ -5,9 +5,9 @@ from pathlib import Path
 
 from .. import progress, units
 from ..errors import UserError
-from ..images import image
+from ..images import image, user_kernel
 from ..runs import bench, experiments, versions
-from .options import console, start_options, variant_options
+from .options import console, kernel_option, start_options, variant_options
 
 
 def add_versions(sub) -> None:
@@ -25,6 +25,7 @@ def add_versions(sub) -> None:
                                    "counted as a difference between releases (default 1)")
     versions_cmd.add_argument("--kernel-lines", metavar="DIR", default=None,
                               help="also write the kernel lines seen, one <release>-<kernel>.json per release")
+    kernel_option(versions_cmd)
     variant_options(versions_cmd)
     start_options(versions_cmd)
     versions_cmd.set_defaults(func=cmd_versions)
@@ -35,6 +36,7 @@ def cmd_versions(args) -> int:
     releases = list(dict.fromkeys(args.releases or image.RELEASES))
     for release in releases:
         image.check_release(release)
+    kernel = user_kernel.inspect(args.kernel) if args.kernel else None
     remedies = units.remedies() if "all" in args.remedy else list(dict.fromkeys(args.remedy))
     if remedies:
         rows = versions.with_remedies(rows, remedies)
@@ -42,7 +44,7 @@ def cmd_versions(args) -> int:
         experiments.get(name)
         units.check(units.Variant(chain=chain, fs=fs, remedy=remedy[0] if remedy else None,
                                   **({"units_dir": Path(args.units)} if args.units else {})))
-    result = versions.run(rows, releases, cold=args.cold, units_dir=args.units, runs=args.runs)
+    result = versions.run(rows, releases, cold=args.cold, units_dir=args.units, runs=args.runs, kernel=kernel)
     if args.kernel_lines:
         for path in versions.save_kernel_lines(result, Path(args.kernel_lines)):
             progress.say(f"kernel lines: {path}")

@@ -5,9 +5,8 @@ from pathlib import Path
 
 from ..chaos import fis
 from ..runs import fis_run
-from ..images import image
 from ..lab.lab import Lab
-from .options import Parser, check_report_path, console, release_option, write_report
+from .options import Parser, check_release, check_report_path, console, release_option, write_report
 from .run import findings_table
 
 
@@ -30,10 +29,10 @@ def add_fis(sub) -> None:
 
 
 def cmd_fis_run(args) -> int:
-    image.check_release(args.release)
+    check_release(args)
     check_report_path(args.report)
     group = fis_run.check(args.template, args.group)  # a bad template fails here, before any VM
-    with Lab(release=args.release, keep=args.keep_artifacts or args.report is not None) as lab:
+    with Lab(release=args.release, kernel=args.user_kernel, keep=args.keep_artifacts or args.report is not None) as lab:
         outcome = fis_run.run(lab, args.template, group, on_state=print_state)
     write_report([outcome], args.report)
     if args.json:

@@ -7,10 +7,10 @@ from rich.table import Table
 
 from .. import units
 from ..errors import UserError
-from ..images import ignition, image
+from ..images import ignition, image, user_kernel
 from ..lab import prune, snapshots
 from ..machines import host
-from .options import Parser, console, release_option, variant_options
+from .options import Parser, check_release, console, release_option, variant_options
 
 
 def add_doctor(sub) -> None:
@@ -40,8 +40,11 @@ def add_image(sub) -> None:
 
 
 def cmd_image_build(args) -> int:
-    image.check_release(args.release)
-    built = image.ensure_image(args.release, rebuild=args.rebuild)
+    check_release(args)
+    if args.user_kernel:
+        built = user_kernel.ensure_image(args.release, args.user_kernel, rebuild=args.rebuild)
+    else:
+        built = image.ensure_image(args.release, rebuild=args.rebuild)
     print(built.path)
     return 0
 

@@ -9,7 +9,7 @@ from rich.console import Console
 from .. import progress, units
 from ..evidence import report
 from ..evidence.outcome import Outcome
-from ..images import image
+from ..images import image, user_kernel
 from ..lab import backends
 from ..lab.lab import Lab
 from ..runs import interactive
@@ -42,6 +42,28 @@ def chain_file_option(parser: argparse.ArgumentParser) -> None:
 def release_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--release", default="bookworm",
                         help=f"the guest's Debian release: {', '.join(image.RELEASES)} (default bookworm)")
+    kernel_option(parser)
+
+
+def kernel_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--kernel", default=None, metavar="FILE.deb",
+                        help="boot this linux-image package (a bisect build, another release's kernel) "
+                             "on the release's userspace instead of its own kernel")
+
+
+def check_release(args) -> None:
+    """An unknown --release or a --kernel that is no kernel package fails here, before any
+    image or VM work; args.user_kernel is then the package (or None)."""
+    image.check_release(args.release)
+    args.user_kernel = user_kernel.inspect(args.kernel) if getattr(args, "kernel", None) else None
+
+
+def kernel_said(outcome: Outcome) -> str:
+    """The line naming the guest's kernel: with --kernel, the package it came from."""
+    said = f"guest kernel {outcome.kernel}, {outcome.systemd}, accelerator {outcome.accel}"
+    if outcome.user_kernel:
+        said += f"; --kernel {outcome.user_kernel.describe()} booted as {outcome.kernel}"
+    return said
 
 
 def name_option(parser: argparse.ArgumentParser) -> None:
@@ -93,6 +115,6 @@ def write_report(outcomes: list[Outcome], path: Path | None) -> None:
 
 
 def lab(args, **options) -> Lab:
-    """The Lab the command's --release, --cold, --backend, --guest and --image ask for."""
+    """The Lab the command's --release, --kernel, --cold, --backend, --guest and --image ask for."""
     return Lab(release=args.release, cold=args.cold or None, backend=args.backend, guest=args.guest, fcos_image=args.image,
-               chain=getattr(args, "chain_spec", None), **options)
+               chain=getattr(args, "chain_spec", None), kernel=getattr(args, "user_kernel", None), **options)

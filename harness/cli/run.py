@@ -7,11 +7,10 @@ from rich.table import Table
 from .. import progress, units
 from ..evidence import findings, report, timeline
 from ..evidence.outcome import Outcome
-from ..images import image
 from ..paths import artifacts_dir
 from ..runs import experiments
-from .options import (backend_options, chain_file_option, check_report_path, check_units, console, keep_options,
-                      lab, release_option, start_options, variant_options, write_report)
+from .options import (backend_options, chain_file_option, check_release, check_report_path, check_units, console,
+                      keep_options, kernel_said, lab, release_option, start_options, variant_options, write_report)
 
 
 def add_run(sub) -> None:
@@ -36,7 +35,7 @@ def add_run(sub) -> None:
 def cmd_run(args) -> int:
     experiment = experiments.get(args.experiment)
     params = experiment.parse_params(args.param)
-    image.check_release(args.release)
+    check_release(args)
     check_units(args)
     with lab(args, keep=args.keep_artifacts) as the_lab:
         outcome = experiments.run(the_lab, args.experiment, args.chain, args.fs, args.units, params=params,
@@ -50,6 +49,8 @@ def cmd_run(args) -> int:
             console.print(timeline.render(outcome.timeline), highlight=False, markup=False)
         for line in outcome.badness:
             console.print(f"badness on the console: {line}", style="red", markup=False)
+        if outcome.user_kernel:
+            console.print(kernel_said(outcome), markup=False)
         if outcome.artifacts:
             console.print(f"artifacts: {outcome.artifacts}")
     return 0
@@ -67,7 +68,7 @@ def add_demo(sub) -> None:
 
 def cmd_demo(args) -> int:
     check_report_path(args.report)
-    image.check_release(args.release)
+    check_release(args)
     outcomes = []
     with lab(args, keep=args.keep_artifacts or args.report is not None) as the_lab:
         for name, chain, fs in experiments.INCIDENT_SUITE:
@@ -79,7 +80,7 @@ def cmd_demo(args) -> int:
     else:
         console.print(findings_table(outcomes))
         first = outcomes[0]
-        console.print(f"guest kernel {first.kernel}, {first.systemd}, accelerator {first.accel}")
+        console.print(kernel_said(first), markup=False)
     return 0
 
 

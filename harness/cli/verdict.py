@@ -7,10 +7,9 @@ from .. import progress
 from ..errors import GuestTimeout
 from ..evidence import findings
 from ..evidence.outcome import CheckVerdict, Outcome
-from ..images import image
 from ..runs import experiments, verdict
-from .options import (backend_options, chain_file_option, check_report_path, check_units, console, keep_options,
-                      lab, release_option, start_options, variant_options, write_report)
+from .options import (backend_options, chain_file_option, check_release, check_report_path, check_units, console,
+                      keep_options, kernel_said, lab, release_option, start_options, variant_options, write_report)
 
 
 def add_matrix(sub) -> None:
@@ -30,7 +29,7 @@ def cmd_matrix(args) -> int:
     names = args.faults or [name for name in experiments.EXPERIMENTS if name != "healthy"]
     for name in names:
         experiments.get(name)
-    image.check_release(args.release)
+    check_release(args)
     check_units(args)
     check_report_path(args.report)
     outcomes = []
@@ -52,7 +51,7 @@ def cmd_matrix(args) -> int:
         if out.fault_effect is not None:
             console.print(f"{out.describe()}: {'took effect' if out.took_effect else 'did NOT take effect'}: "
                           f"{out.fault_effect.said}", markup=False)
-    console.print(f"guest kernel {outcomes[0].kernel}, {outcomes[0].systemd}" if outcomes else "")
+    console.print(kernel_said(outcomes[0]) if outcomes else "", markup=False)
     return 0
 
 
@@ -103,7 +102,7 @@ def add_verdict(sub) -> None:
 
 def cmd_verdict(args) -> int:
     names = verdict.check_faults(args.faults)
-    image.check_release(args.release)
+    check_release(args)
     check_units(args)
     check_report_path(args.report)
     with lab(args, keep=args.keep_artifacts or args.report is not None) as the_lab:
@@ -115,8 +114,9 @@ def cmd_verdict(args) -> int:
     console.print(verdict_table(verdicts, args.chain_spec))
     versions = next((v.versions for v in verdicts if v.versions), {})
     console.print(f"guest kernel {versions.get('kernel', '?')}, {versions.get('systemd', '?')}"
-                  + (f", packages {versions['packages']}" if versions.get("packages") else "") + "; "
-                  + ("FAIL: a check lies or a must_stop unit kept running" if failed else "ok"))
+                  + (f", packages {versions['packages']}" if versions.get("packages") else "")
+                  + (f", from --kernel {the_lab.kernel.describe()}" if the_lab.kernel else "") + "; "
+                  + ("FAIL: a check lies or a must_stop unit kept running" if failed else "ok"), markup=False)
     return 1 if failed else 0
 
 

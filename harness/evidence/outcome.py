@@ -4,6 +4,7 @@ keep working. `Outcome.from_json()` reads it back (the report, older runs), taki
 missing key as "not known"."""
 from dataclasses import dataclass, field, fields
 
+from ..images.user_kernel import UserKernel
 from ..lab.instance import VERSION_KEYS
 
 
@@ -207,6 +208,8 @@ class Outcome:
     remedy: str | None = None           # the vm/remedies/ unit files laid over the chain's
     fan_fs_error: KernelWord | None = None
     xfs_healer: Healer | None = None
+    # A user's kernel package (--kernel FILE.deb) the guest booted; "kernel" says its uname -r.
+    user_kernel: UserKernel | None = None
     fault_effect: FaultEffect | None = None   # None: the fault cannot tell (assumed in effect)
     after_verdict: Aftermath | None = None
     deep_after_verdict: DeepCatchUp | None = None
@@ -260,6 +263,8 @@ class Outcome:
             out["fan_fs_error"] = self.fan_fs_error.to_json()
         if self.xfs_healer is not None:
             out["xfs_healer"] = self.xfs_healer.to_json()
+        if self.user_kernel is not None:
+            out["user_kernel"] = self.user_kernel.to_json()
         for key in ("fault_effect", "after_verdict", "deep_after_verdict"):
             if getattr(self, key) is not None:
                 out[key] = getattr(self, key).to_json()
@@ -272,12 +277,13 @@ class Outcome:
         """An Outcome from its JSON object; keys it lacks keep their defaults."""
         typed = {"fault_effect": FaultEffect, "after_verdict": Aftermath, "deep_after_verdict": DeepCatchUp}
         simple = {f.name for f in fields(cls)} - {"health", "seconds", "guest_versions", "fan_fs_error", "xfs_healer",
-                                                  "checks"} - set(typed)
+                                                  "checks", "user_kernel"} - set(typed)
         return cls(**{name: data[name] for name in simple if name in data},
                    **{name: kind.from_json(data[name]) for name, kind in typed.items() if data.get(name)},
                    checks={name: ChainCheck.from_json(check) for name, check in data.get("checks", {}).items()},
                    fan_fs_error=KernelWord.from_json(data["fan_fs_error"]) if data.get("fan_fs_error") else None,
                    xfs_healer=Healer.from_json(data["xfs_healer"]) if data.get("xfs_healer") else None,
+                   user_kernel=UserKernel.from_json(data["user_kernel"]) if data.get("user_kernel") else None,
                    health=Health.from_json(data.get("health", {})),
                    seconds=Seconds(**{k: v for k, v in data.get("seconds", {}).items()
                                       if k in {f.name for f in fields(Seconds)}}),

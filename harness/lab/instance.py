@@ -11,9 +11,11 @@ import time
 from pathlib import Path
 
 from .. import faults, kernel_log, progress, timeouts, units
-from ..errors import GuestKernelPanic, GuestRefused, GuestTimeout, UserError
+from ..errors import GuestKernelPanic, GuestRefused, GuestTimeout, KernelDidNotBoot, UserError
+from ..images import user_kernel
 from ..images.image import Image
 from ..machines.machine import Machine
+from ..paths import artifacts_dir
 from ..waiting import wait_until
 from . import container_start
 from .guest_questions import GuestQuestions
@@ -68,7 +70,19 @@ class Instance(GuestQuestions):
     # -- life cycle ---------------------------------------------------------------
 
     def boot(self, timeout: float = 240) -> "Instance":
-        """Boots and waits until the guest says boot is over, then until SSH answers."""
+        """Boots and waits until the guest says boot is over, then until SSH answers.
+        A user's kernel (--kernel) that does not get there is bad input: KernelDidNotBoot."""
+        try:
+            return self._boot(timeout)
+        except GuestTimeout as failure:  # a panic too, once its retries are spent
+            if (user := self.image.manifest.get("user_kernel")) is None:
+                raise
+            kept = artifacts_dir() / f"{self.run_dir.name}-console.log"
+            shutil.copy(self.machine.console_path, kept)
+            raise KernelDidNotBoot(user_kernel.UserKernel.from_json(user).describe(),
+                                   self.image.manifest["release"], str(failure).splitlines()[0], kept) from None
+
+    def _boot(self, timeout: float) -> "Instance":
         started = time.monotonic()
         for attempt in range(1, BOOTS_UNDER_TCG + 1):
             try:

@@ -13,7 +13,8 @@ from pathlib import Path
 
 from . import backends, snapshots
 from .. import chainfile, units
-from ..images import image as image_mod
+from ..errors import GuestRefused, UserError
+from ..images import image as image_mod, user_kernel
 from .instance import Instance
 from ..paths import artifacts_dir, runs_dir
 
@@ -36,8 +37,11 @@ class Lab:
     def __init__(self, release: str = "bookworm", keep: bool = False, memory_mb: int = 1024,
                  cold: bool | None = None, outlive_owner: bool = False,
                  backend: str = "qemu", guest: str = "debian", fcos_image: str | Path | None = None,
-                 chain: "chainfile.Chain | None" = None):
+                 chain: "chainfile.Chain | None" = None, kernel: user_kernel.UserKernel | None = None):
         self.fcos_image = backends.check(backend, guest, fcos_image)
+        if kernel is not None and (backend, guest) != ("qemu", "debian"):
+            raise UserError("--kernel boots a kernel package in the harness's own Debian image",
+                            "run it with --backend qemu --guest debian (the defaults)")
         self.backend, self.guest = backend, guest
         sweep_stale_runs()
         self.cold = os.environ.get("UNITCHAOS_COLD") == "1" if cold is None else cold
@@ -50,6 +54,8 @@ class Lab:
         self.memory_mb = memory_mb
         # The chain every instance of this lab runs (a chain file; default the incident's).
         self.chain = chain or units.incident()
+        # A user's kernel package (--kernel) booted on the release's userspace, or None.
+        self.kernel = kernel
         self.instances: list[Instance] = []  # acquired and not yet released
         self._image: image_mod.Image | None = None
 
@@ -57,7 +63,9 @@ class Lab:
     def image(self) -> image_mod.Image:
         """The guest image of this lab's release, built on first use."""
         if self._image is None:
-            self._image = image_mod.ensure_image(self.guest_release, extras=image_mod.Extras.of(self.chain))
+            extras = image_mod.Extras.of(self.chain)
+            self._image = (user_kernel.ensure_image(self.guest_release, self.kernel, extras=extras) if self.kernel
+                           else image_mod.ensure_image(self.guest_release, extras=extras))
         return self._image
 
     def acquire(self, chain: str | None = None, fs: str | None = None, units_dir: str | Path | None = None,
@@ -83,9 +91,17 @@ class Lab:
         if not started:
             return self._new(variant, label or "cold")
         if cold or boot or backends.cold_only(self.backend, self.guest):
-            return self._new(variant, label or "cold").boot()
+            return self._booted_the_kernel(self._new(variant, label or "cold").boot())
         saved = snapshots.ensure(self, variant)
-        return self._new(variant, label or "warm").restore(saved)
+        return self._booted_the_kernel(self._new(variant, label or "warm").restore(saved))
+
+    def _booted_the_kernel(self, instance: Instance) -> Instance:
+        """INSTANCE, once it is shown to run the user's kernel (--kernel), if there is one."""
+        if self.kernel and instance.guest_versions.get("kernel") != self.kernel.uname_r:
+            raise GuestRefused(f"the guest runs kernel {instance.guest_versions.get('kernel')}, not "
+                               f"{self.kernel.uname_r} of {self.kernel.describe()}",
+                               "report it: the image took out the wrong kernel", evidence=instance.run_dir)
+        return instance
 
     def release(self, instance: Instance, keep: bool | None = None, running: bool = False) -> Path | None:
         """Lets INSTANCE go. It is stopped and its run directory removed, unless KEEP (None:

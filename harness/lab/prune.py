@@ -7,7 +7,9 @@ time). Stale here means:
   of a shipped chain (chains/*.toml) or of the chain file in use (--chain-file's default:
   $UNITCHAOS_CHAIN_FILE, ./unitchaos.toml). Images of a user's other chain files are rebuilt
   on their next run. (Before this, prune removed the Redis and PostgreSQL images: their keys
-  are "bookworm-<hash>" like any older bookworm recipe's.)
+  are "bookworm-<hash>" like any older bookworm recipe's.) An image with a user's kernel
+  (--kernel FILE.deb) is kept while that file is where it was and unchanged: it is stale once
+  the package is gone or rebuilt (its key follows the package's sha256), like any other.
 - a snapshot whose image is gone, stale or rebuilt since, or that was saved by another
   QEMU or for another command line;
 - a staging directory (a half-built image or half-saved snapshot, dot-named) whose key
@@ -25,7 +27,7 @@ from types import SimpleNamespace
 from .. import chainfile
 from ..errors import UserError
 from ..machines import accel
-from ..images import image
+from ..images import image, user_kernel
 from . import snapshots
 
 
@@ -52,14 +54,32 @@ def find() -> list[Stale]:
 
 def current_image_keys() -> set[str]:
     """The image keys a run of this checkout can use: every release, plain and with each
-    known chain's extras."""
+    known chain's extras, and with a user's kernel package (--kernel) that is still where
+    it was and unchanged."""
     extras = {image.NO_EXTRAS}
     for path in {*chainfile.CHAINS_DIR.glob("*.toml"), chainfile.find()}:
         try:
             extras.add(image.Extras.of(chainfile.parse_file(path, check_packages=False)))
         except UserError:
             continue  # a broken chain file has no image to keep
-    return {image.recipe_key(release, e) for release in image.RELEASES for e in extras}
+    keys = {image.recipe_key(release, e) for release in image.RELEASES for e in extras}
+    for kernel, release in _user_kernels():
+        keys |= {user_kernel.image_key(release, kernel, e) for e in extras}
+    return keys
+
+
+def _user_kernels() -> list[tuple["user_kernel.UserKernel", str]]:
+    """(package, release) of each kernel image whose .deb is still there, as it was built from."""
+    found = []
+    for manifest in image.images_dir().glob("*/manifest.json"):
+        try:
+            built = json.loads(manifest.read_text())
+            kernel = user_kernel.inspect(built["user_kernel"]["file"])
+        except (OSError, ValueError, KeyError, UserError):
+            continue  # not a kernel image, or its package is gone: nothing keeps it
+        if kernel.sha256 == built["user_kernel"]["sha256"] and built.get("release") in image.RELEASES:
+            found.append((kernel, built["release"]))
+    return found
 
 
 def remove(stale: list[Stale]) -> None:

@@ -148,6 +148,7 @@ def run(lab: Lab, name: str, chain: str | None = None, fs: str | None = None, un
         outcome = Outcome.from_json(_jsonable(outcome))
         outcome.start = "warm snapshot" if instance.restored else "cold boot"
         outcome.backend, outcome.guest = lab.backend, lab.guest
+        outcome.user_kernel = lab.kernel
         outcome.seconds = Seconds(boot=round(instance.boot_seconds, 1), fault_to_verdict=round(now - fault_started, 1),
                                   total=round(now - started, 1))
         if instance.machine.up_seconds is not None:

@@ -78,4 +78,5 @@ def run(lab: Lab, names: list[str]) -> list[FaultVerdict]:
 def as_json(lab: Lab, verdicts: list[FaultVerdict]) -> dict:
     return {"chain": lab.chain.name, "chain_file": str(lab.chain.source), "release": lab.guest_release,
             "failed": any(v.failed for v in verdicts),
-            "faults": [{**asdict(v), "failed": v.failed} for v in verdicts]}
+            "faults": [{**asdict(v), "failed": v.failed} for v in verdicts],
+            **({"user_kernel": lab.kernel.to_json()} if lab.kernel else {})}

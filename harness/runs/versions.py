@@ -12,7 +12,7 @@ import statistics
 from pathlib import Path
 
 from . import experiments
-from ..images import image
+from ..images import image, user_kernel
 from .. import kernel_log, progress
 from ..errors import ArchiveBroken, GuestError, UserError
 from ..evidence.outcome import Healer, KernelWord, Outcome
@@ -64,10 +64,10 @@ def healer_words(seen: Healer | None) -> str:
 
 
 def run(rows: list[tuple[str, str, str]], releases: list[str], cold: bool = False, units_dir=None,
-        runs: int = 1) -> dict:
+        runs: int = 1, kernel: user_kernel.UserKernel | None = None) -> dict:
     """Runs every ROW (experiment, chain, fs[, remedy]) RUNS times on every release (with the
     unit files in UNITS_DIR, default vm/units; a remedy from vm/remedies laid over them);
-    returns the matrix."""
+    returns the matrix. KERNEL: a user's kernel package booted on every release's userspace."""
     for name, *_ in rows:
         experiments.get(name)
     for release in releases:
@@ -81,7 +81,7 @@ def run(rows: list[tuple[str, str, str]], releases: list[str], cold: bool = Fals
     images, unbuilt = {}, {}
     for release in releases:
         try:
-            images[release] = image.ensure_image(release)
+            images[release] = (user_kernel.ensure_image(release, kernel) if kernel else image.ensure_image(release))
         except ArchiveBroken as exc:
             progress.say(f"versions: {exc.problem}")
             unbuilt[release] = exc.problem
@@ -90,7 +90,7 @@ def run(rows: list[tuple[str, str, str]], releases: list[str], cold: bool = Fals
         if release in unbuilt:
             outcomes[release] = {row: [{"error": f"not run: {unbuilt[release]}"}] for row in rows}
             continue
-        with Lab(release=release, cold=cold or None) as lab:
+        with Lab(release=release, cold=cold or None, kernel=kernel) as lab:
             for row in rows:
                 for attempt in range(1, runs + 1):
                     of = f" (run {attempt} of {runs})" if runs > 1 else ""
@@ -122,6 +122,7 @@ def matrix(rows, releases, outcomes: dict[str, dict[tuple, Outcome | dict | list
             "image": manifest.get("key"),
             "packages": manifest.get("package_versions"),
             "archive_dates": manifest.get("archive_dates"),
+            **({"user_kernel": manifest["user_kernel"]} if "user_kernel" in manifest else {}),
         }
     for row in rows:
         cells = {release: _cell(_runs(outcomes.get(release, {}).get(tuple(row)))) for release in releases}
@@ -263,7 +264,9 @@ def render(result: dict):
 def _column(release: str, info: dict) -> str:
     packages = info.get("packages") or {}
     exact = "\n".join(f"{name} {version}" for name, version in packages.items())
-    return f"{release}\nkernel {info['kernel']}\n{info['systemd']}" + (f"\n{exact}" if exact else "")
+    user = info.get("user_kernel")
+    said = f"\n--kernel {user['package']} {user['version']} (sha256 {user['sha256'][:12]})" if user else ""
+    return f"{release}\nkernel {info['kernel']}{said}\n{info['systemd']}" + (f"\n{exact}" if exact else "")
 
 
 def to_json(result: dict) -> str:
