@@ -203,11 +203,16 @@ def burn_cpu(deep_seconds, later) -> Outcome:
 def test_a_deep_check_that_fails_on_its_next_container_test_agrees_with_the_verdict():
     from harness.evidence.outcome import DeepCatchUp
     out = burn_cpu(None, DeepCatchUp(failed=True, seconds=41.5, reason="docker: ...", waited=20))
-    assert findings.deep_cell(out) == ("failed after 41.5 s (its next container test)", "good")
+    assert findings.deep_cell(out) == ("failed after 41.5 s (after the window)", "good")
+    at_once = burn_cpu(None, DeepCatchUp(failed=True, seconds=82.4, reason="docker: ...", waited=0.0))
+    assert findings.deep_cell(at_once) == ("failing when asked at 82.4 s (after the window)", "good")
     still = burn_cpu(None, DeepCatchUp(failed=False, waited=55))
     assert findings.deep_cell(still) == ("passes (still 55 s after the verdict)", "bad")
     again = Outcome.from_json(out.to_json())
     assert again.deep_after_verdict == out.deep_after_verdict
+    out.health.stock = CheckVerdict()
+    matrix = text_of(verdict_cli.matrix_table([out], None))
+    assert "after the window" in matrix and "41.5" in matrix and matrix.count("missed") == 1  # the stock check's
 
 
 # -- exhaust-inodes: did the fault take effect? ---------------------------------------

@@ -67,6 +67,11 @@ def matrix_table(outcomes: list[Outcome], args) -> Table:
         for name in names:
             check = out.health.named()[name]
             lies = name in out.checks and out.checks[name].lies
+            later = out.deep_after_verdict if name == "deep" and not check.detected else None
+            if later is not None and later.failed:
+                # Its container test runs every 30 s: it failed, after the health window.
+                cells += ["[yellow]after the window[/yellow]", _secs(later.seconds), "-"]
+                continue
             cells += ["[red]LIES[/red]" if lies else _detected(check, out.took_effect), _secs(check.seconds),
                       _secs(check.lb_seconds)]
         several = len({o.fs for o in outcomes if o.experiment == out.experiment}) > 1

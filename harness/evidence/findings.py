@@ -75,7 +75,10 @@ def deep_cell(out: Outcome) -> tuple[str, str | None]:
     if deep is not None and deep.seconds is not None:
         return f"failed after {deep.seconds:.1f} s", "good" if not starts else "bad"
     if later is not None and later.failed:
-        return f"failed after {later.seconds:.1f} s (its next container test)", "good" if not starts else "bad"
+        # Failing at the first look after the verdict: it failed somewhere before that moment.
+        when = (f"failing when asked at {later.seconds:.1f} s" if (later.waited or 0) < 1
+                else f"failed after {later.seconds:.1f} s")
+        return f"{when} (after the window)", "good" if not starts else "bad"
     if later is not None:
         return f"passes (still {later.waited:.0f} s after the verdict)", "good" if starts else "bad"
     return "passes", "good" if starts else "bad"
