@@ -101,9 +101,10 @@ def cmd_report(args) -> int:
 
 def findings_table(outcomes: list[Outcome]) -> Table:
     """The findings of OUTCOMES, one row each, coloured good, bad or warn."""
-    table = Table(*findings.columns(outcomes), title="What systemd, the kernel and the health checks did")
+    columns = findings.columns(outcomes)
+    table = Table(*columns, title="What systemd, the kernel and the health checks did")
     styles = {"good": "green", "bad": "red", "warn": "yellow"}
     for out in outcomes:
         table.add_row(*(f"[{styles[tone]}]{text}[/{styles[tone]}]" if tone else text
-                        for text, tone in findings.row(out)))
+                        for text, tone in findings.row(out, findings.AFTER in columns)))
     return table

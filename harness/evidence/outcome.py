@@ -119,6 +119,48 @@ class Healer(_Plain):
 
 
 @dataclass
+class FaultEffect(_Plain):
+    """Whether the fault took effect, in the fault's own words: "inodes were not exhausted
+    after 180000 files" is not a check that missed something, there was nothing to miss."""
+    took_effect: bool
+    said: str
+
+
+@dataclass
+class Aftermath(_Plain):
+    """What happened AFTER the verdict, caused by the lab's own next step: with dockerd
+    stopped, the workload as a user runs it (`docker run` through docker.sock) wakes
+    docker.socket, which starts docker.service, which pulls the volume's mount back in.
+    A fact of its own, never mixed into the state at the verdict."""
+    action: str                         # what the lab did
+    ok: bool                            # did that container start
+    error: str | None = None
+    changed: dict[str, str] = field(default_factory=dict)  # unit -> "inactive -> active", from the verdict's state
+    remounted: bool = False             # the volume's mount, gone at the verdict, listed again
+    systemd: list[dict] = field(default_factory=list)     # systemd's lines after the verdict, in order: {"t", "event"}
+
+    def woke(self) -> str:
+        """One line: what the action brought back ("" when nothing changed)."""
+        back = [unit.removesuffix(".service") for unit, change in self.changed.items()
+                if change.endswith("-> active") and not unit.endswith(".mount")]
+        said = ", ".join(back) + " active again" if back else ""
+        if self.remounted:
+            said += (", " if said else "") + "volume mounted again"
+        return said
+
+
+@dataclass
+class DeepCatchUp(_Plain):
+    """The deep check after the verdict, when the verdict's container test failed while the
+    deep check still passed: it tests a container start every `every` seconds, so its
+    answer in the health window can predate the fault. Waited for up to every + budget."""
+    failed: bool
+    seconds: float | None = None        # from the fault to its first failing answer
+    reason: str | None = None           # its docker check's reason then
+    waited: float | None = None
+
+
+@dataclass
 class Outcome:
     """One experiment's findings: what systemd, the kernel, the mount table and the health
     checks said after the fault, with the versions and timings they depend on."""
@@ -168,6 +210,14 @@ class Outcome:
     xfs_healer: Healer | None = None
     # A user's kernel package (--kernel FILE.deb) the guest booted; "kernel" says its uname -r.
     user_kernel: UserKernel | None = None
+    fault_effect: FaultEffect | None = None   # None: the fault cannot tell (assumed in effect)
+    after_verdict: Aftermath | None = None
+    deep_after_verdict: DeepCatchUp | None = None
+
+    @property
+    def took_effect(self) -> bool:
+        """False only when the fault said it did not take effect."""
+        return self.fault_effect is None or self.fault_effect.took_effect
 
     @property
     def is_incident(self) -> bool:
@@ -215,6 +265,9 @@ class Outcome:
             out["xfs_healer"] = self.xfs_healer.to_json()
         if self.user_kernel is not None:
             out["user_kernel"] = self.user_kernel.to_json()
+        for key in ("fault_effect", "after_verdict", "deep_after_verdict"):
+            if getattr(self, key) is not None:
+                out[key] = getattr(self, key).to_json()
         if self.artifacts is not None:
             out["artifacts"] = self.artifacts
         return out
@@ -222,9 +275,11 @@ class Outcome:
     @classmethod
     def from_json(cls, data: dict) -> "Outcome":
         """An Outcome from its JSON object; keys it lacks keep their defaults."""
+        typed = {"fault_effect": FaultEffect, "after_verdict": Aftermath, "deep_after_verdict": DeepCatchUp}
         simple = {f.name for f in fields(cls)} - {"health", "seconds", "guest_versions", "fan_fs_error", "xfs_healer",
-                                                  "checks", "user_kernel"}
+                                                  "checks", "user_kernel"} - set(typed)
         return cls(**{name: data[name] for name in simple if name in data},
+                   **{name: kind.from_json(data[name]) for name, kind in typed.items() if data.get(name)},
                    checks={name: ChainCheck.from_json(check) for name, check in data.get("checks", {}).items()},
                    fan_fs_error=KernelWord.from_json(data["fan_fs_error"]) if data.get("fan_fs_error") else None,
                    xfs_healer=Healer.from_json(data["xfs_healer"]) if data.get("xfs_healer") else None,

@@ -97,11 +97,12 @@ def render(outcomes: list[tuple[Path, Outcome]], base: Path) -> str:
 
 def _matrix(outcomes, ids) -> str:
     named = list(outcomes[0][1].health.named()) if outcomes else ["stock", "deep"]
+    columns = findings.columns([out for _, out in outcomes])
     rows = ['<table class="findings"><thead><tr>'
-            + "".join(f"<th>{_e(c)}</th>" for c in findings.columns([out for _, out in outcomes]))
+            + "".join(f"<th>{_e(c)}</th>" for c in columns)
             + "".join(f"<th>{_e(name)} LB s</th>" for name in named) + "</tr></thead><tbody>"]
     for anchor, (_, out) in zip(ids, outcomes):
-        cells = findings.row(out)
+        cells = findings.row(out, findings.AFTER in columns)
         first = f'<td><a href="#{anchor}">{_e(cells[0][0])}</a></td>'
         rest = "".join(f'<td class="{tone}">{_e(text)}</td>' if tone else f"<td>{_e(text)}</td>"
                        for text, tone in cells[1:])
@@ -116,11 +117,17 @@ def _experiment(anchor: str, directory: Path, out: Outcome, base: Path) -> str:
     events = out.timeline or []
     title = out.describe()
     parts = [f'<section class="experiment" id="{anchor}"><h2>{_e(title)}</h2>', '<table class="facts">']
-    facts = [("fault", out.fault or "none"),
+    facts = [("fault", (out.fault or "none") + ("" if out.fault_effect is None else
+                                                ("; took effect: " if out.took_effect else "; did NOT take effect: ")
+                                                + out.fault_effect.said)),
              ("units after", ", ".join(f"{u} {s}" for u, s in out.units.items())),
              ("mount", out.mount or "not mounted"),
              ("container start", _container(out.container_start)) if out.is_incident
              else ("workload", _container(out.workload)),
+             *([("after the verdict", f"{findings.after_verdict(out)}; "
+                   f"{', '.join(f'{u} {change}' for u, change in out.after_verdict.changed.items()) or 'no unit changed'}")]
+               if out.after_verdict else []),
+             *([("deep check after the verdict", findings.deep_cell(out)[0])] if out.deep_after_verdict else []),
              ("started from", f"{_known(out.start)} in {_known(out.seconds.boot)} s"),
              ("guest", f"kernel {_known(out.kernel)}, {_known(out.systemd)}, {_known(out.accel)}, "
                        f"timeout scale {_known(out.timeout_scale)}")]

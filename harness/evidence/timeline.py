@@ -49,6 +49,12 @@ def build(instance: Instance, lb=None) -> list[dict]:
     return sorted(({**e, "t": round(e["t"], 2)} for e in events), key=lambda e: e["t"])
 
 
+def systemd_since(instance: Instance, t0: float) -> list[dict]:
+    """systemd's unit changes (PID 1's journal lines) from T0 (host clock) on, in order,
+    each {"t": seconds from T0, "source": "systemd", "event"}."""
+    return sorted(_systemd(instance, t0), key=lambda e: e["t"])
+
+
 def _systemd(instance: Instance, t0: float) -> list[dict]:
     if not instance.machine.running:
         return []

@@ -37,6 +37,12 @@ class Fault:
     heal_action: Callable[[Machine], dict] | None = None
     # Parameters the action takes (name -> default), set with KEY=VALUE on the CLI.
     params: dict[str, object] = field(default_factory=dict)
+    # Judges, from what the action returned, whether the fault took effect: (took, in words).
+    # None: the fault cannot tell, and counts as in effect.
+    judge: Callable[[dict], tuple[bool, str]] | None = None
+    # Filesystems on which the fault's outcome differs by design: `unitchaos matrix` runs it
+    # on each unless --fs names one (exhaust-inodes: ext4's inodes are fixed, XFS's are not).
+    filesystems: tuple[str, ...] = ()
 
     def inject(self, machine: Machine, **params) -> dict:
         """Breaks MACHINE; returns what was done (commands, QMP events) for the record."""
@@ -58,6 +64,12 @@ class Fault:
                 raise UserError(f"{self.name} {key}={value!r} is not {what}",
                                 f"give {key} like its default, {self.params[key]}") from None
         return parsed
+
+    def took_effect(self, detail: dict) -> tuple[bool, str] | None:
+        """(took effect, in words) from what inject returned; None when this fault cannot tell."""
+        if self.judge is None or not isinstance(detail, dict) or ALREADY in detail:
+            return None
+        return self.judge(detail)
 
     def heal(self, machine: Machine) -> dict:
         """Undoes this fault on MACHINE where that makes sense (UserError where it does not)."""
@@ -124,26 +136,50 @@ def _stop_mount(machine: Machine) -> dict:
     return {"command": result.command, "status": result.status, "stderr": result.stderr.strip()}
 
 
-def _exhaust_inodes(machine: Machine) -> dict:
-    # Many empty files until the filesystem says ENOSPC (or a time limit: XFS allocates
-    # inodes as it goes, so it runs out of blocks long after ext4 runs out of inodes).
+def _exhaust_inodes(machine: Machine, seconds: int = 120) -> dict:
+    # Empty files until the filesystem says ENOSPC, or SECONDS pass: ext4 fixes its inodes at
+    # mkfs (65536 on the 1 GiB volume, one per 16 KiB) and runs out with blocks to spare;
+    # XFS allocates inodes as it goes, so it runs out of blocks long after, if ever.
     script = (f"mkdir -p {MOUNT_POINT}/.unitchaos-inodes && cd {MOUNT_POINT}/.unitchaos-inodes && "
               "python3 - <<'EOF'\n"
               "import errno, os, time\n"
               "made, started, error = 0, time.monotonic(), 'time-limit'\n"
-              "while time.monotonic() - started < 90:\n"
+              f"while time.monotonic() - started < {int(seconds)}:\n"
               "    try:\n"
               "        for _ in range(1000):\n"
               "            os.close(os.open(str(made), os.O_CREAT | os.O_WRONLY)); made += 1\n"
               "    except OSError as exc:\n"
               "        error = errno.errorcode.get(exc.errno, str(exc.errno)); break\n"
-              "print(made, error)\n"
+              "print(made, error, round(time.monotonic() - started, 1))\n"
               "EOF\n"
-              f"df --output=iused,iavail,avail -B1 {MOUNT_POINT} | tail -1")
-    result = machine.run(for_volume(script, machine), timeout=150)
+              f"df --output=itotal,iused,iavail,avail -B1 {MOUNT_POINT} | tail -1")
+    result = machine.run(for_volume(script, machine), timeout=seconds + 60)
     lines = result.stdout.split("\n")
-    made, error = (lines[0].split() + ["?", "?"])[:2]
-    return {"files_created": made, "stopped_by": error, "df_iused_iavail_avail": lines[1].strip() if len(lines) > 1 else ""}
+    made, error, took = (lines[0].split() + ["?", "?", "?"])[:3]
+    df = (lines[1].split() if len(lines) > 1 else []) + ["?"] * 4
+    return {"files_created": _number(made), "stopped_by": error, "seconds": _number(took), "time_limit": seconds,
+            **{key: _number(value) for key, value in zip(("inodes_total", "inodes_used", "inodes_free", "bytes_free"), df)}}
+
+
+def _number(text: str):
+    try:
+        return float(text) if "." in text else int(text)
+    except ValueError:
+        return None
+
+
+def _inodes_exhausted(detail: dict) -> tuple[bool, str]:
+    made, stop = detail.get("files_created"), detail.get("stopped_by")
+    free_inodes, free = detail.get("inodes_free"), detail.get("bytes_free")
+    mib = f"{free / 2**20:.0f} MiB" if isinstance(free, int) else "? MiB"
+    if stop == "ENOSPC" and free_inodes == 0:
+        return True, (f"inodes exhausted after {made} files (all {detail.get('inodes_total')}), "
+                      f"with {mib} of blocks still free")
+    if stop == "ENOSPC":
+        return False, (f"inodes were not exhausted after {made} files: the blocks ran out first "
+                       f"({free_inodes} inodes free, {mib} free)")
+    why = f"in {detail.get('time_limit')} s" if stop == "time-limit" else f"(stopped by {stop})"
+    return False, f"inodes were not exhausted after {made} files {why}: {free_inodes} inodes still free, {mib} free"
 
 
 def _shutdown(machine: Machine) -> dict:
@@ -197,8 +233,10 @@ FAULTS = {fault.name: fault for fault in [
                         f" dd if=/dev/zero of={MOUNT_POINT}/.unitchaos-fill2 bs=64k 2>/dev/null || true;"
                         f" df --output=avail -B1 {MOUNT_POINT} | tail -1"),
           heal_action=guest_command(f"rm -f {MOUNT_POINT}/.unitchaos-fill {MOUNT_POINT}/.unitchaos-fill2")),
-    Fault("exhaust-inodes", "create empty files on the volume until it says ENOSPC", "guest", _exhaust_inodes,
-          heal_action=guest_command(f"rm -rf {MOUNT_POINT}/.unitchaos-inodes", timeout=300)),
+    Fault("exhaust-inodes", "create empty files on the volume until its inodes run out (ENOSPC), for at most "
+          "`seconds`: ext4's are fixed at mkfs, XFS allocates them as it goes", "guest", _exhaust_inodes,
+          heal_action=guest_command(f"rm -rf {MOUNT_POINT}/.unitchaos-inodes", timeout=300), params={"seconds": 120},
+          judge=_inodes_exhausted, filesystems=("ext4", "xfs")),
     Fault("hang-docker", "freeze dockerd (SIGSTOP): the socket accepts, nothing answers", "guest",
           guest_command("kill -STOP $(pidof dockerd)"), heal_action=guest_command("kill -CONT $(pidof dockerd)")),
     Fault("agent-disconnect", "the agent drops its control-plane connection; metadata still answers 200",

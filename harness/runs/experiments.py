@@ -55,6 +55,15 @@ INCIDENT_SUITE = [
 STOPPED = ("inactive", "failed")
 
 
+def filesystems(name: str, fs: str | None) -> list[str | None]:
+    """The filesystems to run experiment NAME on in a matrix: FS if given; else each one its
+    fault differs on by design (exhaust-inodes: ext4 and XFS); else the chain's (None)."""
+    fault = get(name).fault
+    if fs or not fault:
+        return [fs]
+    return list(faults.get(fault).filesystems) or [None]
+
+
 def get(name: str) -> Experiment:
     try:
         return EXPERIMENTS[name]
@@ -114,6 +123,7 @@ def run(lab: Lab, name: str, chain: str | None = None, fs: str | None = None, un
                                         "event": f"fails first: {why}"})
             outcome["timeline"].sort(key=lambda e: e["t"])
         outcome["badness"] = timeline.badness(instance)
+        verdict_at = time.time()
         observed = observe(instance) if instance.machine.running else terminated(instance)
         # One entry per declared check: what the load balancer saw, and what it says now.
         observed["checks"] = {name: {**outcome["health"][name], **seen}
@@ -125,6 +135,17 @@ def run(lab: Lab, name: str, chain: str | None = None, fs: str | None = None, un
                 outcome["timeline"].append({"t": round(t_seen, 2), "source": f"{name} check",
                                             "event": f"LIES: answers healthy while the workload fails "
                                                      f"({observed['workload']['error']})"})
+        t0 = instance.fault_log[-1]["at"] if instance.fault_log else verdict_at
+        if instance.chain.has_agent and instance.machine.running:
+            _after_the_verdict(instance, outcome, t0, verdict_at)
+        if experiment.fault and "fault_detail" in outcome:
+            effect = faults.get(experiment.fault).took_effect(outcome["fault_detail"])
+            if effect is not None:
+                outcome["fault_effect"] = {"took_effect": effect[0], "said": effect[1]}
+                if not effect[0]:
+                    outcome["timeline"].append({"t": round(verdict_at - t0, 2), "source": "fault",
+                                                "event": f"did not take effect: {effect[1]}"})
+        outcome["timeline"].sort(key=lambda e: e["t"])
         now = time.monotonic()
         # Observed as plain data (a chain's named checks); typed from here on.
         outcome = Outcome.from_json(_jsonable(outcome))
@@ -151,6 +172,69 @@ def run(lab: Lab, name: str, chain: str | None = None, fs: str | None = None, un
     finally:
         watch.stop()
         lab.release(instance)  # a test's lab keeps it until it knows whether the test failed
+
+
+def _after_the_verdict(instance: Instance, outcome: dict, t0: float, verdict_at: float) -> None:
+    """The incident's chain, after its state at the verdict is recorded: the facts that come
+    later, each on the timeline in the order it happened.
+
+    - dockerd stopped: the workload as a user runs it (`docker run` through docker.sock)
+      wakes docker.socket, which starts docker.service, which pulls the mount back in
+      (stop-mount). That is the lab's own doing, after the verdict: `after_verdict`.
+    - containers cannot start by the deep check's own test while the deep check passed:
+      its container test runs every 30 s, so its answer may predate the fault. Wait for
+      its next one: `deep_after_verdict`."""
+    start = outcome["container_start"]
+    states = ", ".join(f"{unit.removesuffix('.service')} {state}" for unit, state in outcome["units"].items()
+                       if unit in instance.chain.must_stop)
+    outcome["timeline"].append({"t": round(verdict_at - t0, 2), "source": "verdict", "event":
+                                f"{states}; mount {'listed' if outcome['mount_listed'] else 'not listed'}; "
+                                f"containers start: {'yes' if start['ok'] else 'no, ' + str(start.get('error'))}"})
+    if start.get("dockerd") is False:
+        outcome["after_verdict"] = aftermath(instance, t0, outcome["units"], outcome["mount_listed"])
+        outcome["timeline"] += [{"t": line["t"], "source": "after verdict", "event": line["event"]}
+                                for line in outcome["after_verdict"]["systemd"]]
+    elif not start["ok"] and start.get("budget") and (outcome["health"].get("deep") or {}).get("seconds") is None:
+        outcome["deep_after_verdict"] = deep_catch_up(instance, start, t0)
+        if outcome["deep_after_verdict"]["failed"]:
+            outcome["timeline"].append({"t": outcome["deep_after_verdict"]["seconds"], "source": "deep check",
+                                        "event": f"fails (after the window): {outcome['deep_after_verdict']['reason']}"})
+
+
+def aftermath(instance: Instance, t0: float, states: dict[str, str], listed: bool) -> dict:
+    """Runs the workload the way a user does (agent gone: `docker run` through docker.sock)
+    and records what it brought back, against the verdict's STATES and mount LISTED: units
+    changed, the mount, systemd's lines in order."""
+    began = time.time()
+    work = instance.workload()
+    # The chain's own units (and docker.socket, which does the waking); not the container
+    # scopes and overlay mounts a container start brings along.
+    names = [*instance.chain.units, "docker.socket"]
+    lines = [{"t": round(event["t"] + began - t0, 2), "event": event["event"]}
+             for event in timeline.systemd_since(instance, began)
+             if any(event["event"].startswith(name) or f" {name}" in event["event"] for name in names)]
+    now = instance.unit_states()
+    return {"action": "docker run via docker.sock" if work.get("via") == "docker" else "a task through the agent",
+            "ok": work["ok"], "error": work.get("error"),
+            "changed": {unit: f"{states.get(unit)} -> {state}" for unit, state in now.items() if states.get(unit) != state},
+            "remounted": not listed and instance.mount_listed(), "systemd": lines}
+
+
+def deep_catch_up(instance: Instance, start: dict, t0: float) -> dict:
+    """Polls the deep check until it fails, for at most its container test's cadence plus
+    budget (scaled): the first answer after the fault that includes a container test."""
+    limit = timeouts.scaled(float(start.get("every") or 30) + float(start["budget"]) + 5)
+    began = time.monotonic()
+    while time.monotonic() - began < limit:
+        status, body = instance.deep_health(timeout=5)
+        if status is not None and status != 200:
+            checks = body.get("checks", {}) if isinstance(body, dict) else {}
+            reason = "; ".join(f"{name}: {check.get('reason')}" for name, check in checks.items()
+                               if check.get("status") != "ok") or str(body)[:200]
+            return {"failed": True, "seconds": round(time.time() - t0, 2), "reason": reason,
+                    "waited": round(time.monotonic() - began, 1)}
+        time.sleep(1)
+    return {"failed": False, "waited": round(time.monotonic() - began, 1)}
 
 
 def describe(outcome: dict) -> str:
@@ -223,12 +307,14 @@ def observe(instance: Instance) -> dict:
     if chain.has_agent:
         seen["metadata_status"] = instance.metadata_status()
         seen["docker_dir_device"] = seen["data_dir_device"]
-        # Before the workload, which can wake Docker and remount the volume.
         word, healer = fs_error.observe(instance)
         seen.update({"fan_fs_error": word.to_json(), "xfs_healer": healer.to_json()})
-    # Last, because it changes what it looks at: with the agent gone, asking Docker wakes
-    # docker.socket, which starts docker.service, which pulls the mount back in.
-    work = instance.workload()
+        # The deep check's own container test (one definition, one budget): through Docker's
+        # own socket, so it wakes nothing; the user's way, which can, comes after the verdict.
+        work = instance.containers_start()
+    else:
+        # Last, because it may change what it looks at.
+        work = instance.workload()
     # A check lies when it says healthy while the workload fails.
     checks = {name: {"now": status, "lies": status == 200 and not work["ok"]} for name, status in now.items()}
     return {

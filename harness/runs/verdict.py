@@ -37,6 +37,7 @@ class FaultVerdict:
     kernel: str                # the most telling kernel message seen
     versions: dict             # the guest's kernel, systemd and the chain's packages
     error: str | None = None   # the experiment did not finish (a finding too)
+    not_in_effect: str | None = None  # the fault's own words when it did not take effect
 
     @property
     def failed(self) -> bool:
@@ -58,7 +59,8 @@ def of(out: Outcome) -> FaultVerdict:
                         checks=checks, workload_failed=not out.workload_ok,
                         workload_said=out.workload.get("error"),
                         workload_seconds=(out.workload_traffic or {}).get("first_failure"),
-                        kernel=kernel_summary(out.kernel_events), versions=dict(out.guest_versions))
+                        kernel=kernel_summary(out.kernel_events), versions=dict(out.guest_versions),
+                        not_in_effect=None if out.took_effect else out.fault_effect.said)
 
 
 def run(lab: Lab, names: list[str]) -> list[FaultVerdict]:
