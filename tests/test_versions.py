@@ -414,3 +414,21 @@ def test_a_matrix_saved_before_the_remedy_aspect_still_prints(tmp_path):
     loaded = versions.load(tmp_path / "old.json")
     assert loaded["rows"][0]["cells"]["bookworm"]["remedy"] == "none"
     Console(file=io.StringIO()).print(versions.render(loaded))
+
+
+def test_versions_runs_each_row_with_and_without_a_remedy(monkeypatch, tmp_path):
+    # A row with no remedy is (experiment, chain, fs, None): the progress line once joined
+    # it whole, and `versions ... --remedy fs-error-watch` died of a TypeError before any run.
+    class FakeLab:
+        def __init__(self, **kwargs):
+            pass
+        __enter__ = lambda self: self
+        __exit__ = lambda self, *exc: None
+    asked = []
+    (tmp_path / "manifest.json").write_text(json.dumps({"release": "bookworm"}))
+    monkeypatch.setattr(image, "ensure_image", lambda release: image.Image(tmp_path))
+    monkeypatch.setattr(versions, "Lab", FakeLab)
+    monkeypatch.setattr(versions.experiments, "run",
+                        lambda lab, name, chain, fs, units_dir, remedy=None: asked.append(remedy) or {"error": "fake"})
+    versions.run(versions.with_remedies([ROW], ["fs-error-watch"]), ["bookworm"])
+    assert asked == [None, "fs-error-watch"]

@@ -107,7 +107,7 @@ def run(rows: list[tuple[str, str, str]], releases: list[str], cold: bool = Fals
             for row in rows:
                 for attempt in range(1, runs + 1):
                     of = f" (run {attempt} of {runs})" if runs > 1 else ""
-                    progress.say(f"versions: {' '.join(row)} on {release}{of}")
+                    progress.say(f"versions: {' '.join(part for part in row if part)} on {release}{of}")
                     try:
                         outcome = experiments.run(lab, *row[:3], units_dir, remedy=_remedy(row))
                     except (GuestError, UserError) as exc:
