@@ -158,3 +158,14 @@ def test_each_release_boots_with_its_tcg_workaround(tmp_path, release, threads, 
     assert argv[argv.index("-accel") + 1] == f"tcg,thread={threads}"
     assert argv[argv.index("-cpu") + 1] == cpu
     assert "systemd.default_device_timeout_sec=600" in argv[argv.index("-append") + 1]
+    assert ("damon_stat.enabled=N" in argv[argv.index("-append") + 1]) == (release == "trixie-backports")
+
+
+def test_kvm_takes_none_of_the_tcg_kernel_arguments(tmp_path):
+    (tmp_path / "image").mkdir()
+    (tmp_path / "image" / "manifest.json").write_text(json.dumps({"release": "trixie-backports"}))
+    machine = Machine(Image(tmp_path / "image"), tmp_path / "run")
+    machine.accel, machine.ports = "kvm", {port: 10000 + port for port in machine.guest_ports}
+    argv = machine.qemu_argv()
+    assert argv[argv.index("-accel") + 1] == "kvm"
+    assert not {"damon_stat.enabled=N", "systemd.default_device_timeout_sec=600"} & set(argv[argv.index("-append") + 1].split())

@@ -37,3 +37,60 @@ def test_render_names_the_failure_under_its_suite():
     assert any(line.split() == ["warm_serial", "100.0", "s"] for line in lines)
     assert any("cold_parallel_2" in line and "(1 failed, below)" in line for line in lines)
     assert f"    failed in cold_parallel_2: stop-mount/bindsto/xfs: {FAILED}" in lines
+
+
+SYSTEMCTL_SHOW = """UserspaceTimestampMonotonic=2500000
+
+Id=multi-user.target
+InactiveExitTimestampMonotonic=0
+ActiveEnterTimestampMonotonic=20000000
+
+InactiveExitTimestampMonotonic=9000000
+ActiveEnterTimestampMonotonic=15000000
+Id=docker.service
+
+Id=ecs-agent.service
+InactiveExitTimestampMonotonic=15100000
+ActiveEnterTimestampMonotonic=19000000
+
+Id=unitchaos-ready.service
+InactiveExitTimestampMonotonic=20000000
+ActiveEnterTimestampMonotonic=21500000
+"""
+
+
+def test_the_cold_boot_split_comes_from_the_guests_own_timestamps():
+    split = bench.parse_boot_split(SYSTEMCTL_SHOW, total=30.0)
+    assert split == {"kernel": 2.5, "systemd_to_multi_user": 17.5, "docker": 6.0, "agent_start_pre": 3.9,
+                     "agent_answer": 2.5, "docker_active_at": 15.0, "agent_active_at": 19.0,
+                     "guest_ready_at": 21.5, "outside_guest": 8.5}
+
+
+def test_render_shows_the_splits_and_each_experiments_speedup():
+    summary = {"median": 1.0, "min": 1.0, "max": 1.0, "runs": 3}
+    figures = {"machine": {"cores": 2, "qemu": "QEMU 7.2", "accel": "tcg", "kernel": "6.1"},
+               "image_cached_s": summary, "cold_boot": summary, "restore": summary, "restore_speedup": 1.0,
+               "cold_boot_split_s": {"kernel": 2.5}, "restore_split_s": {"incoming": 0.05},
+               "experiment_s": {"yank/bindsto/xfs": {"cold": 50.0, "warm": 5.0, "speedup": 10.0}},
+               "suite_s": {"warm_serial": 60.0, "cold_serial": 400.0, "warm_parallel_2": 40.0},
+               "suite_speedup_warm_vs_cold_serial": 6.7, "suite_speedup_warm_parallel_2_vs_cold_serial": 10.0}
+    text = bench.render(figures)
+    assert "    kernel                             2.50 s" in text and "incoming" in text
+    assert "cold boot per experiment" in text and "50.0 s /   5.0 s    10.0 x" in text
+    assert "suite speedup (cold serial / warm x2)     10.0 x" in text
+
+
+def test_without_the_cold_suites_each_experiments_cold_boot_is_computed_from_the_same_run():
+    figures = {"cold_boot_s": 40.0, "restore_s": 0.5, "suite_s": {"warm_serial": 30.0, "warm_parallel_2": 20.0}}
+    out = bench.peers_way(figures, {"warm_serial": {"yank/bindsto/xfs": 10.0, "healthy/bindsto/xfs": 20.0},
+                                    "warm_parallel_2": {}}, workers=2)
+    assert out["experiment_s"]["yank/bindsto/xfs"] == {"cold": 49.5, "warm": 10.0, "speedup": 5.0}
+    assert out["suite_cold_serial_computed_s"] == 109.0 and out["cold_per_experiment"].startswith("computed")
+    assert out["suite_speedup_warm_vs_cold_serial"] == 3.6 and out["suite_speedup_warm_parallel_2_vs_cold_serial"] == 5.5
+
+
+def test_with_the_cold_suites_each_experiments_cold_boot_is_measured():
+    figures = {"cold_boot_s": 40.0, "restore_s": 0.5, "suite_s": {"warm_serial": 30.0, "cold_serial": 300.0}}
+    out = bench.peers_way(figures, {"warm_serial": {"yank/bindsto/xfs": 10.0}, "cold_serial": {"yank/bindsto/xfs": 60.0}}, 1)
+    assert out["experiment_s"]["yank/bindsto/xfs"] == {"cold": 60.0, "warm": 10.0, "speedup": 6.0}
+    assert out["suite_speedup_warm_vs_cold_serial"] == 10.0 and out["cold_per_experiment"].startswith("measured")

@@ -6,6 +6,7 @@ the image boots the package's kernel (taken out of the root disk by name); the o
 names the package. No image is built and no guest booted here: the packages are tiny
 fabrications of dpkg-deb --build, the root disk one of mke2fs -d.
 """
+import contextlib
 import json
 import shutil
 import subprocess
@@ -134,63 +135,71 @@ def test_kernel_is_refused_with_another_backend(kernel_deb):
 
 # -- the image: the package's kernel is the one booted -----------------------------
 
-def fake_build(boot_files: dict[str, bytes]):
-    """Stands in for image._build: an image whose root disk holds BOOT_FILES under /boot,
-    with the stock kernel taken out for boot as image.py does."""
-    def build(release, built: Image, extras):
-        assert any(p.endswith("/user-kernel.deb") and p.startswith("/proc/") for p in extras.packages)
-        assert Path(next(p for p in extras.packages if p.endswith(".deb"))).exists()
-        rootfs = built.path.with_name("fake-rootfs")
-        (rootfs / "boot").mkdir(parents=True)
-        for name, data in boot_files.items():
-            (rootfs / "boot" / name).write_bytes(data)
-        built.path.mkdir()
-        subprocess.run(["mke2fs", "-q", "-F", "-t", "ext4", "-d", str(rootfs), str(built.root), "16M"], check=True)
-        shutil.rmtree(rootfs)
-        built.kernel.write_bytes(b"stock kernel")
-        built.initrd.write_bytes(b"stock initrd")
-        (built.path / "manifest.json").write_text(json.dumps({
-            "release": release, "kernel": "6.1.0-50-cloud-amd64", "packages": ["systemd", *extras.packages],
-            "versions": {p: "" for p in extras.packages}, "package_versions": {"kernel": "6.1.176-1"}}))
-    return build
-
-
-def test_the_image_boots_the_packages_kernel_and_names_it(kernel_deb, tmp_path, monkeypatch):
+@pytest.fixture
+def base(tmp_path, monkeypatch) -> Image:
+    """The release's own image, as image.ensure_image hands it out (never built here)."""
     monkeypatch.setenv("UNITCHAOS_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(image, "_build", fake_build({
-        "vmlinuz-6.1.0-50-cloud-amd64": b"stock kernel", "initrd.img-6.1.0-50-cloud-amd64": b"stock initrd",
-        f"vmlinuz-{UNAME_R}": b"the user's kernel", f"initrd.img-{UNAME_R}": b"the user's initrd"}))
+    built = Image(image.images_dir() / "bookworm-0123456789abcdef")
+    built.path.mkdir()
+    built.root.write_bytes(b"root disk")
+    for name in ("id_ed25519", "id_ed25519.pub", "vmlinuz", "initrd.img"):
+        (built.path / name).write_text(f"stock {name}")
+    (built.path / "manifest.json").write_text(json.dumps({
+        "release": "bookworm", "kernel": "6.1.0-50-cloud-amd64", "key": built.key, "packages": ["systemd"],
+        "package_versions": {"kernel": "6.1.176-1", "systemd": "252.39-1~deb12u2"}}))
+    monkeypatch.setattr(image, "ensure_image", lambda release, extras=image.NO_EXTRAS: built)
+    return built
+
+
+def installs(monkeypatch, boot_files: dict[str, bytes]) -> list:
+    """Stands in for the loop mount (a plain directory) and apt-get in the chroot (which
+    leaves BOOT_FILES in /boot); returns what was mounted and installed."""
+    seen = []
+
+    @contextlib.contextmanager
+    def mounted(root_img, mnt):
+        seen.append(("mounted", root_img.read_bytes()))
+        (mnt / "boot").mkdir(parents=True)
+        try:
+            yield mnt
+        finally:
+            shutil.rmtree(mnt / "boot")
+
+    def install(tree, kernel, release):
+        seen.append(("installed", kernel.package, release))
+        for name, data in boot_files.items():
+            (tree / "boot" / name).write_bytes(data)
+
+    monkeypatch.setattr(user_kernel, "_mounted", mounted)
+    monkeypatch.setattr(user_kernel, "_install_into", install)
+    return seen
+
+
+def test_the_image_is_a_copy_of_the_releases_booting_the_packages_kernel(kernel_deb, base, monkeypatch):
+    seen = installs(monkeypatch, {f"vmlinuz-{UNAME_R}": b"the user's kernel", f"initrd.img-{UNAME_R}": b"the user's initrd"})
     kernel = user_kernel.inspect(kernel_deb)
     built = user_kernel.ensure_image("bookworm", kernel)
-    assert built.kernel.read_bytes() == b"the user's kernel"
-    assert built.initrd.read_bytes() == b"the user's initrd"
+    assert seen == [("mounted", b"root disk"), ("installed", kernel.package, "bookworm")]
+    assert built.kernel.read_bytes() == b"the user's kernel" and built.initrd.read_bytes() == b"the user's initrd"
+    assert built.root.read_bytes() == b"root disk" and (built.path / "id_ed25519").read_text() == "stock id_ed25519"
+    assert base.kernel.read_text() == "stock vmlinuz"  # the release's own image is untouched
     manifest = built.manifest
     assert manifest["kernel"] == UNAME_R and manifest["user_kernel"] == kernel.to_json()
-    assert manifest["package_versions"]["kernel"] == "1.0-1"
-    assert manifest["stock_kernel_ignored"] == "6.1.0-50-cloud-amd64"
-    assert manifest["packages"] == ["systemd", kernel.package] and manifest["versions"] == {}
-    # Built once: a second ask reuses it; the package's copy is gone.
-    monkeypatch.setattr(image, "_build", lambda *a: pytest.fail("built again"))
+    assert manifest["package_versions"] == {"kernel": "1.0-1", "systemd": "252.39-1~deb12u2"}
+    assert (manifest["key"], manifest["base_image"], manifest["stock_kernel_ignored"]) == (
+        built.key, base.key, "6.1.0-50-cloud-amd64")
+    # Made once: a second ask reuses it; nothing else is left in the cache.
+    monkeypatch.setattr(user_kernel, "_build", lambda *a: pytest.fail("made again"))
     assert user_kernel.ensure_image("bookworm", kernel) == built
-    assert sorted(p.name for p in image.images_dir().iterdir()) == sorted([built.key, f"{built.key}.lock"])
+    assert sorted(p.name for p in image.images_dir().iterdir()) == sorted(
+        [base.key, built.key, f"{built.key}.lock"])
 
 
-def test_a_package_that_installs_no_initrd_is_one_error_and_leaves_nothing(kernel_deb, tmp_path, monkeypatch):
-    monkeypatch.setenv("UNITCHAOS_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(image, "_build", fake_build({f"vmlinuz-{UNAME_R}": b"the user's kernel"}))
+def test_a_package_that_installs_no_initrd_is_one_error_and_leaves_nothing(kernel_deb, base, monkeypatch):
+    installs(monkeypatch, {f"vmlinuz-{UNAME_R}": b"the user's kernel"})
     with pytest.raises(errors.UserError, match=f"installed no /boot/initrd.img-{UNAME_R}"):
         user_kernel.ensure_image("bookworm", user_kernel.inspect(kernel_deb))
-    assert [p.name for p in image.images_dir().iterdir() if not p.name.endswith(".lock")] == []
-
-
-def test_a_half_built_kernel_image_is_built_again(kernel_deb, tmp_path, monkeypatch):
-    monkeypatch.setenv("UNITCHAOS_CACHE", str(tmp_path / "cache"))
-    kernel = user_kernel.inspect(kernel_deb)
-    half = image.images_dir() / user_kernel.image_key("bookworm", kernel)
-    half.mkdir()
-    (half / "manifest.json").write_text('{"release": "bookworm"}')  # image.py's, not yet naming the kernel
-    monkeypatch.setattr(image, "_build", fake_build({f"vmlinuz-{UNAME_R}": b"k", f"initrd.img-{UNAME_R}": b"i"}))
-    assert user_kernel.ensure_image("bookworm", kernel).manifest["user_kernel"]["uname_r"] == UNAME_R
+    assert sorted(p.name for p in image.images_dir().iterdir() if not p.name.endswith(".lock")) == [base.key]
 
 
 # -- a kernel that does not boot: bad input, console kept ---------------------------

@@ -353,3 +353,64 @@ def test_one_run_says_it_cannot_tell_variation_from_versions():
     console = Console(record=True, width=300, file=io.StringIO())
     console.print(versions.render(build({"bookworm": BOOKWORM, "trixie": TRIXIE})))
     assert "one run per cell: --runs 3" in console.export_text()
+
+
+def test_one_table_holds_the_kernel_word_the_healer_and_each_remedy_per_kernel():
+    yank = ("yank", "bindsto", "xfs")
+    up = {**UNITS_STOPPED, "var-lib-docker.mount": "active", "docker.service": "active", "ecs-agent.service": "active"}
+    word = {"supported": True, "arrived": True, "error": "EIO", "seconds_from_first_failed_io": 0.386,
+            "agent_stopping_after_shutdown_line": -1.182}
+    healer = {"present": True, "unit": "xfs_healer@var-lib-docker.service", "state": "active (running)"}
+    sid = {**outcome("7.2.13+deb14-cloud-amd64", "systemd 262 (262.1-1)", [], units=up), "experiment": "yank",
+           "fan_fs_error": word, "xfs_healer": healer}
+    sid_watched = {**sid, "units": UNITS_STOPPED, "remedy": "fs-error-watch"}
+    old = {**outcome("6.1.0-41-cloud-amd64", "systemd 252 (252.39-1~deb12u1)", [], units=up), "experiment": "yank",
+           "fan_fs_error": {"supported": False, "reason": "not supported by kernel 6.1.0-41-cloud-amd64"}}
+    rows = versions.with_remedies([yank], ["fs-error-watch"])
+    result = versions.matrix(rows, ["bookworm", "sid"], {
+        "bookworm": {rows[0]: old, rows[1]: {**old, "remedy": "fs-error-watch"}},
+        "sid": {rows[0]: sid, rows[1]: sid_watched}}, {})
+    bare, watched = result["rows"]
+    assert bare["cells"]["sid"]["kernel word"] == "FAN_FS_ERROR EIO"
+    assert bare["cells"]["sid"]["fs_error_seconds"] == 0.386
+    assert bare["cells"]["sid"]["healer"] == "active (running), said nothing of it"
+    assert bare["cells"]["bookworm"]["kernel word"] == "not supported by kernel 6.1.0-41-cloud-amd64"
+    assert watched["cells"]["sid"]["remedy"] == "fs-error-watch: systemd stopped the agent (inactive)"
+    assert watched["cells"]["bookworm"]["remedy"] == "fs-error-watch: agent still active (systemd did not stop it)"
+    assert "remedy" in watched["disagree"] and "remedy" not in bare["disagree"]
+    out = io.StringIO()
+    Console(file=out, width=400).print(versions.render(result))
+    text = out.getvalue()
+    assert text.count("remedy: ") == 2  # only the row with a remedy says one
+    assert "kernel word: FAN_FS_ERROR EIO" in text and "healer: active (running)" in text
+    assert "FAN_FS_ERROR after first failed I/O +0.386 s" in text
+
+
+def test_versions_prints_one_table_from_matrices_saved_apart(tmp_path, capsys):
+    from harness.cli import main as cli_main
+    for name, out in (("bookworm", BOOKWORM), ("trixie", TRIXIE)):
+        (tmp_path / f"{name}.json").write_text(versions.to_json(build({name: out})))
+    assert cli_main(["versions", "--from", str(tmp_path / "bookworm.json"), "--from", str(tmp_path / "trixie.json"),
+                     "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == build({"bookworm": BOOKWORM, "trixie": TRIXIE})
+
+
+@pytest.mark.parametrize("content, problem", [(None, "no saved matrix at"), ("{", "is not a saved matrix"),
+                                              ("[]", "is not a saved matrix (no releases and rows)")])
+def test_a_file_that_is_no_saved_matrix_is_one_line(tmp_path, content, problem):
+    path = tmp_path / "m.json"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(UserError, match=problem.replace("(", r"\(").replace(")", r"\)")):
+        versions.load(path)
+
+
+def test_a_matrix_saved_before_the_remedy_aspect_still_prints(tmp_path):
+    old = build({"bookworm": BOOKWORM})
+    for row in old["rows"]:
+        for cell in row["cells"].values():
+            del cell["remedy"]
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    loaded = versions.load(tmp_path / "old.json")
+    assert loaded["rows"][0]["cells"]["bookworm"]["remedy"] == "none"
+    Console(file=io.StringIO()).print(versions.render(loaded))

@@ -23,6 +23,9 @@ def add_versions(sub) -> None:
     versions_cmd.add_argument("--runs", type=int, default=1,
                               help="runs per experiment and release: what varies between them is not "
                                    "counted as a difference between releases (default 1)")
+    versions_cmd.add_argument("--from", action="append", dest="saved", default=[], metavar="FILE",
+                              help="repeatable: print one table from matrices saved with --json (one release "
+                                   "each, say, run apart or on other machines); boots nothing")
     versions_cmd.add_argument("--kernel-lines", metavar="DIR", default=None,
                               help="also write the kernel lines seen, one <release>-<kernel>.json per release")
     kernel_option(versions_cmd)
@@ -32,6 +35,10 @@ def add_versions(sub) -> None:
 
 
 def cmd_versions(args) -> int:
+    if args.saved:
+        result = versions.combine([versions.load(Path(path)) for path in args.saved])
+        print(versions.to_json(result)) if args.json else console.print(versions.render(result))
+        return 0
     rows = [(name, args.chain, args.fs) for name in args.experiments] or versions.default_rows()
     releases = list(dict.fromkeys(args.releases or image.RELEASES))
     for release in releases:
@@ -61,6 +68,9 @@ def add_bench(sub) -> None:
     bench_cmd.add_argument("--workers", type=int, default=None, help="parallel VMs (default: cores, memory allowing)")
     bench_cmd.add_argument("--json", action="store_true")
     bench_cmd.add_argument("--no-suites", action="store_true", help="only image, cold boot and restore (minutes, not half an hour)")
+    bench_cmd.add_argument("--computed-cold", action="store_true",
+                           help="compute each experiment's cold-boot time (cold boot + warm experiment - restore) "
+                                "instead of running the suite cold, serial and parallel (saves ~half an hour)")
     bench_cmd.add_argument("--survey", action="store_true",
                            help="cold boot under each QEMU option and kernel argument of the lean-guest survey")
     bench_cmd.add_argument("--only", action="append", metavar="WORDS",
@@ -75,6 +85,7 @@ def cmd_bench(args) -> int:
         figures = bench.survey(runs=args.runs, only=args.only)
         print(json.dumps(figures, indent=2) if args.json else bench.render_survey(figures))
         return 0
-    figures = bench.run(runs=args.runs, workers=args.workers, suites=not args.no_suites)
+    figures = bench.run(runs=args.runs, workers=args.workers, suites=not args.no_suites,
+                        cold_suites=not args.computed_cold)
     print(json.dumps(figures, indent=2) if args.json else bench.render(figures))
     return 0

@@ -16,6 +16,25 @@ from ..waiting import wait_until
 # sees the verdict in seconds; `lb_seconds` scales back up by the same factor.
 EXPERIMENT_CHECK = HealthCheck(interval=1.0, timeout=2.0, healthy_threshold=5, unhealthy_threshold=2)
 CHECKS = {"stock": (AGENT_PORT, "/v1/metadata"), "deep": (HEALTH_PORT, "/health")}
+# How long the deep check can lag behind what it checks: its daemon runs each check every
+# --interval (1 s) and counts an I/O probe as hung after --io-timeout (3 s)
+# (vm/guest/usr/local/sbin/unitchaos-health's defaults).
+DEEP_LAG = 1.0 + 3.0
+# For a host busier than the probes assume: the load balancer's thread and the guest's
+# daemons late by up to a second on a 2-core host at load 5-8.
+VERDICT_MARGIN = 1.0
+
+
+def verdict_window(check: HealthCheck, lag: float = 0.0) -> float:
+    """Seconds after a fault took whole effect until a check's "never detected" is final.
+    A check that is going to fail fails at its next probe (within one interval); the load
+    balancer says unhealthy after unhealthy_threshold failing probes in a row, the last of
+    which may take its whole timeout: interval x unhealthy_threshold + timeout, plus LAG
+    (a check that learns from a daemon of its own, like the deep one) and VERDICT_MARGIN.
+    With EXPERIMENT_CHECK: 1 x 2 + 2 + 1 = 5 s; the deep check 9 s. (A fixed 12 s after the
+    fault was both too long for a fault that settles at once and too short for one that
+    settled late.)"""
+    return check.interval * check.unhealthy_threshold + check.timeout + lag + VERDICT_MARGIN
 DEEP = "deep"
 WORKLOAD = "workload"
 
@@ -126,6 +145,8 @@ class HealthWatch:
         if not instance.chain.has_agent:
             self.traffic.register(WORKLOAD, workload_probe(instance, self._recorder(WORKLOAD, "workload")))
         self.fault_at: float | None = None
+        self.windows: dict[str, float] = {}  # each check's "never detected" window (see wait)
+        self.effect_at: float | None = None  # when the windows began
 
     def _recorder(self, name: str, url: str):
         def record(started: float, latency: float, status, body) -> None:
@@ -157,15 +178,31 @@ class HealthWatch:
     def mark_fault(self, at: float) -> None:
         self.fault_at = at
 
-    def wait(self, window: float) -> None:
-        """Watches until every check has given its verdict, or WINDOW seconds after the fault."""
+    def window(self, name: str, fault: bool = True) -> float:
+        """Seconds after the fault's whole effect until NAME's "never detected" is final.
+        Without a FAULT nothing changes for the deep check's daemon to lag behind."""
+        return verdict_window(self.check, lag=DEEP_LAG if name == DEEP and fault else 0.0)
+
+    def wait(self, effect_at: float | None = None, fault: bool = True) -> None:
+        """Watches until each check's verdict is final: the load balancer said unhealthy, or
+        its window (verdict_window) has passed since EFFECT_AT (time.time() when the fault
+        took whole effect, e.g. systemd settled; default: the fault's moment, or now).
+        FAULT=False: an experiment without one (healthy), watched for the plain window."""
+        since = self.fault_at or 0.0
+        effect_at = effect_at or self.fault_at or time.time()
+        windows = self.windows = {name: self.window(name, fault) for name in self.names}
+        self.effect_at = round(effect_at, 3)
+
+        def final() -> bool:
+            now = time.time()
+            return all(self.lb.unhealthy_after(name, since) is not None or now >= effect_at + windows[name]
+                       for name in self.names)
         # A window of observation, not a timeout: real seconds, and its end is no error.
-        left = (self.fault_at or time.time()) + window - time.time()
+        left = effect_at + max(windows.values()) - time.time()
         try:
-            wait_until(lambda: all(self.lb.unhealthy_after(name, self.fault_at or 0) is not None for name in self.names),
-                       left, "every check's verdict", scale=False, interval=0.2)
+            wait_until(final, max(left, 0.0) + 1.0, "every check's verdict", scale=False, interval=0.1)
         except GuestTimeout:
-            pass  # a check without a verdict by now missed the fault: result() says so
+            pass  # cannot happen (final() holds once the last window is over); a bound all the same
 
     def stop(self) -> None:
         self.lb.stop()
@@ -191,5 +228,7 @@ class HealthWatch:
                          "seconds": None if seconds is None else round(seconds, 2),
                          "lb_seconds": None if verdict is None else round(verdict, 2),
                          "samples": len([s for s in self.lb.targets[name].samples if s[0] >= since])}
-        out["lb"] = {**self.check.as_dict(), "scaled_from": "ALB 30 s / 5 s / 5 / 2"}
+        out["lb"] = {**self.check.as_dict(), "scaled_from": "ALB 30 s / 5 s / 5 / 2",
+                     # The watch's documented window (verdict_window), counted from effect_at.
+                     "never_detected_after_s": self.windows, "counted_from": self.effect_at}
         return out

@@ -1,15 +1,18 @@
 """A user's own kernel (`--kernel FILE.deb`): a linux-image package, such as a bisect build
-(`make bindeb-pkg`) or another distribution's kernel, installed into a release's image and
-booted instead of the release's own.
+(`make bindeb-pkg`) or another distribution's kernel, installed into a copy of a release's
+image and booted instead of the release's own.
 
-Such an image is the release's recipe plus the package: its key hashes the release's
+Such an image is the release's image plus the package: its key hashes the release's
 recipe key, the package's sha256 and this file, so the release's own key (no --kernel)
-never changes, and warm snapshots (keyed by the image) follow the package.
+never changes (image.py, hashed into every image key, is not touched), and warm snapshots
+(keyed by the image) follow the package.
 
-The release's stock kernel stays installed (packages.txt names it, and image.py, hashed
-into every image key, is not touched); the image boots the package's kernel because that
-is the one taken out for direct kernel boot, by name.
+The package goes in with apt-get inside a chroot of the loop-mounted copy, so its
+maintainer scripts run as on a real system (depmod, the initrd); the release's stock
+kernel stays installed, and the image boots the package's kernel because that is the one
+taken out for direct kernel boot, by name.
 """
+import contextlib
 import fcntl
 import hashlib
 import json
@@ -18,15 +21,20 @@ import re
 import shutil
 import subprocess
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from . import image
-from ..errors import UserError
+from .. import progress
+from ..errors import UserError, disk_full_means
 
 FIX_PACKAGE = "give a linux-image .deb (e.g. linux-image-6.12.117+deb13-cloud-amd64_6.12.117-1_amd64.deb, or one of make bindeb-pkg)"
 # The kernel a linux-image package ships: ./boot/vmlinuz-<uname -r>.
 VMLINUZ = re.compile(r"\s\./boot/vmlinuz-(\S+)$")
+# apt-get install in the chroot: the package's postinst makes the initrd (tens of seconds
+# under load); a hung maintainer script must not hang the run.
+INSTALL_TIMEOUT = 900
 
 
 @dataclass(frozen=True)
@@ -87,86 +95,103 @@ def image_key(release: str, kernel: UserKernel, extras: image.Extras = image.NO_
 
 def ensure_image(release: str, kernel: UserKernel, rebuild: bool = False,
                  extras: image.Extras = image.NO_EXTRAS) -> image.Image:
-    """RELEASE's image with KERNEL installed and taken out for direct boot, built first if
-    missing. An image is complete once its manifest names the user's kernel."""
+    """RELEASE's image (with a chain's EXTRAS) with KERNEL installed and taken out for direct
+    boot, made first from the release's own image (built first if need be)."""
     image.check_release(release)
     key = image_key(release, kernel, extras)
     built = image.Image(image.images_dir() / key)
     with open(image.images_dir() / f"{key}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if rebuild or not _complete(built):
+        if rebuild:
             shutil.rmtree(built.path, ignore_errors=True)
-            _build(release, kernel, built, extras)
+        if not (built.path / "manifest.json").exists():
+            _build(image.ensure_image(release, extras=extras), kernel, built)
     return built
 
 
-def _complete(built: image.Image) -> bool:
+def _build(base: image.Image, kernel: UserKernel, built: image.Image) -> None:
+    if os.geteuid() != 0:
+        raise UserError("installing a --kernel package into the image needs root (a loop mount and chroot)",
+                        "run as root or with sudo")
+    staging = Path(tempfile.mkdtemp(prefix=f".{built.key}.", dir=image.images_dir()))
     try:
-        return "user_kernel" in built.manifest
-    except (OSError, ValueError):
-        return False
+        with disk_full_means(f"making the --kernel image in {image.images_dir()}"), \
+                progress.step(f"Installing {kernel.describe()} into a copy of image {base.key}"):
+            subprocess.run(["cp", "--sparse=always", str(base.root), str(staging / "root.img")], check=True, timeout=600)
+            for name in ("id_ed25519", "id_ed25519.pub"):
+                shutil.copy2(base.path / name, staging / name)
+            with _mounted(staging / "root.img", staging / "mnt") as tree:
+                _install_into(tree, kernel, base.manifest["release"])
+                _take_out(tree, kernel, staging)
+            (staging / "mnt").rmdir()
+            manifest = base.manifest
+            manifest.update({"key": built.key, "kernel": kernel.uname_r, "user_kernel": kernel.to_json(),
+                             "base_image": base.key, "stock_kernel_ignored": manifest["kernel"],
+                             "package_versions": {**manifest.get("package_versions", {}), "kernel": kernel.version},
+                             "built": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())})
+            (staging / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+            # Renaming a finished directory is atomic: a half-made image is never visible.
+            staging.rename(built.path)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
-def _build(release: str, kernel: UserKernel, built: image.Image, extras: image.Extras) -> None:
-    if not shutil.which("debugfs"):
-        raise UserError("debugfs is not installed (it takes the kernel out of the image)", "apt-get install e2fsprogs")
-    # A copy under the cache, named by us: the path goes through mmdebstrap's comma-split
-    # --include, and the user's file may change while apt reads it.
-    holder = Path(tempfile.mkdtemp(prefix=f".{built.key}.", dir=image.images_dir()))
-    # The release's last versions (sid's "what changed" memory) are of its stock image.
-    remembered = image.images_dir() / f"{release}.versions.json"
-    before = remembered.read_bytes() if remembered.exists() else None
+@contextlib.contextmanager
+def _mounted(root_img: Path, mnt: Path):
+    """ROOT_IMG loop-mounted on MNT, with /proc, /sys and /dev for maintainer scripts;
+    everything unmounted on the way out, whatever happens."""
+    mnt.mkdir()
+    mounted = []
     try:
-        deb = holder / "user-kernel.deb"
-        shutil.copyfile(kernel.file, deb)
+        for args, point in ((["-o", "loop", str(root_img)], mnt), (["-t", "proc", "proc"], mnt / "proc"),
+                            (["--bind", "/sys"], mnt / "sys"), (["--bind", "/dev"], mnt / "dev")):
+            done = subprocess.run(["mount", *args, str(point)], capture_output=True, text=True, timeout=60)
+            if done.returncode != 0:
+                raise UserError(f"cannot mount the image copy to install --kernel: {done.stderr.strip()}",
+                                "run as root on a host with loop devices (modprobe loop)")
+            mounted.append(point)
+        yield mnt
+    finally:
+        for point in reversed(mounted):
+            if subprocess.run(["umount", str(point)], capture_output=True, timeout=60).returncode != 0:
+                subprocess.run(["umount", "-l", str(point)], capture_output=True, timeout=60)
+
+
+def _install_into(tree: Path, kernel: UserKernel, release: str) -> None:
+    """apt-get install of the package in a chroot of TREE. Its dependencies must already be
+    in the image: a release's image has kmod, linux-base and initramfs-tools for its own
+    kernel, and no package lists to fetch more."""
+    deb = tree / "tmp" / "user-kernel.deb"
+    shutil.copyfile(kernel.file, deb)
+    try:
         if _sha256(deb) != kernel.sha256:
             raise UserError(f"--kernel {kernel.file} changed while it was read", "give a file that is not being written")
-        # apt (outside the chroot) hands a local .deb's path to dpkg (inside it) verbatim
-        # (mmdebstrap(1), --include): /proc/<this process>/root/... names the same file on
-        # both sides (mmdebstrap's root mode bind-mounts the host's /proc), where a setup
-        # hook would need a change to image.py and so a new key for every image. apt
-        # resolves the package's dependencies from the release's archive.
-        through_proc = f"/proc/{os.getpid()}/root{deb}"
-        try:
-            image._build(release, built, image.Extras((*extras.packages, through_proc), extras.files))
-        except UserError as exc:
-            if type(exc) is not UserError:  # ArchiveBroken, say: the release's own trouble
-                raise
-            raise UserError(f"Debian {release} with --kernel {kernel.describe()}: {exc.problem}",
-                            f"{exc.fix}; or the package's dependencies are not installable on Debian {release}"
-                            " (a kernel of another release may need a newer linux-base or initramfs-tools)") from None
-        _boot_the_user_kernel(built, kernel, through_proc)
-    except BaseException:
-        shutil.rmtree(built.path, ignore_errors=True)
-        raise
+        done = subprocess.run(["chroot", str(tree), "apt-get", "install", "-y", "--no-install-recommends",
+                               "/tmp/user-kernel.deb"], capture_output=True, text=True, timeout=INSTALL_TIMEOUT,
+                              env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "DEBIAN_FRONTEND": "noninteractive",
+                                   "LC_ALL": "C.UTF-8"})
+    except subprocess.TimeoutExpired:
+        raise UserError(f"installing {kernel.describe()} took more than {INSTALL_TIMEOUT} s",
+                        "check the package's maintainer scripts") from None
     finally:
-        shutil.rmtree(holder, ignore_errors=True)
-        if before is not None:
-            remembered.write_bytes(before)
-        else:
-            remembered.unlink(missing_ok=True)
+        deb.unlink(missing_ok=True)
+    if done.returncode != 0:
+        lines = (done.stdout + done.stderr).splitlines()
+        said = next((line for line in lines if "Depends:" in line), None) or \
+            next((line for line in lines if line.startswith("E:")), None) or (lines[-1:] or ["no output"])[0]
+        raise UserError(f"{kernel.describe()} cannot be installed on Debian {release}: {' '.join(said.split())}",
+                        "its dependencies must be in the release's image (a kernel of another release may need a "
+                        "newer linux-base or initramfs-tools): try it with that --release")
 
 
-def _boot_the_user_kernel(built: image.Image, kernel: UserKernel, through_proc: str) -> None:
-    """Takes the user's kernel and initrd out of the root disk (image.py took whichever
-    vmlinuz sorts last), and names the package in the manifest."""
-    for name, dest in ((f"vmlinuz-{kernel.uname_r}", built.kernel), (f"initrd.img-{kernel.uname_r}", built.initrd)):
-        dest.unlink(missing_ok=True)
-        # debugfs exits 0 even when the file is missing: what it wrote tells.
-        subprocess.run(["debugfs", "-R", f'dump /boot/{name} "{dest}"', str(built.root)], capture_output=True)
-        if not dest.exists() or dest.stat().st_size == 0:
-            raise UserError(f"{kernel.describe()} installed no /boot/{name} in the Debian {built.manifest['release']} image",
-                            "a linux-image package needs its postinst to make the initrd (initramfs-tools); "
-                            "check the package's build")
-    manifest = built.manifest
-    stock = manifest["kernel"]
-    manifest.update({"kernel": kernel.uname_r, "user_kernel": kernel.to_json(), "stock_kernel_ignored": stock,
-                     "packages": [p for p in manifest["packages"] if p != through_proc] + [kernel.package]})
-    manifest["versions"].pop(through_proc, None)
-    manifest["package_versions"]["kernel"] = kernel.version
-    staged = built.path / "manifest.json.new"
-    staged.write_text(json.dumps(manifest, indent=2) + "\n")
-    staged.rename(built.path / "manifest.json")  # atomic: complete only once it names the kernel
+def _take_out(tree: Path, kernel: UserKernel, out: Path) -> None:
+    """The package's kernel and initrd, by name, as the ones the image boots."""
+    for name, dest in ((f"vmlinuz-{kernel.uname_r}", "vmlinuz"), (f"initrd.img-{kernel.uname_r}", "initrd.img")):
+        source = tree / "boot" / name
+        if not source.is_file():
+            raise UserError(f"{kernel.describe()} installed no /boot/{name}",
+                            "a linux-image package's postinst makes the initrd (initramfs-tools); check the package's build")
+        shutil.copyfile(source, out / dest)
 
 
 def _sha256(path: Path) -> str:

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from . import backends, snapshots
-from .. import chainfile, units
+from .. import chainfile, progress, units
 from ..errors import GuestRefused, UserError
 from ..images import image as image_mod, user_kernel
 from .instance import Instance
@@ -93,7 +93,28 @@ class Lab:
         if cold or boot or backends.cold_only(self.backend, self.guest):
             return self._booted_the_kernel(self._new(variant, label or "cold").boot())
         saved = snapshots.ensure(self, variant)
-        return self._booted_the_kernel(self._new(variant, label or "warm").restore(saved))
+        try:
+            instance = self._restored(variant, label, saved)
+        except GuestRefused as unhealthy:
+            # A faster restore must not hide a broken snapshot: make it again, once. A
+            # fresh snapshot that restores unhealthy too is a failure to report. (Checks
+            # that only timed out say the host is too busy: a GuestTimeout, no remake.)
+            progress.say(f"{unhealthy}; making the snapshot again")
+            saved = snapshots.ensure(self, variant, unless=saved)
+            instance = self._restored(variant, label, saved)
+        return self._booted_the_kernel(instance)
+
+    def _restored(self, variant: units.Variant, label: str | None, saved) -> Instance:
+        """An instance resumed from SAVED and confirmed healthy, or GuestRefused (it is released)."""
+        instance = self._new(variant, label or "warm")
+        try:
+            return instance.restore(saved)
+        except BaseException:
+            # At once, even in a test's lab (which otherwise keeps instances until the test
+            # is over): a refused restore's QEMU ran on for 9 minutes beside the new snapshot's
+            # cold boot. The error names the failing checks.
+            self.release(instance, keep=False)
+            raise
 
     def _booted_the_kernel(self, instance: Instance) -> Instance:
         """INSTANCE, once it is shown to run the user's kernel (--kernel), if there is one."""

@@ -49,8 +49,10 @@ def snapshot_key(image: Image, variant: Variant, memory_mb: int, accel_name: str
     return f"{variant.spec.name}-{variant.chain}-{variant.fs}-{digest}"
 
 
-def ensure(lab, variant: Variant) -> SavedState:
-    """The saved healthy guest for VARIANT in LAB's image, made first if needed."""
+def ensure(lab, variant: Variant, unless: SavedState | None = None) -> SavedState:
+    """The saved healthy guest for VARIANT in LAB's image, made first if needed. UNLESS: a
+    snapshot that restored unhealthy; if it is still the one saved, it is made again (if
+    another worker made it again meanwhile, that one is used)."""
     accel_name = accel.choose(lab.image.kernel)
     argv = argv_shape(lab.image, lab.memory_mb, accel_name, variant.spec)
     key = snapshot_key(lab.image, variant, lab.memory_mb, accel_name, argv)
@@ -62,6 +64,9 @@ def ensure(lab, variant: Variant) -> SavedState:
         for abandoned in snapshots_dir().glob(f".{key}.*"):
             shutil.rmtree(abandoned, ignore_errors=True)
         saved = _load(path, lab.image)
+        if saved is not None and unless is not None and saved.made == unless.made:
+            progress.say(f"discarding snapshot {path.name}: it restored unhealthy")
+            saved = None
         if saved is None:
             shutil.rmtree(path, ignore_errors=True)
             _create(path, lab, variant, accel_name, argv)
@@ -87,25 +92,46 @@ def _load(path: Path, image: Image) -> SavedState | None:
         return None
     saved = SavedState(state=path / "state", ram=path / "ram", root=path / "root.qcow2",
                        volume=path / "volume.qcow2", accel=meta["accel"],
-                       guest_versions={key: meta[key] for key in VERSION_KEYS if key in meta})
+                       guest_versions={key: meta[key] for key in VERSION_KEYS if key in meta},
+                       made=_made(path))
     if not all(p.exists() for p in (saved.state, saved.ram, saved.root, saved.volume)) or not image.root.exists():
         return None
     if saved.state.stat().st_size != meta.get("state_bytes") or saved.ram.stat().st_size != meta.get("ram_bytes"):
         return None
     # The root disk's backing file is the image: gone or replaced means this snapshot is stale.
-    info = subprocess.run(["qemu-img", "info", "-U", "--output=json", str(saved.root)],
-                          capture_output=True, text=True)
-    try:
-        backing = json.loads(info.stdout).get("backing-filename")
-    except ValueError:
-        return None
-    if backing != str(image.root):
+    if _backing_file(saved.root) != str(image.root):
         return None
     # `image build --rebuild` makes a new root disk at the same path: the overlay's
     # clusters would then sit on another disk's. Same path is not enough.
     if meta.get("image_stamp") != image_stamp(image):
         return None
     return saved
+
+
+# A disk's backing file, by (path, inode, mtime): asked of qemu-img once per process, not
+# on every restore (a qemu-img run is 20-40 ms of a restore's quarter second).
+_backing: dict[tuple, str | None] = {}
+
+
+def _backing_file(disk: Path) -> str | None:
+    st = disk.stat()
+    key = (str(disk), st.st_ino, st.st_mtime_ns, st.st_size)
+    if key not in _backing:
+        info = subprocess.run(["qemu-img", "info", "-U", "--output=json", str(disk)], capture_output=True, text=True)
+        try:
+            _backing[key] = json.loads(info.stdout).get("backing-filename")
+        except ValueError:
+            return None
+    return _backing[key]
+
+
+def _made(path: Path) -> str:
+    """Tells one save of the snapshot at PATH from another (a remade one has new files)."""
+    try:
+        st = (path / "meta.json").stat()
+    except OSError:
+        return ""
+    return f"{st.st_ino}:{st.st_mtime_ns}"
 
 
 def image_stamp(image: Image) -> str:

@@ -114,6 +114,7 @@ class Machine(GuestCommands):
         self.channel = GuestChannel(str(run_dir / "cmd.sock"))
         self.console_path = run_dir / "console.log"
         self.started_at = 0.0
+        self.start_split: dict[str, float] = {}  # seconds per phase of the last start (see start)
         # How long the backend's own tool took to bring the guest up (vagrant up); None
         # when the harness starts QEMU itself.
         self.up_seconds: float | None = None
@@ -141,9 +142,16 @@ class Machine(GuestCommands):
         if restore is not None and not self.capabilities.warm_snapshots:
             raise UserError(f"warm snapshots do not apply to the {self.capabilities.name} backend", "boot cold (--cold)")
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        # Where a start's time goes (bench reports it for restores): the disks, QEMU's
+        # launch up to its monitor and command port, and loading a saved guest.
+        marks = [time.monotonic()]
         self._pre_launch(restore)
+        marks.append(time.monotonic())
         self._launch(restore)
+        marks.append(time.monotonic())
         self._post_launch(restore)
+        marks.append(time.monotonic())
+        self.start_split = {name: marks[i + 1] - marks[i] for i, name in enumerate(("disks", "launch", "incoming"))}
 
     def _pre_launch(self, restore: "SavedState | None") -> None:
         """Hook: everything QEMU needs before it starts: the accelerator, the disks."""
@@ -222,7 +230,7 @@ class Machine(GuestCommands):
     def _boot_args(self) -> list[str]:
         """Direct kernel boot from the image's kernel and initrd."""
         return ["-kernel", str(self.image.kernel), "-initrd", str(self.image.initrd),
-                "-append", tcg.kernel_args(self.kernel_args, self.accel)]
+                "-append", tcg.kernel_args(self.kernel_args, self.accel, tcg.release_of(self.image))]
 
     def _command_port_args(self) -> list[str]:
         """The virtio-serial port the guest's unitchaos-cmdd answers on."""

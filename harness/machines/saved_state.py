@@ -18,6 +18,7 @@ class SavedState:
     volume: Path
     accel: str
     guest_versions: dict  # kernel and systemd the saved guest runs
+    made: str = ""  # tells one save of a snapshot from another at the same path
 
 
 def save(machine, state: Path) -> None:

@@ -10,13 +10,20 @@ import json
 # with CX16 (one unexplained panic in CI aside: see Instance.boot).
 TCG_HIDDEN_FEATURES = {"bookworm-backports": ("cx16",)}
 # Releases whose kernel must run under single-threaded TCG. trixie-backports' 7.3.4+deb13
-# oopses in early boot under QEMU 7.2's multi-threaded TCG on a breakpoint the kernel's own
-# text patching left in a 5-byte NOP (seen 2026-12-01, 2 of 2 boots, with and without CX16):
+# oopses in early boot under QEMU 7.2's multi-threaded TCG with -smp 2 on a breakpoint the
+# kernel's own text patching left in a 5-byte NOP (seen 2026-12-01, 2 of 2 boots, with and
+# without CX16):
 #   Oops: int3: 0000 [#1] SMP NOPTI / RIP: 0010:set_next_task_fair+0x609/0x780
 #   Code: ... eb 6d 0f <1f> 44 00 00 ... / Kernel panic - not syncing: Fatal exception in interrupt
 #   (other boot: RIP: 0010:__hrtimer_start_range_ns+0x45a/0x8d0)
 # i.e. one vCPU ran stale translated code while another patched it (int3-based text_poke).
-# With thread=single (vCPUs take turns) the same image boots to systemd.
+# With thread=single (vCPUs take turns) the same image boots to systemd: `unitchaos: booted`
+# at guest 264 s and 381 s (2026-12-01 12:05 and 12:33 UTC, host load 5-7 on 2 cores).
+# Tried instead (2026-12-01 14:46-15:04 UTC, load 5-8, 1 boot): multi-threaded TCG with
+# -smp 1 (no second vCPU to run the half-patched code). It boots without the oops, but no
+# faster: booted at guest 642 s, then the deep check's container start timed out (20 s, in
+# the guest) for 8 more minutes, the failure thread=single's snapshots had too. So
+# thread=single stays: two measured boots faster at comparable load, and nothing won by -smp 1.
 TCG_SINGLE_THREAD = {"trixie-backports"}
 # Under TCG on a loaded host udev's coldplug can outlast systemd's 90 s wait for the volume:
 # on 2026-12-01 (host load 11-16 on 2 cores) trixie-backports (single-threaded) and sid
@@ -24,6 +31,13 @@ TCG_SINGLE_THREAD = {"trixie-backports"}
 # "Dependency failed for format-ephemeral.service" and booted metadata=000 agent=inactive.
 # A device that comes late is not what the experiments are about: wait longer.
 TCG_KERNEL_ARGS = "systemd.default_device_timeout_sec=600"
+# Kernel arguments only some releases need under TCG. trixie-backports' 7.3.4+deb13 starts
+# DAMON's access sampler (damon_stat enabled=Y by default; damon_reclaim and damon_lru_sort
+# are off): in a guest under MTTCG -smp 1 at host load 5-7 (2026-12-01 15:03 UTC) its
+# kdamond.0 thread had used 1:38 of CPU in 17 min of uptime, as much as dockerd, while the
+# deep check's container start timed out at 20 s. Page-access statistics are nothing the
+# experiments look at: the vCPU is better spent on the guest's services.
+TCG_RELEASE_KERNEL_ARGS = {"trixie-backports": "damon_stat.enabled=N"}
 
 
 def release_of(image) -> str:
@@ -42,6 +56,8 @@ def threads(default: str, release: str) -> str:
     return "single" if release in TCG_SINGLE_THREAD else default
 
 
-def kernel_args(args: str, accel: str) -> str:
-    """The kernel command line ARGS, with what TCG needs added (nothing under KVM)."""
-    return args if accel == "kvm" else f"{args} {TCG_KERNEL_ARGS}"
+def kernel_args(args: str, accel: str, release: str = "") -> str:
+    """The kernel command line ARGS, with what TCG needs added for RELEASE (nothing under KVM)."""
+    if accel == "kvm":
+        return args
+    return " ".join(filter(None, (args, TCG_KERNEL_ARGS, TCG_RELEASE_KERNEL_ARGS.get(release))))

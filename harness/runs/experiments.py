@@ -72,12 +72,12 @@ def get(name: str) -> Experiment:
 
 
 def run(lab: Lab, name: str, chain: str | None = None, fs: str | None = None, units_dir=None,
-        health_window: float = 12.0, params: dict | None = None, remedy: str | None = None,
-        act=None) -> Outcome:
+        params: dict | None = None, remedy: str | None = None, act=None) -> Outcome:
     """Runs experiment NAME on a fresh instance of the lab's chain (CHAIN and FS override
     the chain file's; REMEDY lays vm/remedies/REMEDY over its units). Each of the chain's
     checks and the deep check are watched by a load balancer from just before the fault
-    until all have given their verdict or HEALTH_WINDOW seconds have passed.
+    until each has given its verdict: unhealthy, or never detected once its window
+    (health_watch.verdict_window) has passed since the fault took whole effect.
 
     ACT(instance, on_injected) -> dict, when given, breaks the instance instead of NAME's
     fault (an FIS template's actions); NAME then only names the outcome."""
@@ -106,7 +106,10 @@ def run(lab: Lab, name: str, chain: str | None = None, fs: str | None = None, un
         elif experiment.fault:
             outcome["fault_detail"] = inject_and_wait(instance, experiment.fault, fs, params or {},
                                                       on_injected=watch.mark_fault)
-        watch.wait(health_window if experiment.fault or act else 3.0)
+        # Over once every check's verdict is final: unhealthy, or never detected a window
+        # (health_watch.verdict_window) after the fault took whole effect (systemd settled).
+        effect_at = (outcome.get("fault_detail") or {}).get("settled_at") if experiment.fault else None
+        watch.wait(effect_at, fault=bool(experiment.fault or act))
         watch.stop()
         outcome["health"] = watch.result()
         traffic = watch.workload_result()
@@ -258,10 +261,12 @@ def inject_and_wait(instance: Instance, fault_name: str, fs: str, params: dict |
         except GuestTimeout:
             pass  # The outcome says the kernel stayed silent; that is a finding, not an error.
     try:
-        instance.wait_until_settled(timeout=60)
+        # When the fault's effect was whole: the load balancer's window counts from here.
+        detail["settled_at"] = instance.wait_until_settled(timeout=60)
         detail["settled"] = True
     except GuestTimeout:
         detail["settled"] = False  # systemd keeps restarting something: also a finding.
+        detail["settled_at"] = time.time()
     return _jsonable(detail)
 
 

@@ -19,7 +19,7 @@ from ..evidence.outcome import Healer, KernelWord, Outcome
 from ..lab.lab import Lab
 
 # What a cell compares, in the order it is shown.
-ASPECTS = ("systemd", "kernel", "checks", "kernel word", "healer")
+ASPECTS = ("systemd", "kernel", "checks", "kernel word", "healer", "remedy")
 # Kernel line kinds from most to least telling: a cell names all it saw, in this order.
 KIND_ORDER = ["xfs-shutdown", "xfs-device-removed", "xfs-log-io-error", "xfs-metadata-io-error",
               "xfs-please-unmount", "ext4-abort-journal", "ext4-remount-ro", "ext4-error", "jbd2-error",
@@ -42,7 +42,8 @@ def behaviour(outcome: Outcome) -> dict[str, str]:
               f"stock {'LIES' if outcome.health_check_lies else 'truthful'}, "
               f"deep {'fails' if deep and deep.detected else 'passes'}")
     return {"systemd": systemd, "kernel": kernel, "checks": checks,
-            "kernel word": fs_error_words(outcome.fan_fs_error), "healer": healer_words(outcome.xfs_healer)}
+            "kernel word": fs_error_words(outcome.fan_fs_error), "healer": healer_words(outcome.xfs_healer),
+            "remedy": remedy_words(outcome)}
 
 
 def fs_error_words(seen: KernelWord | None) -> str:
@@ -52,6 +53,18 @@ def fs_error_words(seen: KernelWord | None) -> str:
     if not seen.supported:
         return seen.reason or "not supported"
     return f"FAN_FS_ERROR {seen.error}" if seen.arrived else "no FAN_FS_ERROR"
+
+
+def remedy_words(outcome: Outcome) -> str:
+    """What a remedy (vm/remedies) came to: did systemd stop the agent with it in place?
+    The agent's end state only: an unplug stops it without any remedy (BindsTo= on the
+    device), so a row with a remedy is read next to the same row without."""
+    if outcome.remedy is None:
+        return "none"
+    agent = outcome.units.get("ecs-agent.service")
+    if agent == "active":
+        return f"{outcome.remedy}: agent still active (systemd did not stop it)"
+    return f"{outcome.remedy}: systemd stopped the agent ({agent})"
 
 
 def healer_words(seen: Healer | None) -> str:
@@ -240,6 +253,8 @@ def render(result: dict):
                 continue
             parts = []
             for aspect in ASPECTS:
+                if aspect == "remedy" and not row.get("remedy"):
+                    continue  # "remedy: none" on every plain row says nothing
                 text = f"{aspect}: {cell[aspect]}"
                 if aspect in row["disagree"]:
                     text = f"[red]≠ {text}[/red]"
@@ -267,6 +282,28 @@ def _column(release: str, info: dict) -> str:
     user = info.get("user_kernel")
     said = f"\n--kernel {user['package']} {user['version']} (sha256 {user['sha256'][:12]})" if user else ""
     return f"{release}\nkernel {info['kernel']}{said}\n{info['systemd']}" + (f"\n{exact}" if exact else "")
+
+
+def load(path: Path) -> dict:
+    """A matrix saved with `versions --json`; UserError if PATH is not one."""
+    try:
+        result = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"no saved matrix at {path}", "give a file written by unitchaos versions --json") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UserError(f"{path} is not a saved matrix ({exc.__class__.__name__})",
+                        "give a file written by unitchaos versions --json") from None
+    if not isinstance(result, dict) or not {"releases", "rows"} <= set(result):
+        raise UserError(f"{path} is not a saved matrix (no releases and rows)",
+                        "give a file written by unitchaos versions --json")
+    for row in result["rows"]:
+        for cell in row["cells"].values():
+            if "error" not in cell:
+                # Saved before an aspect existed: it was not measured then.
+                for aspect in ASPECTS:
+                    plain_row = aspect == "remedy" and not row.get("remedy")
+                    cell.setdefault(aspect, "none" if plain_row else "not recorded when saved")
+    return result
 
 
 def to_json(result: dict) -> str:
