@@ -44,6 +44,9 @@ def cmd_run(args) -> int:
         print(json.dumps(outcome.to_json(), indent=2))
     else:
         console.print(findings_table([outcome]))
+        if outcome.fault_effect is not None:
+            console.print(f"the fault {'took effect' if outcome.took_effect else 'did NOT take effect'}: "
+                          f"{outcome.fault_effect.said}", markup=False)
         if outcome.timeline:
             console.print("Timeline (seconds from the fault):", style="bold")
             console.print(timeline.render(outcome.timeline), highlight=False, markup=False)
