@@ -37,6 +37,9 @@ TCG_KERNEL_ARGS = "systemd.default_device_timeout_sec=600"
 # kdamond.0 thread had used 1:38 of CPU in 17 min of uptime, as much as dockerd, while the
 # deep check's container start timed out at 20 s. Page-access statistics are nothing the
 # experiments look at: the vCPU is better spent on the guest's services.
+# Not enough on its own: with it (thread=single, 2026-12-01 15:34-15:49 UTC, load 5.5-7.3)
+# the guest booted at 573 s and its warm snapshot still failed (888 s): the deep check's
+# 20 s container start and 2-3 s probes time out in a guest starved of host CPU.
 TCG_RELEASE_KERNEL_ARGS = {"trixie-backports": "damon_stat.enabled=N"}
 
 
