@@ -112,3 +112,16 @@ def test_a_panic_on_every_boot_is_reported_after_the_last(tmp_path):
     assert instance.machine.stops == BOOTS_UNDER_TCG - 1
     assert sorted(p.name for p in tmp_path.glob("console-panic-*.log")) == [
         f"console-panic-{n}.log" for n in range(1, BOOTS_UNDER_TCG)]
+
+
+def test_a_panicked_guests_evidence_is_saved_without_asking_it(tmp_path):
+    # Asking a dead kernel for its journal would cost each command its whole timeout.
+    instance = booting(tmp_path, "tcg")
+    instance.machine.console_path.write_text(PANICKED_CONSOLE)
+    instance.machine.running = True
+    instance.machine.console_text = lambda: instance.machine.console_path.read_text()
+    instance.machine.run = lambda *a, **k: pytest.fail("asked a panicked guest")
+    instance.machine.monitor = type("Monitor", (), {"events": []})()
+    instance.evidence, instance.fault_log, instance.unit_files = {}, [], {}
+    instance.save_artifacts()
+    assert (tmp_path / "journal.json").read_text().startswith("not collected: the guest kernel panicked")
