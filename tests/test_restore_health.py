@@ -178,3 +178,25 @@ def test_a_failing_check_is_reported_even_when_the_clock_cannot_be_set_either(tm
     instance.confirm_healthy = lambda: Instance.confirm_healthy(instance, timeout=0.3)
     with pytest.raises(GuestRefused):  # the lab then makes the snapshot again
         instance.restore(SAVED)
+
+
+def test_ctrl_c_while_a_failed_snapshot_guest_is_released_leaves_no_staging_directory(cache, monkeypatch):
+    class Failing:
+        machine = type("Machine", (), {"ram_file": None})()
+
+        def boot(self):
+            raise GuestTimeout("the deep check never passed")
+
+    class OneLab:
+        memory_mb = 64
+
+        def acquire(self, **kwargs):
+            return Failing()
+
+    def interrupted(lab, instance, keep):
+        raise KeyboardInterrupt  # Ctrl-C while the slow guest is asked for its journal
+    monkeypatch.setattr(snapshots, "_release", interrupted)
+    monkeypatch.setattr(snapshots, "_ran_out_of_space", lambda machine: None)
+    with pytest.raises(KeyboardInterrupt):
+        snapshots._create(snapshots.snapshots_dir() / "bindsto-xfs-0000", OneLab(), units.Variant(), "tcg", "")
+    assert list(snapshots.snapshots_dir().iterdir()) == []

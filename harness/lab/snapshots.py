@@ -180,8 +180,13 @@ def _create(path: Path, lab, variant: Variant, accel_name: str, argv: str) -> No
         keep = not disk_full  # not on Ctrl-C either: that wants out at once
         raise
     finally:
-        _release(lab, instance, keep)
-        shutil.rmtree(staging, ignore_errors=True)
+        # The half-written snapshot goes first: releasing a failed guest asks it for its
+        # journal, minutes on a starved guest, and a Ctrl-C then (trixie-backports, 16:21)
+        # once skipped this and left a 1 GB staging directory behind.
+        try:
+            shutil.rmtree(staging, ignore_errors=True)
+        finally:
+            _release(lab, instance, keep)
 
 
 def _release(lab, instance, keep: bool) -> None:
