@@ -6,6 +6,7 @@ import pytest
 
 from harness.chainfile import CHAINS_DIR, parse_file
 from harness.faults import XFS_SHUTDOWN
+from harness.waiting import wait_until
 
 POSTGRESQL = CHAINS_DIR / "postgresql.toml"
 PG_ISREADY, TCP = parse_file(POSTGRESQL, check_packages=False).checks
@@ -32,8 +33,11 @@ def test_yank_both_checks_follow_the_postmaster_not_the_disk(lab):
     # 12:07 and 12:13 UTC) or died within seconds (12:01 and 12:42). The checks only follow the
     # postmaster: while it is up, pg_isready (any answer but "cannot connect now" counts as up)
     # and TCP both pass: both lie.
-    if vm.unit_state(CLUSTER) != "active":
-        vm.wait_for_unit(CLUSTER, "failed", timeout=60)
+    # Asked while on its way down, the server's unit is still active and pg_isready already
+    # gets no response (CI, 16:45 UTC): wait until it has died or answers.
+    wait_until(lambda: (vm.unit_state(CLUSTER), vm.check_fails(PG_ISREADY)), 60, "PostgreSQL to die or answer",
+               machine=vm.machine, done=lambda seen: seen[0] == "failed" or seen == ("active", None),
+               last_seen=lambda seen: f"{CLUSTER} {seen[0]}, pg_isready: {seen[1] or 'answers'}")
     up = vm.unit_state(CLUSTER) == "active"
     assert (vm.check_fails(PG_ISREADY) is None) == up and (vm.check_fails(TCP) is None) == up
     assert vm.unit_state(WRAPPER) == "active"     # Debian's wrapper: `systemctl is-active postgresql` lies
