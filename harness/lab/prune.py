@@ -105,9 +105,7 @@ def _entries(directory: Path) -> list[Path]:
 def _stale_snapshot(path: Path, current_images: set[str]) -> str | None:
     try:
         meta = json.loads((path / "meta.json").read_text())
-        info = subprocess.run(["qemu-img", "info", "-U", "--output=json", str(path / "root.qcow2")],
-                              capture_output=True, text=True, timeout=30)
-        backing = Path(json.loads(info.stdout).get("backing-filename", ""))
+        backing = Path(snapshots.backing_file(path / "root.qcow2") or "")
     except (OSError, ValueError, subprocess.TimeoutExpired):
         return "unreadable"
     if backing.parent.name not in current_images or not backing.exists():

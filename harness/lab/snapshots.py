@@ -99,7 +99,11 @@ def _load(path: Path, image: Image) -> SavedState | None:
     if saved.state.stat().st_size != meta.get("state_bytes") or saved.ram.stat().st_size != meta.get("ram_bytes"):
         return None
     # The root disk's backing file is the image: gone or replaced means this snapshot is stale.
-    if _backing_file(saved.root) != str(image.root):
+    try:
+        backing = backing_file(saved.root)
+    except ValueError:
+        return None
+    if backing != str(image.root):
         return None
     # `image build --rebuild` makes a new root disk at the same path: the overlay's
     # clusters would then sit on another disk's. Same path is not enough.
@@ -113,15 +117,15 @@ def _load(path: Path, image: Image) -> SavedState | None:
 _backing: dict[tuple, str | None] = {}
 
 
-def _backing_file(disk: Path) -> str | None:
+def backing_file(disk: Path) -> str | None:
+    """DISK's backing file as qemu-img names it (None: it has none). OSError if DISK is
+    gone, ValueError if qemu-img cannot read it, subprocess.TimeoutExpired if it hangs."""
     st = disk.stat()
     key = (str(disk), st.st_ino, st.st_mtime_ns, st.st_size)
     if key not in _backing:
-        info = subprocess.run(["qemu-img", "info", "-U", "--output=json", str(disk)], capture_output=True, text=True)
-        try:
-            _backing[key] = json.loads(info.stdout).get("backing-filename")
-        except ValueError:
-            return None
+        info = subprocess.run(["qemu-img", "info", "-U", "--output=json", str(disk)],
+                              capture_output=True, text=True, timeout=30)
+        _backing[key] = json.loads(info.stdout).get("backing-filename")
     return _backing[key]
 
 

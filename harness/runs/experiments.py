@@ -15,6 +15,7 @@ from ..evidence.outcome import Outcome, Seconds
 from ..lab.instance import Instance
 from ..lab.lab import Lab
 from ..paths import artifacts_dir
+from ..waiting import wait_until
 
 
 @dataclass(frozen=True)
@@ -223,18 +224,19 @@ def aftermath(instance: Instance, t0: float, states: dict[str, str], listed: boo
 def deep_catch_up(instance: Instance, start: dict, t0: float) -> dict:
     """Polls the deep check until it fails, for at most its container test's cadence plus
     budget (scaled): the first answer after the fault that includes a container test."""
-    limit = timeouts.scaled(float(start.get("every") or 30) + float(start["budget"]) + 5)
     began = time.monotonic()
-    while time.monotonic() - began < limit:
-        status, body = instance.deep_health(timeout=5)
-        if status is not None and status != 200:
-            checks = body.get("checks", {}) if isinstance(body, dict) else {}
-            reason = "; ".join(f"{name}: {check.get('reason')}" for name, check in checks.items()
-                               if check.get("status") != "ok") or str(body)[:200]
-            return {"failed": True, "seconds": round(time.time() - t0, 2), "reason": reason,
-                    "waited": round(time.monotonic() - began, 1)}
-        time.sleep(1)
-    return {"failed": False, "waited": round(time.monotonic() - began, 1)}
+    try:
+        status, body = wait_until(lambda: instance.deep_health(timeout=5),
+                                  float(start.get("every") or 30) + float(start["budget"]) + 5,
+                                  "the deep check to fail", done=lambda answer: answer[0] not in (None, 200),
+                                  interval=1)
+    except GuestTimeout:
+        return {"failed": False, "waited": round(time.monotonic() - began, 1)}
+    checks = body.get("checks", {}) if isinstance(body, dict) else {}
+    reason = "; ".join(f"{name}: {check.get('reason')}" for name, check in checks.items()
+                       if check.get("status") != "ok") or str(body)[:200]
+    return {"failed": True, "seconds": round(time.time() - t0, 2), "reason": reason,
+            "waited": round(time.monotonic() - began, 1)}
 
 
 def describe(outcome: dict) -> str:
