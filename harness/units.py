@@ -30,6 +30,9 @@ DEVICE = "/dev/vdb"
 # The guest's own services learn the chain from these drop-ins (see vm/guest): which
 # unit says boot is over, where the volume is, which deep probes apply.
 HEALTH_DROPIN = "unitchaos-health.service.d/50-chain.conf"
+# What the machine the guest runs on needs of the deep check (its pacing on one TCG vCPU,
+# see machines/tcg.py): not part of the chain, so a drop-in of its own.
+MACHINE_HEALTH_DROPIN = "unitchaos-health.service.d/60-machine.conf"
 READY_DROPIN = "unitchaos-ready.service.d/50-chain.conf"
 GENERATED = (HEALTH_DROPIN, READY_DROPIN)
 # Unit files and drop-ins that make systemd stop the chain when the volume's filesystem
@@ -114,7 +117,7 @@ class Variant:
         return ["volume", "io", "space", "kernel"] + ["docker"] * self.spec.has_docker + ["agent"] * self.spec.has_agent
 
 
-def render(variant: Variant) -> dict[str, str]:
+def render(variant: Variant, health_env: dict[str, str] | None = None) -> dict[str, str]:
     """Relative path -> text of every unit file and drop-in, placeholders filled."""
     units_dir = Path(variant.units_dir)
     if not units_dir.is_dir():
@@ -156,6 +159,9 @@ def render(variant: Variant) -> dict[str, str]:
                                f"Environment=UNITCHAOS_HEALTH_DEVICE={DEVICE}\n"
                                f"Environment=UNITCHAOS_HEALTH_FSTYPE={variant.fs}\n"
                                f"Environment=UNITCHAOS_HEALTH_PROBES={','.join(variant.deep_probes)}\n")
+    if health_env:
+        rendered[MACHINE_HEALTH_DROPIN] = "[Service]\n" + "".join(
+            f"Environment={name}={value}\n" for name, value in sorted(health_env.items()))
     if not variant.spec.has_agent:
         # Without the agent, boot is over when the chain's last unit has started (or failed).
         rendered[READY_DROPIN] = f"[Service]\nEnvironment=UNITCHAOS_READY_UNIT={variant.spec.units[-1]}\n"
@@ -186,9 +192,9 @@ def verify(rendered: dict[str, str]) -> None:
                         "correct the unit file (see systemd.unit(5))")
 
 
-def check(variant: Variant) -> dict[str, str]:
+def check(variant: Variant, health_env: dict[str, str] | None = None) -> dict[str, str]:
     """Renders and verifies VARIANT's units: bad unit files fail before any VM starts."""
-    rendered = render(variant)
+    rendered = render(variant, health_env)
     verify(rendered)
     return rendered
 
@@ -208,9 +214,10 @@ def wanted_by(text: str) -> list[str]:
     return targets
 
 
-def pack(variant: Variant, out: Path) -> dict[str, str]:
-    """Writes the tar the guest unpacks at boot; returns the rendered files."""
-    rendered = check(variant)
+def pack(variant: Variant, out: Path, health_env: dict[str, str] | None = None) -> dict[str, str]:
+    """Writes the tar the guest unpacks at boot; returns the rendered files. HEALTH_ENV: the
+    deep check's environment the machine needs (machines/tcg.py's deep_check_env)."""
+    rendered = check(variant, health_env)
     with tarfile.open(out, "w") as tar:
         for rel, text in rendered.items():
             _add(tar, rel, text.encode())

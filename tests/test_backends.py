@@ -144,18 +144,19 @@ def test_fcos_commands_go_over_ssh_as_core_through_sudo(tmp_path, monkeypatch):
     assert seen["argv"][-1].startswith("sudo timeout -s KILL 7 bash -c ")
 
 
-@pytest.mark.parametrize("release, threads, cpu", [
-    ("trixie-backports", "single", "qemu64"),
-    ("bookworm-backports", "multi", "qemu64,-cx16"),
-    ("sid", "multi", "qemu64"),
+@pytest.mark.parametrize("release, vcpus, cpu", [
+    ("trixie-backports", "1", "qemu64"),
+    ("bookworm-backports", "2", "qemu64,-cx16"),
+    ("sid", "2", "qemu64"),
 ])
-def test_each_release_boots_with_its_tcg_workaround(tmp_path, release, threads, cpu):
+def test_each_release_boots_with_its_tcg_workaround(tmp_path, release, vcpus, cpu):
     (tmp_path / "image").mkdir()
     (tmp_path / "image" / "manifest.json").write_text(json.dumps({"release": release}))
     machine = Machine(Image(tmp_path / "image"), tmp_path / "run")
     machine.accel, machine.ports = "tcg", {port: 10000 + port for port in machine.guest_ports}
     argv = machine.qemu_argv()
-    assert argv[argv.index("-accel") + 1] == f"tcg,thread={threads}"
+    assert argv[argv.index("-accel") + 1] == "tcg,thread=multi"
+    assert argv[argv.index("-smp") + 1] == vcpus
     assert argv[argv.index("-cpu") + 1] == cpu
     assert "systemd.default_device_timeout_sec=600" in argv[argv.index("-append") + 1]
     assert ("damon_stat.enabled=N" in argv[argv.index("-append") + 1]) == (release == "trixie-backports")
@@ -168,4 +169,29 @@ def test_kvm_takes_none_of_the_tcg_kernel_arguments(tmp_path):
     machine.accel, machine.ports = "kvm", {port: 10000 + port for port in machine.guest_ports}
     argv = machine.qemu_argv()
     assert argv[argv.index("-accel") + 1] == "kvm"
+    assert argv[argv.index("-smp") + 1] == "2"  # one vCPU is TCG's workaround, not KVM's
     assert not {"damon_stat.enabled=N", "systemd.default_device_timeout_sec=600"} & set(argv[argv.index("-append") + 1].split())
+
+
+def test_the_deep_checks_pacing_on_one_tcg_vcpu_is_a_drop_in_and_part_of_the_snapshot_key(tmp_path, monkeypatch):
+    from harness import units
+    from harness.lab import snapshots
+    from harness.machines import tcg
+    variant = units.Variant()
+    env = tcg.deep_check_env("tcg", "trixie-backports")
+    assert env == {"UNITCHAOS_HEALTH_CONTAINER_TIMEOUT": "60", "UNITCHAOS_HEALTH_CONTAINER_EVERY": "120"}
+    assert tcg.deep_check_env("kvm", "trixie-backports") == {} == tcg.deep_check_env("tcg", "sid")
+    assert units.render(variant, env)[units.MACHINE_HEALTH_DROPIN] == (
+        "[Service]\nEnvironment=UNITCHAOS_HEALTH_CONTAINER_EVERY=120\n"
+        "Environment=UNITCHAOS_HEALTH_CONTAINER_TIMEOUT=60\n")
+    assert units.MACHINE_HEALTH_DROPIN not in units.render(variant, {})
+
+    def keys(release):
+        (tmp_path / release).mkdir(exist_ok=True)
+        (tmp_path / release / "manifest.json").write_text(json.dumps({"release": release}))
+        return snapshots.snapshot_key(Image(tmp_path / release), variant, 1024, "tcg", "argv")
+    shipped = {release: keys(release) for release in ("sid", "trixie-backports")}
+    monkeypatch.setattr(tcg, "TCG_DEEP_CHECK_ENV", {})
+    # Other releases' snapshot keys do not move; this release's follows its pacing.
+    assert keys("sid") == shipped["sid"]
+    assert keys("trixie-backports") != shipped["trixie-backports"]

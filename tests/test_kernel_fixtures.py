@@ -26,10 +26,10 @@ PATTERNS_JSON = ROOT / "vm" / "guest" / "usr" / "local" / "share" / "unitchaos" 
 # check must fail on what the kernel said. The others (healthy, a clean or lazy umount,
 # stopping the mount) must leave it passing.
 BREAKS_THE_VOLUME = {"yank bindsto xfs", "yank bindsto ext4", "unplug bindsto xfs", "unplug bindsto ext4",
-                     "io-error bindsto ext4", "yank requires xfs", "io-error requires xfs", "xfs-shutdown requires xfs"}
+                     "io-error bindsto ext4", "io-error bindsto xfs", "yank requires xfs", "io-error requires xfs", "xfs-shutdown requires xfs"}
 # Captured on every kernel: what the incident is about.
 XFS_BROKEN = {"yank bindsto xfs", "unplug bindsto xfs"}
-XFS_SHUT_DOWN = XFS_BROKEN | {"yank requires xfs", "io-error requires xfs", "xfs-shutdown requires xfs"}
+XFS_SHUT_DOWN = XFS_BROKEN | {"yank requires xfs", "io-error requires xfs", "io-error bindsto xfs", "xfs-shutdown requires xfs"}
 # Any wording of an XFS shutdown, as broad as a human reading the log would be.
 LOOKS_LIKE_XFS_SHUTDOWN = re.compile(r"XFS \(\w+\).*(shut ?down|shutting down)", re.IGNORECASE)
 

@@ -241,7 +241,7 @@ def test_everywhere(unitchaos_release):
 
 @pytest.mark.parametrize("args, env, expected", [
     ([], None, ["test_plain", "test_everywhere[bookworm]", "test_everywhere[trixie]",
-                "test_everywhere[bookworm-backports]", "test_everywhere[sid]"]),
+                "test_everywhere[bookworm-backports]", "test_everywhere[sid]", "test_everywhere[trixie-backports]"]),
     (["--release", "trixie"], None, ["test_plain", "test_everywhere[trixie]"]),
     (["--release", "trixie", "--release", "bookworm"], None,
      ["test_plain[trixie]", "test_plain[bookworm]", "test_everywhere[trixie]", "test_everywhere[bookworm]"]),

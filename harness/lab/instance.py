@@ -15,6 +15,7 @@ from .. import faults, kernel_log, progress, timeouts, units
 from ..errors import GuestError, GuestKernelPanic, GuestRefused, GuestTimeout, KernelDidNotBoot, UserError
 from ..images import user_kernel
 from ..images.image import Image
+from ..machines import accel, tcg
 from ..machines.machine import PANIC, Machine
 from ..paths import artifacts_dir
 from ..waiting import wait_until
@@ -53,7 +54,9 @@ class Instance(GuestQuestions):
         self.variant = variant
         self.run_dir = run_dir
         run_dir.mkdir(parents=True, exist_ok=True)
-        self.unit_files = units.pack(variant, run_dir / "units.tar")
+        # The accelerator _pre_launch will choose (a snapshot is keyed by it, so a restore agrees).
+        health_env = tcg.deep_check_env(accel.choose(image.kernel), tcg.release_of(image))
+        self.unit_files = units.pack(variant, run_dir / "units.tar", health_env)
         self.chain = variant.spec
         self.machine = machine_class(image, run_dir, memory_mb=memory_mb, volume_size=self.chain.size,
                                      fw_cfg={UNITS_FW_CFG: run_dir / "units.tar"},

@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from ..machines import accel
+from ..machines import accel, tcg
 from .. import progress
 from ..errors import GuestError, UserError, disk_full_means
 from ..images.image import Image
@@ -43,7 +43,8 @@ def snapshots_dir() -> Path:
 def snapshot_key(image: Image, variant: Variant, memory_mb: int, accel_name: str, argv: str) -> str:
     # Everything of the chain the guest sees: its image (packages, files), unit files,
     # volume and ports (in ARGV).
-    parts = [SNAPSHOT_VERSION, image.key, json.dumps(render(variant), sort_keys=True), str(memory_mb),
+    rendered = render(variant, tcg.deep_check_env(accel_name, tcg.release_of(image)))
+    parts = [SNAPSHOT_VERSION, image.key, json.dumps(rendered, sort_keys=True), str(memory_mb),
              accel_name, accel.qemu_version(), argv, json.dumps(variant.spec.guest_view(), sort_keys=True)]
     digest = hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
     return f"{variant.spec.name}-{variant.chain}-{variant.fs}-{digest}"

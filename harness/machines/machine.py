@@ -194,13 +194,13 @@ class Machine(GuestCommands):
         """QEMU's command line for this guest (snapshots key their saves on its shape)."""
         forwards = ",".join(f"hostfwd=tcp:127.0.0.1:{host}-:{guest}" for guest, host in self.ports.items())
         if self.accel == "kvm":
-            cpu = ["-accel", "kvm", "-cpu", "host"]
+            cpu, cpus = ["-accel", "kvm", "-cpu", "host"], self.cpus
         else:
-            threads = tcg.threads(self.tcg_threads, tcg.release_of(self.image))
-            cpu = ["-accel", f"tcg,thread={threads}", "-cpu", self._tcg_cpu()]
+            cpu = ["-accel", f"tcg,thread={self.tcg_threads}", "-cpu", self._tcg_cpu()]
+            cpus = tcg.vcpus(self.cpus, tcg.release_of(self.image))
         argv = [
             accel.qemu_binary(), "-name", f"unitchaos-{self.name}", *cpu,
-            "-smp", str(self.cpus), "-m", f"{self.memory_mb}M", *self._memory_args(),
+            "-smp", str(cpus), "-m", f"{self.memory_mb}M", *self._memory_args(),
             "-nodefaults", "-no-user-config", "-display", "none",
             *self._boot_args(),
             "-netdev", f"user,id=net0,restrict=on,{forwards}",

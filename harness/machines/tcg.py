@@ -1,6 +1,6 @@
 """What each release's kernel needs to boot under TCG (no KVM: this host's case): CPU
-features hidden from it, single-threaded TCG, a longer wait for devices. Each setting
-keeps the measured fact behind it."""
+features hidden from it, one vCPU, the deep check paced for that vCPU, a longer wait for
+devices. Each setting keeps the measured fact behind it."""
 import json
 
 # CPU features a release's kernel must not see under TCG. bookworm-backports' kernel
@@ -9,22 +9,22 @@ import json
 # without CX16 SLUB takes its locked path and the guest boots. trixie's 6.12.117 boots
 # with CX16 (one unexplained panic in CI aside: see Instance.boot).
 TCG_HIDDEN_FEATURES = {"bookworm-backports": ("cx16",)}
-# Releases whose kernel must run under single-threaded TCG. trixie-backports' 7.3.4+deb13
-# oopses in early boot under QEMU 7.2's multi-threaded TCG with -smp 2 on a breakpoint the
-# kernel's own text patching left in a 5-byte NOP (seen 2026-12-01, 2 of 2 boots, with and
-# without CX16):
+# Releases whose kernel gets one vCPU under TCG. trixie-backports' 7.3.4+deb13 oopses in
+# early boot under QEMU 7.2's multi-threaded TCG with -smp 2 on a breakpoint the kernel's own
+# text patching left in a 5-byte NOP (seen 2026-12-01, 2 of 2 boots, with and without CX16):
 #   Oops: int3: 0000 [#1] SMP NOPTI / RIP: 0010:set_next_task_fair+0x609/0x780
 #   Code: ... eb 6d 0f <1f> 44 00 00 ... / Kernel panic - not syncing: Fatal exception in interrupt
 #   (other boot: RIP: 0010:__hrtimer_start_range_ns+0x45a/0x8d0)
 # i.e. one vCPU ran stale translated code while another patched it (int3-based text_poke).
-# With thread=single (vCPUs take turns) the same image boots to systemd: `unitchaos: booted`
-# at guest 264 s and 381 s (2026-12-01 12:05 and 12:33 UTC, host load 5-7 on 2 cores).
-# Tried instead (2026-12-01 14:46-15:04 UTC, load 5-8, 1 boot): multi-threaded TCG with
-# -smp 1 (no second vCPU to run the half-patched code). It boots without the oops, but no
-# faster: booted at guest 642 s, then the deep check's container start timed out (20 s, in
-# the guest) for 8 more minutes, the failure thread=single's snapshots had too. So
-# thread=single stays: two measured boots faster at comparable load, and nothing won by -smp 1.
-TCG_SINGLE_THREAD = {"trixie-backports"}
+# Two ways out, both measured:
+# - thread=single, -smp 2 (the vCPUs take turns on one host thread): boots, but never became
+#   healthy, not even on a quiet host (2026-12-01 16:12-16:21 UTC, load 0.2-1.5: booted at
+#   guest 225 s, then 5 min of failing deep checks; in the guest 59 % system time, load 13).
+#   A vCPU waiting on the other (an IPI, a lock) waits out the other's whole time slice.
+# - one vCPU, multi-threaded TCG: no second vCPU to run half-patched code, no oops (5 of 5
+#   boots). On a quiet host (2026-12-01 17:51-18:15 UTC, load 0.6-1.3) booted at guest
+#   167-215 s and passed the stock checks 3 s later; the deep check needs TCG_DEEP_CHECK_ENV.
+TCG_ONE_VCPU = {"trixie-backports"}
 # Under TCG on a loaded host udev's coldplug can outlast systemd's 90 s wait for the volume:
 # on 2026-12-01 (host load 11-16 on 2 cores) trixie-backports (single-threaded) and sid
 # (multi-threaded) both logged "dev-vdb.device: Job dev-vdb.device/start timed out.",
@@ -37,17 +37,20 @@ TCG_KERNEL_ARGS = "systemd.default_device_timeout_sec=600"
 # kdamond.0 thread had used 1:38 of CPU in 17 min of uptime, as much as dockerd, while the
 # deep check's container start timed out at 20 s. Page-access statistics are nothing the
 # experiments look at: the vCPU is better spent on the guest's services.
-# Not enough on its own: with it (thread=single, 2026-12-01 15:34-15:49 UTC, load 5.5-7.3)
-# the guest booted at 573 s and its warm snapshot still failed (888 s): the deep check's
-# 20 s container start and 2-3 s probes time out in a guest starved of host CPU.
-# On a quiet host too (16:12-16:21 UTC, host load 0.2-1.5, the only guest): booted at guest
-# 225 s (3.7 min wall), then 5 more minutes with the deep check failing: "container test
-# failed: timeout at start after 20 s", io "the probe did not finish within 3 s (hung I/O)";
-# in the guest load 13.4, CPU 41 % user / 59 % system, unitchaos-health 2:09 of CPU in 8 min.
-# Two vCPUs taking turns on one host thread are too slow for the chain's own time budgets;
-# sid's 7.2.13 under multi-threaded TCG passes the same checks. Next to try: QEMU 10's MTTCG
-# (Debian 13 hosts), where the cross-vCPU text-patching oops may be gone.
 TCG_RELEASE_KERNEL_ARGS = {"trixie-backports": "damon_stat.enabled=N"}
+# The deep check's pacing and container budget where a release's guest has one vCPU
+# (TCG_ONE_VCPU). By default its container test (create, start, wait, remove) has 20 s and
+# runs every 30 s. On one TCG vCPU that start alone takes 15-35 s (3 tests, 2026-12-01
+# 18:15 UTC, quiet host): with 20 s the first tests after boot timed out (18:03-18:10: "timeout
+# at start after 20 s", the warm snapshot refused), and a start that timed out goes on inside
+# dockerd while the next test starts 30 s later: at 17:56-17:58 the guest had 4 tests'
+# containers at once, CPU pressure 100 %, and every probe timing out. With 60 s, every 60 s,
+# the guest was deep-healthy 16 s after the stock checks (18:11-18:15). Every 120 s leaves
+# the vCPU to the experiments: a test costs a third of it to half of it while it runs.
+# The container test is still the one definition of "can start containers": the experiments'
+# verdict asks through the running daemon's own code and budget (lab/container_start.py).
+TCG_DEEP_CHECK_ENV = {"trixie-backports": {"UNITCHAOS_HEALTH_CONTAINER_TIMEOUT": "60",
+                                           "UNITCHAOS_HEALTH_CONTAINER_EVERY": "120"}}
 
 
 def release_of(image) -> str:
@@ -61,9 +64,14 @@ def cpu(model: str, release: str) -> str:
     return ",".join([model, *(f"-{f}" for f in TCG_HIDDEN_FEATURES.get(release, ()))])
 
 
-def threads(default: str, release: str) -> str:
-    """TCG's thread= for RELEASE: "single" where its kernel needs it, else DEFAULT."""
-    return "single" if release in TCG_SINGLE_THREAD else default
+def vcpus(default: int, release: str) -> int:
+    """How many vCPUs RELEASE's guest gets under TCG: one where its kernel needs it."""
+    return 1 if release in TCG_ONE_VCPU else default
+
+
+def deep_check_env(accel: str, release: str) -> dict[str, str]:
+    """The deep check's environment RELEASE's guest needs under ACCEL (nothing under KVM)."""
+    return {} if accel == "kvm" else TCG_DEEP_CHECK_ENV.get(release, {})
 
 
 def kernel_args(args: str, accel: str, release: str = "") -> str:
