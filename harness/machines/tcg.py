@@ -24,6 +24,7 @@ TCG_HIDDEN_FEATURES = {"bookworm-backports": ("cx16",)}
 # - one vCPU, multi-threaded TCG: no second vCPU to run half-patched code, no oops (5 of 5
 #   boots). On a quiet host (2026-12-01 17:51-18:15 UTC, load 0.6-1.3) booted at guest
 #   167-215 s and passed the stock checks 3 s later; the deep check needs TCG_DEEP_CHECK_ENV.
+# Not tried: QEMU 10 (Debian 13 hosts), whose MTTCG may run two vCPUs of this kernel safely.
 TCG_ONE_VCPU = {"trixie-backports"}
 # Under TCG on a loaded host udev's coldplug can outlast systemd's 90 s wait for the volume:
 # on 2026-12-01 (host load 11-16 on 2 cores) trixie-backports (single-threaded) and sid
