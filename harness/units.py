@@ -33,6 +33,13 @@ HEALTH_DROPIN = "unitchaos-health.service.d/50-chain.conf"
 # What the machine the guest runs on needs of the deep check (its pacing on one TCG vCPU,
 # see machines/tcg.py): not part of the chain, so a drop-in of its own.
 MACHINE_HEALTH_DROPIN = "unitchaos-health.service.d/60-machine.conf"
+# The same machine's container budget for the agent's Docker calls: "can start containers"
+# has one budget (lab/container_start.py). The agent runs in a container that gets its
+# environment from this file only (ecs-agent.service: --env-file), so the drop-in writes it
+# there before the agent starts; the image's own file is left as it is everywhere else.
+MACHINE_AGENT_DROPIN = "ecs-agent.service.d/60-machine.conf"
+AGENT_ENV_FILE = "/etc/ecs/ecs.config"
+CONTAINER_BUDGET_ENV = "UNITCHAOS_HEALTH_CONTAINER_TIMEOUT"
 READY_DROPIN = "unitchaos-ready.service.d/50-chain.conf"
 GENERATED = (HEALTH_DROPIN, READY_DROPIN)
 # Unit files and drop-ins that make systemd stop the chain when the volume's filesystem
@@ -162,6 +169,13 @@ def render(variant: Variant, health_env: dict[str, str] | None = None) -> dict[s
     if health_env:
         rendered[MACHINE_HEALTH_DROPIN] = "[Service]\n" + "".join(
             f"Environment={name}={value}\n" for name, value in sorted(health_env.items()))
+    budget = (health_env or {}).get(CONTAINER_BUDGET_ENV)
+    if budget and variant.spec.has_agent:
+        setting = f"UNITCHAOS_DOCKER_TIMEOUT={int(budget)}"
+        rendered[MACHINE_AGENT_DROPIN] = (
+            "[Service]\n"
+            f"ExecStartPre=/bin/sh -c 'sed -i /^UNITCHAOS_DOCKER_TIMEOUT=/d {AGENT_ENV_FILE} "
+            f"&& echo {setting} >> {AGENT_ENV_FILE}'\n")
     if not variant.spec.has_agent:
         # Without the agent, boot is over when the chain's last unit has started (or failed).
         rendered[READY_DROPIN] = f"[Service]\nEnvironment=UNITCHAOS_READY_UNIT={variant.spec.units[-1]}\n"

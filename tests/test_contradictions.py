@@ -360,5 +360,5 @@ def test_a_failed_docker_run_says_why_even_without_stderr():
     class Machine:
         def run(self, command, timeout):
             return type("R", (), {"ok": False, "status": 125, "stdout": "", "stderr": ""})()
-    fake = type("F", (), {"machine": Machine(), "metadata_status": lambda self: None})()
+    fake = type("F", (), {"machine": Machine(), "metadata_status": lambda self: None, "container_budget": 20.0})()
     assert Instance.start_container(fake) == {"via": "docker", "ok": False, "error": "exit 125: no output"}

@@ -57,6 +57,7 @@ class Instance(GuestQuestions):
         # The accelerator _pre_launch will choose (a snapshot is keyed by it, so a restore agrees).
         health_env = tcg.deep_check_env(accel.choose(image.kernel), tcg.release_of(image))
         self.unit_files = units.pack(variant, run_dir / "units.tar", health_env)
+        self.container_budget = tcg.container_budget(health_env)
         self.chain = variant.spec
         self.machine = machine_class(image, run_dir, memory_mb=memory_mb, volume_size=self.chain.size,
                                      fw_cfg={UNITS_FW_CFG: run_dir / "units.tar"},
@@ -416,9 +417,12 @@ class Instance(GuestQuestions):
         wait_until(lambda: self.metadata_status(timeout=3), timeout, f"the metadata check to answer {status}",
                    done=lambda current: current == status, machine=self.machine, interval=0.3)
 
-    def start_container(self, timeout: float = 30) -> dict:
+    def start_container(self, timeout: float | None = None) -> dict:
         """Can this instance still start containers? Asks the agent to run a task, as ECS
-        would; if the agent is gone, asks Docker directly."""
+        would; if the agent is gone, asks Docker directly. TIMEOUT: the host's wait, by
+        default 10 s more than the machine's container budget (tcg.container_budget), so
+        that a slow start is the agent's verdict (504, with its stage), not the host's."""
+        timeout = timeout or self.container_budget + 10
         if self.metadata_status() is not None:
             return {"via": "agent", **self._agent_task(timeout)}
         # -k: on SIGTERM `docker run` passes the signal to the container and goes on waiting.

@@ -50,6 +50,10 @@ TCG_RELEASE_KERNEL_ARGS = {"trixie-backports": "damon_stat.enabled=N"}
 # the vCPU to the experiments: a test costs a third of it to half of it while it runs.
 # The container test is still the one definition of "can start containers": the experiments'
 # verdict asks through the running daemon's own code and budget (lab/container_start.py).
+# The agent's tasks get the same budget for each Docker call (units.MACHINE_AGENT_DROPIN):
+# with its default 20 s, 2 of 2 tasks right after a restore failed with "start: Docker POST
+# .../start timed out after 20s" (20:49 UTC, host load 1), and CI of 4f4aa80 failed the
+# healthy-chain scenario on it; a `docker run` there took 43 s.
 TCG_DEEP_CHECK_ENV = {"trixie-backports": {"UNITCHAOS_HEALTH_CONTAINER_TIMEOUT": "60",
                                            "UNITCHAOS_HEALTH_CONTAINER_EVERY": "120"}}
 
@@ -70,9 +74,21 @@ def vcpus(default: int, release: str) -> int:
     return 1 if release in TCG_ONE_VCPU else default
 
 
+# The container budget elsewhere: the deep check's --container-timeout default and the fake
+# agent's UNITCHAOS_DOCKER_TIMEOUT default (vm/agent/fake_ecs_agent.py).
+CONTAINER_BUDGET = 20
+
+
 def deep_check_env(accel: str, release: str) -> dict[str, str]:
     """The deep check's environment RELEASE's guest needs under ACCEL (nothing under KVM)."""
     return {} if accel == "kvm" else TCG_DEEP_CHECK_ENV.get(release, {})
+
+
+def container_budget(health_env: dict[str, str]) -> float:
+    """Seconds a container start may take in a guest whose deep check has HEALTH_ENV: the
+    deep check's budget for its whole test, and the agent's for each Docker call (see
+    units.MACHINE_AGENT_DROPIN)."""
+    return float(health_env.get("UNITCHAOS_HEALTH_CONTAINER_TIMEOUT", CONTAINER_BUDGET))
 
 
 def kernel_args(args: str, accel: str, release: str = "") -> str:
