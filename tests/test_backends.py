@@ -179,17 +179,20 @@ def test_the_deep_checks_pacing_on_one_tcg_vcpu_is_a_drop_in_and_part_of_the_sna
     from harness.machines import tcg
     variant = units.Variant()
     env = tcg.deep_check_env("tcg", "trixie-backports")
-    assert env == {"UNITCHAOS_HEALTH_CONTAINER_TIMEOUT": "60", "UNITCHAOS_HEALTH_CONTAINER_EVERY": "120"}
+    assert env == {"UNITCHAOS_HEALTH_CONTAINER_TIMEOUT": "60", "UNITCHAOS_HEALTH_CONTAINER_EVERY": "120",
+                   "UNITCHAOS_HEALTH_IO_TIMEOUT": "10"}
     assert tcg.deep_check_env("kvm", "trixie-backports") == {} == tcg.deep_check_env("tcg", "sid")
     assert units.render(variant, env)[units.MACHINE_HEALTH_DROPIN] == (
         "[Service]\nEnvironment=UNITCHAOS_HEALTH_CONTAINER_EVERY=120\n"
-        "Environment=UNITCHAOS_HEALTH_CONTAINER_TIMEOUT=60\n")
+        "Environment=UNITCHAOS_HEALTH_CONTAINER_TIMEOUT=60\nEnvironment=UNITCHAOS_HEALTH_IO_TIMEOUT=10\n")
     assert units.MACHINE_HEALTH_DROPIN not in units.render(variant, {})
     # One container budget: the agent's Docker calls get the deep check's, where it has one.
     agent_dropin = units.render(variant, env)[units.MACHINE_AGENT_DROPIN]
     assert "echo UNITCHAOS_DOCKER_TIMEOUT=60 >> /etc/ecs/ecs.config" in agent_dropin
     assert units.MACHINE_AGENT_DROPIN not in units.render(variant, {})
     assert tcg.container_budget(env) == 60 and tcg.container_budget({}) == 20
+    assert tcg.boot_timeout(240, "tcg", "trixie-backports") == 600
+    assert tcg.boot_timeout(240, "kvm", "trixie-backports") == 240 == tcg.boot_timeout(240, "tcg", "sid")
 
     def keys(release):
         (tmp_path / release).mkdir(exist_ok=True)

@@ -82,6 +82,7 @@ def booting(tmp_path, accel: str) -> Instance:
     instance = Instance.__new__(Instance)
     instance.run_dir = tmp_path
     instance.machine = PanicsOnFirstBoot(tmp_path, accel)
+    instance.boot_timeout = 240
     instance.versions = lambda: {"kernel": "6.12.117+deb13-cloud-amd64"}
     # The release's own image (its manifest names no user's kernel: see test_user_kernel.py).
     instance.image = Image(tmp_path / "image")

@@ -41,6 +41,9 @@ BOOTED = r"unitchaos: booted (?:metadata=(\d+) agent=(\S+)|unit=(\S+) state=(\S+
 # on this project's machine, and twice in a row once in CI. Under TCG a panicked boot is booted again, up to
 # this many boots in all; a panic shows within seconds, so a retry costs little.
 BOOTS_UNDER_TCG = 3
+# Seconds a boot may take until the guest says it is over (scaled; see tcg.boot_timeout for
+# the releases that need more under TCG).
+BOOT_TIMEOUT = 240
 
 
 class Instance(GuestQuestions):
@@ -55,7 +58,9 @@ class Instance(GuestQuestions):
         self.run_dir = run_dir
         run_dir.mkdir(parents=True, exist_ok=True)
         # The accelerator _pre_launch will choose (a snapshot is keyed by it, so a restore agrees).
-        health_env = tcg.deep_check_env(accel.choose(image.kernel), tcg.release_of(image))
+        accel_name, release = accel.choose(image.kernel), tcg.release_of(image)
+        health_env = tcg.deep_check_env(accel_name, release)
+        self.boot_timeout = tcg.boot_timeout(BOOT_TIMEOUT, accel_name, release)
         self.unit_files = units.pack(variant, run_dir / "units.tar", health_env)
         self.container_budget = tcg.container_budget(health_env)
         self.chain = variant.spec
@@ -75,9 +80,11 @@ class Instance(GuestQuestions):
 
     # -- life cycle ---------------------------------------------------------------
 
-    def boot(self, timeout: float = 240) -> "Instance":
-        """Boots and waits until the guest says boot is over, then until SSH answers.
+    def boot(self, timeout: float | None = None) -> "Instance":
+        """Boots and waits until the guest says boot is over (TIMEOUT, scaled; by default
+        the machine's, tcg.boot_timeout), then until SSH answers.
         A user's kernel (--kernel) that does not get there is bad input: KernelDidNotBoot."""
+        timeout = timeout or self.boot_timeout
         try:
             return self._boot(timeout)
         except GuestTimeout as failure:  # a panic too, once its retries are spent
