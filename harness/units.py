@@ -228,10 +228,15 @@ def wanted_by(text: str) -> list[str]:
     return targets
 
 
-def pack(variant: Variant, out: Path, health_env: dict[str, str] | None = None) -> dict[str, str]:
+def pack(variant: Variant, out: Path, health_env: dict[str, str] | None = None,
+         extra: dict[str, str] | None = None) -> dict[str, str]:
     """Writes the tar the guest unpacks at boot; returns the rendered files. HEALTH_ENV: the
-    deep check's environment the machine needs (machines/tcg.py's deep_check_env)."""
+    deep check's environment the machine needs (machines/tcg.py's deep_check_env). EXTRA:
+    more drop-ins (relative path -> text), verified with the rest (bench --survey's options)."""
     rendered = check(variant, health_env)
+    if extra:
+        rendered = {**rendered, **extra}
+        verify(rendered)
     with tarfile.open(out, "w") as tar:
         for rel, text in rendered.items():
             _add(tar, rel, text.encode())

@@ -59,7 +59,7 @@ class Instance(GuestQuestions):
         run_dir.mkdir(parents=True, exist_ok=True)
         # The accelerator _pre_launch will choose (a snapshot is keyed by it, so a restore agrees).
         accel_name, release = accel.choose(image.kernel), tcg.release_of(image)
-        health_env = tcg.deep_check_env(accel_name, release)
+        health_env = self.health_env = tcg.deep_check_env(accel_name, release)
         self.boot_timeout = tcg.boot_timeout(BOOT_TIMEOUT, accel_name, release)
         self.unit_files = units.pack(variant, run_dir / "units.tar", health_env)
         self.container_budget = tcg.container_budget(health_env)
@@ -79,6 +79,11 @@ class Instance(GuestQuestions):
         self.evidence: dict[str, str] = {}
 
     # -- life cycle ---------------------------------------------------------------
+
+    def lay_over(self, dropins: dict[str, str]) -> None:
+        """Boots with DROPINS (relative path -> text) over the chain's units: one of `bench
+        --survey`'s unit options. Before boot only (the guest unpacks its units at boot)."""
+        self.unit_files = units.pack(self.variant, self.run_dir / "units.tar", self.health_env, extra=dropins)
 
     def boot(self, timeout: float | None = None) -> "Instance":
         """Boots and waits until the guest says boot is over (TIMEOUT, scaled; by default

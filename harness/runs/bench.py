@@ -205,6 +205,13 @@ SURVEY = {
     "kernel: mitigations=off": {"kernel_args": "+mitigations=off"},
     "kernel: systemd.show_status=0": {"kernel_args": "+systemd.show_status=0"},
     "kernel: mitigations=off systemd.show_status=0": {"kernel_args": "+mitigations=off systemd.show_status=0"},
+    # Unit options (drop-ins over the chain's units; the image is not touched). The deep check
+    # starts with the network and probes every second from then on (an io probe process each
+    # time); the agent's image load and container start share the vCPUs with it.
+    "units: deep check after the agent": {"dropins": {
+        "unitchaos-health.service.d/90-survey.conf": "[Unit]\nAfter=ecs-agent.service\n"}},
+    "units: deep check probes every 5 s": {"dropins": {
+        "unitchaos-health.service.d/90-survey.conf": "[Service]\nEnvironment=UNITCHAOS_HEALTH_INTERVAL=5\n"}},
 }
 
 
@@ -232,6 +239,9 @@ def survey(runs: int = 3, only: list[str] | None = None) -> dict:
                 with progress.step(f"bench survey {round_ + 1}/{runs}: {label}"):
                     instance = lab.acquire(variant=units.Variant(), started=False, label="survey")
                     for key, value in changes.items():
+                        if key == "dropins":
+                            instance.lay_over(value)
+                            continue
                         if key == "kernel_args":
                             value = f"{instance.machine.kernel_args} {value.lstrip('+')}"
                         setattr(instance.machine, key, value)
