@@ -190,14 +190,19 @@ class Machine(GuestCommands):
         paused; its disks, as they are now, belong with the state."""
         saved_state.save(self, state)
 
+    @property
+    def vcpus(self) -> int:
+        """The guest's vCPUs (under TCG, one where its release needs it: tcg.vcpus)."""
+        return self.cpus if self.accel == "kvm" else tcg.vcpus(self.cpus, tcg.release_of(self.image))
+
     def qemu_argv(self) -> list[str]:
         """QEMU's command line for this guest (snapshots key their saves on its shape)."""
         forwards = ",".join(f"hostfwd=tcp:127.0.0.1:{host}-:{guest}" for guest, host in self.ports.items())
         if self.accel == "kvm":
-            cpu, cpus = ["-accel", "kvm", "-cpu", "host"], self.cpus
+            cpu = ["-accel", "kvm", "-cpu", "host"]
         else:
             cpu = ["-accel", f"tcg,thread={self.tcg_threads}", "-cpu", self._tcg_cpu()]
-            cpus = tcg.vcpus(self.cpus, tcg.release_of(self.image))
+        cpus = self.vcpus
         argv = [
             accel.qemu_binary(), "-name", f"unitchaos-{self.name}", *cpu,
             "-smp", str(cpus), "-m", f"{self.memory_mb}M", *self._memory_args(),

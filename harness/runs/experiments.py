@@ -5,6 +5,7 @@ The outcome is an Outcome (evidence/outcome.py; the CLI prints its JSON), one pe
 """
 import json
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from .. import faults, timeouts, units
@@ -289,27 +290,41 @@ def terminated(instance: Instance) -> dict:
 
 
 def observe(instance: Instance) -> dict:
-    """What systemd, the kernel, the mount table, the checks and the workload say right now."""
+    """What systemd, the kernel, the mount table, the checks and the workload say right now.
+    The reads are asked as many at a time as the guest has vCPUs (the guest answers each
+    command in a thread of its own; each costs 0.5-1 s of bash and systemctl under TCG, all
+    of it vCPU time); the workload comes after them, alone, so that they do not eat into its
+    time budget."""
     chain = instance.chain
-    states = instance.unit_states()
-    seen = {
-        "units": states,
-        "volume_device": instance.machine.unit_state("dev-" + units.DEVICE.removeprefix("/dev/") + ".device"),
-        "mount_listed": instance.mount_listed(),
-        "mount": instance.mount_options(),
+    device_unit = "dev-" + units.DEVICE.removeprefix("/dev/") + ".device"
+    reads = {
+        "units": instance.unit_states,
+        "volume_device": lambda: instance.machine.unit_state(device_unit),
+        "mount_listed": instance.mount_listed,
+        "mount": instance.mount_options,
         # Where the service's files really go: the volume, or (unmounted) the small root disk.
-        "data_dir_device": instance.machine.run(f"findmnt -n -o SOURCE --target {chain.mount_point}",
-                                                timeout=10).stdout.strip(),
+        "data_dir_device": lambda: instance.machine.run(f"findmnt -n -o SOURCE --target {chain.mount_point}",
+                                                        timeout=10).stdout.strip(),
+        **{f"check {check.name}": (lambda check=check: instance.check_answer(check)[0]) for check in chain.checks},
+        **({"metadata_status": instance.metadata_status, "fs_error": lambda: fs_error.observe(instance)}
+           if chain.has_agent else {}),
+    }
+    with ThreadPoolExecutor(max_workers=max(1, getattr(instance.machine, "vcpus", 1))) as pool:
+        futures = {name: pool.submit(read) for name, read in reads.items()}
+        answers = {name: future.result() for name, future in futures.items()}
+    states = answers["units"]
+    seen = {
+        **{name: answers[name] for name in ("units", "volume_device", "mount_listed", "mount", "data_dir_device")},
         "must_stop": {unit: states[unit] for unit in chain.must_stop},
         # Stopped means stopped: a unit left "deactivating" still runs (Debian's Redis, whose
         # TimeoutStopSec=0 lets a stop that cannot write its last AOF wait for ever).
         "must_stop_ok": all(states[unit] in STOPPED for unit in chain.must_stop),
     }
-    now = {check.name: instance.check_answer(check)[0] for check in chain.checks}
+    now = {check.name: answers[f"check {check.name}"] for check in chain.checks}
     if chain.has_agent:
-        seen["metadata_status"] = instance.metadata_status()
+        seen["metadata_status"] = answers["metadata_status"]
         seen["docker_dir_device"] = seen["data_dir_device"]
-        word, healer = fs_error.observe(instance)
+        word, healer = answers["fs_error"]
         seen.update({"fan_fs_error": word.to_json(), "xfs_healer": healer.to_json()})
         # The deep check's own container test (one definition, one budget): through Docker's
         # own socket, so it wakes nothing; the user's way, which can, comes after the verdict.
