@@ -19,6 +19,7 @@ from pathlib import Path
 
 from . import chainfile
 from .errors import UserError
+from .machines import tcg
 from .paths import UNITS_DIR, VM_DIR
 
 CHAINS = {"requires": "Requires", "bindsto": "BindsTo"}
@@ -39,7 +40,6 @@ MACHINE_HEALTH_DROPIN = "unitchaos-health.service.d/60-machine.conf"
 # there before the agent starts; the image's own file is left as it is everywhere else.
 MACHINE_AGENT_DROPIN = "ecs-agent.service.d/60-machine.conf"
 AGENT_ENV_FILE = "/etc/ecs/ecs.config"
-CONTAINER_BUDGET_ENV = "UNITCHAOS_HEALTH_CONTAINER_TIMEOUT"
 READY_DROPIN = "unitchaos-ready.service.d/50-chain.conf"
 GENERATED = (HEALTH_DROPIN, READY_DROPIN)
 # Unit files and drop-ins that make systemd stop the chain when the volume's filesystem
@@ -169,9 +169,8 @@ def render(variant: Variant, health_env: dict[str, str] | None = None) -> dict[s
     if health_env:
         rendered[MACHINE_HEALTH_DROPIN] = "[Service]\n" + "".join(
             f"Environment={name}={value}\n" for name, value in sorted(health_env.items()))
-    budget = (health_env or {}).get(CONTAINER_BUDGET_ENV)
-    if budget and variant.spec.has_agent:
-        setting = f"UNITCHAOS_DOCKER_TIMEOUT={int(budget)}"
+    if health_env and tcg.CONTAINER_BUDGET_ENV in health_env and variant.spec.has_agent:
+        setting = f"UNITCHAOS_DOCKER_TIMEOUT={int(tcg.container_budget(health_env))}"
         rendered[MACHINE_AGENT_DROPIN] = (
             "[Service]\n"
             f"ExecStartPre=/bin/sh -c 'sed -i /^UNITCHAOS_DOCKER_TIMEOUT=/d {AGENT_ENV_FILE} "
@@ -233,10 +232,8 @@ def pack(variant: Variant, out: Path, health_env: dict[str, str] | None = None,
     """Writes the tar the guest unpacks at boot; returns the rendered files. HEALTH_ENV: the
     deep check's environment the machine needs (machines/tcg.py's deep_check_env). EXTRA:
     more drop-ins (relative path -> text), verified with the rest (bench --survey's options)."""
-    rendered = check(variant, health_env)
-    if extra:
-        rendered = {**rendered, **extra}
-        verify(rendered)
+    rendered = {**render(variant, health_env), **(extra or {})}
+    verify(rendered)
     with tarfile.open(out, "w") as tar:
         for rel, text in rendered.items():
             _add(tar, rel, text.encode())

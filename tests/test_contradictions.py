@@ -111,7 +111,7 @@ class FakeInstance:
         self.listed = dockerd_running
         self.containers = containers
         self.machine = self
-        self.running, self.accel, self.guest_versions = True, "tcg", {}
+        self.running, self.accel, self.guest_versions, self.vcpus = True, "tcg", {}, 2
         self.woken_at = None
         self.asked = []
 

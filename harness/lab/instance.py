@@ -62,7 +62,6 @@ class Instance(GuestQuestions):
         health_env = self.health_env = tcg.deep_check_env(accel_name, release)
         self.boot_timeout = tcg.boot_timeout(BOOT_TIMEOUT, accel_name, release)
         self.unit_files = units.pack(variant, run_dir / "units.tar", health_env)
-        self.container_budget = tcg.container_budget(health_env)
         self.chain = variant.spec
         self.machine = machine_class(image, run_dir, memory_mb=memory_mb, volume_size=self.chain.size,
                                      fw_cfg={UNITS_FW_CFG: run_dir / "units.tar"},
@@ -428,6 +427,11 @@ class Instance(GuestQuestions):
         __tracebackhide__ = True
         wait_until(lambda: self.metadata_status(timeout=3), timeout, f"the metadata check to answer {status}",
                    done=lambda current: current == status, machine=self.machine, interval=0.3)
+
+    @property
+    def container_budget(self) -> float:
+        """Seconds a container start may take on this machine (tcg.container_budget)."""
+        return tcg.container_budget(self.health_env)
 
     def start_container(self, timeout: float | None = None) -> dict:
         """Can this instance still start containers? Asks the agent to run a task, as ECS

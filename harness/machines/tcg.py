@@ -95,6 +95,7 @@ def vcpus(default: int, release: str) -> int:
 # The container budget elsewhere: the deep check's --container-timeout default and the fake
 # agent's UNITCHAOS_DOCKER_TIMEOUT default (vm/agent/fake_ecs_agent.py).
 CONTAINER_BUDGET = 20
+CONTAINER_BUDGET_ENV = "UNITCHAOS_HEALTH_CONTAINER_TIMEOUT"
 
 
 def deep_check_env(accel: str, release: str) -> dict[str, str]:
@@ -106,7 +107,7 @@ def container_budget(health_env: dict[str, str]) -> float:
     """Seconds a container start may take in a guest whose deep check has HEALTH_ENV: the
     deep check's budget for its whole test, and the agent's for each Docker call (see
     units.MACHINE_AGENT_DROPIN)."""
-    return float(health_env.get("UNITCHAOS_HEALTH_CONTAINER_TIMEOUT", CONTAINER_BUDGET))
+    return float(health_env.get(CONTAINER_BUDGET_ENV, CONTAINER_BUDGET))
 
 
 def kernel_args(args: str, accel: str, release: str = "") -> str:

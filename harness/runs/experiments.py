@@ -309,7 +309,7 @@ def observe(instance: Instance) -> dict:
         **({"metadata_status": instance.metadata_status, "fs_error": lambda: fs_error.observe(instance)}
            if chain.has_agent else {}),
     }
-    with ThreadPoolExecutor(max_workers=max(1, getattr(instance.machine, "vcpus", 1))) as pool:
+    with ThreadPoolExecutor(max_workers=instance.machine.vcpus) as pool:
         futures = {name: pool.submit(read) for name, read in reads.items()}
         answers = {name: future.result() for name, future in futures.items()}
     states = answers["units"]
