@@ -2,6 +2,7 @@
 daemons for the Vagrant backend (harness/machines/libvirt_daemons.py), with stand-in daemons."""
 import json
 import os
+import shutil
 import subprocess
 import textwrap
 from pathlib import Path
@@ -203,3 +204,20 @@ def test_the_deep_checks_pacing_on_one_tcg_vcpu_is_a_drop_in_and_part_of_the_sna
     # Other releases' snapshot keys do not move; this release's follows its pacing.
     assert keys("sid") == shipped["sid"]
     assert keys("trixie-backports") != shipped["trixie-backports"]
+
+
+def test_on_tcg_the_libvirtd_a_lab_starts_sees_no_kvm_and_the_host_still_does(fake_libvirt, tmp_path):
+    kvm = Path("/dev/kvm")
+    if not kvm.exists() or os.geteuid() != 0:
+        pytest.skip("needs /dev/kvm and root (a mount namespace)")
+    seen = tmp_path / "seen"
+    libvirtd = Path(shutil.which("libvirtd"))
+    libvirtd.write_text(libvirtd.read_text() + f"stat -c '%F %a' /dev/kvm > {seen}\n"
+                        f"grep -h '^namespaces' /etc/libvirt/qemu.conf >> {seen}\n")
+    libvirt_daemons.ensure(hide_kvm=True)
+    # And libvirt does not try to move that file's mount into each domain's own /dev.
+    assert seen.read_text().splitlines() == ["regular empty file 0", "namespaces = [ ]"]
+    assert kvm.is_char_device()  # the host's own /dev/kvm is untouched
+    libvirt_daemons.release()
+    assert libvirt_daemons._start_command("libvirtd", hide_kvm=False) == ["libvirtd", "-d"]
+    assert libvirt_daemons._start_command("virtlogd", hide_kvm=True) == ["virtlogd", "-d"]

@@ -24,8 +24,9 @@ MANAGEMENT_NETWORK = "unitchaos-vagrant"  # named in the Vagrantfile
 _registered = False
 
 
-def ensure() -> None:
-    """Makes sure libvirtd answers on qemu:///system; counts this process as a user."""
+def ensure(hide_kvm: bool = False) -> None:
+    """Makes sure libvirtd answers on qemu:///system; counts this process as a user.
+    HIDE_KVM (the lab runs TCG): a libvirtd started here does not see /dev/kvm."""
     global _registered
     for tool, package in [("libvirtd", "libvirt-daemon-system"), ("virtlogd", "libvirt-daemon-system"),
                           ("virsh", "libvirt-clients")]:
@@ -39,7 +40,7 @@ def ensure() -> None:
         for name, pidfile in DAEMONS:
             if _daemon_pid(pidfile) is None:
                 # A daemon that kept our pipes open would hold run() up: give it none.
-                subprocess.run([name, "-d"], check=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                subprocess.run(_start_command(name, hide_kvm), check=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL, timeout=30)
                 pid = _wait_for_pidfile(name, pidfile)
                 started[name] = pid
@@ -79,6 +80,30 @@ class _locked:
 
     def __exit__(self, *exc):
         self.file.close()
+
+
+# Where /dev/kvm is root's alone (0600, as on this project's CI host, where KVM guests hang),
+# libvirt's QEMU probe finds KVM, but its check of /dev/kvm for libvirt-qemu does not: it
+# calls its cached QEMU capabilities stale at every lookup and probes QEMU again, 4-8 s a
+# time. That was 132 s of idle waiting in each `vagrant up` there (2026-12-02 00:25-00:28:
+# 72 s to define the domain, 60 s to update it). Where the lab runs TCG anyway, libvirtd
+# gets a mount namespace of its own in which /dev/kvm is an empty file nobody may open:
+# both say "no KVM", the capabilities stay cached (0.02 s a lookup), and no domain can
+# reach a KVM that hangs. Its qemu.conf there adds `namespaces = []`: libvirt moves every
+# mount under /dev into each domain's own /dev, and cannot move a file's.
+def _start_command(name: str, hide_kvm: bool) -> list[str]:
+    if name != "libvirtd" or not hide_kvm or not Path("/dev/kvm").exists():
+        return [name, "-d"]
+    no_kvm, qemu_conf = STATE_DIR / "no-kvm", STATE_DIR / "qemu.conf"
+    no_kvm.touch()
+    no_kvm.chmod(0)
+    mounts = [f"mount --bind {no_kvm} /dev/kvm"]
+    host_conf = Path("/etc/libvirt/qemu.conf")
+    if host_conf.exists():
+        kept = [line for line in host_conf.read_text().splitlines() if not line.strip().startswith("namespaces")]
+        qemu_conf.write_text("\n".join(kept + ["namespaces = [ ]", ""]))
+        mounts.append(f"mount --bind {qemu_conf} {host_conf}")
+    return ["unshare", "--mount", "--propagation", "private", "sh", "-c", " && ".join(mounts + [f"exec {name} -d"])]
 
 
 def _read_started() -> dict[str, int]:

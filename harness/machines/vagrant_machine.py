@@ -78,8 +78,8 @@ class VagrantMachine(Machine):
 
     def _pre_launch(self, restore) -> None:
         """libvirt's daemons, the accelerator, the box, and what the Vagrantfile reads."""
-        libvirt_daemons.ensure()
         self.accel = accel.choose(self.image.kernel)
+        libvirt_daemons.ensure(hide_kvm=self.accel != "kvm")
         self._prepare_shared_dir()
         self._box = vagrant_box.ensure_box(self.image, self.vagrant.env, self.run_dir / "vagrant.log")
         (self.run_dir / "vagrant.json").write_text(json.dumps(self.vagrant_config(self._box), indent=1))
