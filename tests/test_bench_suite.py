@@ -1,6 +1,7 @@
 """`unitchaos bench`'s suite figures when an experiment fails in them (no guest is booted
 here: each experiment's `unitchaos run` process is stood in for). A failure is reported
 next to the figure it spoils, not raised half an hour into the run."""
+import json
 import subprocess
 import time
 
@@ -19,7 +20,8 @@ def stand_in(argv, **kwargs):
 
 def test_a_failed_experiment_is_recorded_and_the_others_still_timed(monkeypatch):
     monkeypatch.setattr(bench.subprocess, "run", stand_in)
-    wall, per_experiment, failed = bench.run_suite(cold=True, workers=2)
+    wall, per_experiment, failed, phases = bench.run_suite(cold=True, workers=2)
+    assert phases == {}  # the stand-in prints an outcome without any
     assert failed == {"stop-mount/bindsto/xfs": FAILED}
     assert set(per_experiment) == {f"{name}/{chain}/{fs}" for name, chain, fs in INCIDENT_SUITE}
     assert all(seconds >= 0.05 for seconds in per_experiment.values()) and wall >= 0.05
@@ -106,3 +108,37 @@ def test_with_the_cold_suites_each_experiments_cold_boot_is_measured():
     out = bench.peers_way(figures, {"warm_serial": {"yank/bindsto/xfs": 10.0}, "cold_serial": {"yank/bindsto/xfs": 60.0}}, 1)
     assert out["experiment_s"]["yank/bindsto/xfs"] == {"cold": 60.0, "warm": 10.0, "speedup": 6.0}
     assert out["suite_speedup_warm_vs_cold_serial"] == 10.0 and out["cold_per_experiment"].startswith("measured")
+
+
+def test_an_experiments_phases_split_its_run_and_name_the_guests_own_time():
+    from harness.runs import experiments
+    # Monotonic marks (each phase's end) and the fault's wall-clock moments, as a warm yank
+    # measured on 2026-12-01 went: restore 1.2 s, the kernel's word 10.5 s after the yank.
+    marks = {"start": 101.2, "fault": 114.0, "verdict_window": 116.8, "observe": 123.1, "after_verdict": 123.2}
+    detail = {"injected_at": 5000.3, "kernel_word_at": 5010.8, "settled_at": 5010.5, "settle_confirmed_at": 5012.9}
+    phases = experiments.phases(100.0, marks, detail, now=123.5)
+    assert list(phases) == ["start", "fault_to_kernel_word", "to_settled", "quiet_window", "verdict_window",
+                            "observe", "after_verdict", "rest"]
+    # systemd had settled before the kernel spoke: nothing of the guest's after the word.
+    assert phases["fault_to_kernel_word"] == 10.5 and phases["to_settled"] == 0 and phases["quiet_window"] == 2.1
+    assert abs(sum(phases.values()) - 23.5) < 0.05  # nothing lost, nothing counted twice
+    assert set(phases) <= set(experiments.PHASES)
+    # No kernel word expected (umount): the fault's phase stays whole.
+    without = experiments.phases(100.0, marks, {"injected_at": 5000.3, "settled_at": 5010.5,
+                                                "settle_confirmed_at": 5012.9}, now=123.5)
+    assert without["fault"] == 12.8 and "fault_to_kernel_word" not in without
+
+
+def test_the_suite_keeps_each_experiments_phases_and_render_shows_them(monkeypatch):
+    def with_phases(argv, **kwargs):
+        out = {"seconds": {"phases": {"start": 1.1, "fault_to_kernel_word": 10.5, "rest": 0.2}}}
+        return subprocess.CompletedProcess(argv, 0, json.dumps(out), "")
+    monkeypatch.setattr(bench.subprocess, "run", with_phases)
+    _, _, failed, phases = bench.run_suite(cold=False, workers=1)
+    assert not failed and phases["yank/bindsto/xfs"]["fault_to_kernel_word"] == 10.5
+    summary = {"median": 1.0, "min": 1.0, "max": 1.0, "runs": 3}
+    figures = {"machine": {"cores": 2, "qemu": "QEMU 7.2", "accel": "tcg", "kernel": "6.1"},
+               "image_cached_s": summary, "cold_boot": summary, "restore": summary, "restore_speedup": 1.0,
+               "experiment_s": {}, "suite_s": {"warm_serial": 60.0}, "suite_speedup_warm_vs_cold_serial": 6.7,
+               "warm_phases_s": {"yank/bindsto/xfs": phases["yank/bindsto/xfs"]}}
+    assert "    yank/bindsto/xfs                 start 1.1, fault_to_kernel_word* 10.5, rest 0.2" in bench.render(figures)

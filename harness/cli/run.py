@@ -52,6 +52,9 @@ def cmd_run(args) -> int:
             console.print(timeline.render(outcome.timeline), highlight=False, markup=False)
         for line in outcome.badness:
             console.print(f"badness on the console: {line}", style="red", markup=False)
+        if outcome.seconds.phases:
+            console.print(f"{outcome.seconds.total:.1f} s in all: " + ", ".join(
+                f"{phase} {seconds:.1f}" for phase, seconds in outcome.seconds.phases.items()), markup=False)
         if outcome.user_kernel:
             console.print(kernel_said(outcome), markup=False)
         if outcome.artifacts:

@@ -67,15 +67,19 @@ class Health:
 
 @dataclass
 class Seconds:
-    """How long the boot (or restore), the fault to the last verdict, and the whole run took."""
+    """How long the boot (or restore), the fault to the last verdict, and the whole run took,
+    and where the run's time went (PHASES, in order; see experiments.PHASES)."""
     boot: float | None = None
     fault_to_verdict: float | None = None
     total: float | None = None
     vagrant_up: float | None = None  # the Vagrant backend's `vagrant up`
+    phases: dict[str, float] = field(default_factory=dict)
 
     def to_json(self) -> dict:
         out = {"boot": self.boot, "fault_to_verdict": self.fault_to_verdict, "total": self.total}
-        return {**out, "vagrant_up": self.vagrant_up} if self.vagrant_up is not None else out
+        if self.vagrant_up is not None:
+            out["vagrant_up"] = self.vagrant_up
+        return {**out, "phases": self.phases} if self.phases else out
 
 
 class _Plain:

@@ -5,6 +5,7 @@ snapshot restore to healthy and the ratio; each incident experiment's wall time 
 warm; the whole incident suite cold and warm, serial and in parallel. Each experiment
 in a suite run is a separate `unitchaos run --json` process, as a user would run it.
 """
+import json
 import statistics
 import subprocess
 import sys
@@ -16,6 +17,8 @@ from .. import progress, units
 from ..lab import snapshots
 from ..capacity import max_parallel_vms
 from .experiments import INCIDENT_SUITE
+
+GUESTS_OWN = ("fault_to_kernel_word", "to_settled", "fault")
 from ..errors import GuestError, UserError
 from ..lab.lab import Lab
 
@@ -121,24 +124,30 @@ def split_medians(splits: list[dict[str, float]]) -> dict[str, float]:
             for name in dict.fromkeys(name for s in splits for name in s)}
 
 
-def run_suite(cold: bool, workers: int) -> tuple[float, dict[str, float], dict[str, str]]:
-    """Wall time of the whole incident suite, each experiment's own wall time, and why any
-    experiment failed (a figure with a failure in it is reported as such, not dropped)."""
+def run_suite(cold: bool, workers: int) -> tuple[float, dict[str, float], dict[str, str], dict[str, dict]]:
+    """Wall time of the whole incident suite, each experiment's own wall time, why any
+    experiment failed (a figure with a failure in it is reported as such, not dropped), and
+    where each experiment's time went inside its run (its outcome's seconds.phases)."""
     def one(row):
         name, chain, fs = row
         argv = [sys.executable, "-m", "harness", "run", name, "--chain", chain, "--fs", fs, "--json"]
         started = time.monotonic()
         done = subprocess.run(argv + (["--cold"] if cold else []), capture_output=True, text=True)
-        error = None
+        error, phases = None, {}
         if done.returncode != 0:
             error = (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1][:300]
-        return f"{name}/{chain}/{fs}", time.monotonic() - started, error
+        try:
+            phases = json.loads(done.stdout).get("seconds", {}).get("phases", {})
+        except (ValueError, AttributeError):
+            pass  # No outcome printed: the error above says why.
+        return f"{name}/{chain}/{fs}", time.monotonic() - started, error, phases
 
     started = time.monotonic()
     with ThreadPoolExecutor(max_workers=workers) as pool:
         results = list(pool.map(one, INCIDENT_SUITE))
-    return (time.monotonic() - started, {name: seconds for name, seconds, _ in results},
-            {name: error for name, _, error in results if error})
+    return (time.monotonic() - started, {name: seconds for name, seconds, _, _ in results},
+            {name: error for name, _, error, _ in results if error},
+            {name: phases for name, _, _, phases in results if phases})
 
 
 def run(runs: int = 3, workers: int | None = None, suites: bool = True, cold_suites: bool = True) -> dict:
@@ -174,9 +183,12 @@ def run(runs: int = 3, workers: int | None = None, suites: bool = True, cold_sui
             label = f"{'cold' if cold_run else 'warm'}_{'serial' if parallel == 1 else f'parallel_{parallel}'}"
             with progress.step(f"bench: incident suite, {label}"):
                 suite_runs[label] = run_suite(cold_run, parallel)
-    figures["suite_s"] = {label: round(wall, 1) for label, (wall, _, _) in suite_runs.items()}
-    figures["suite_failures"] = {label: failed for label, (_, _, failed) in suite_runs.items() if failed}
-    figures.update(peers_way(figures, {label: times for label, (_, times, _) in suite_runs.items()}, workers))
+    figures["suite_s"] = {label: round(wall, 1) for label, (wall, _, _, _) in suite_runs.items()}
+    figures["suite_failures"] = {label: failed for label, (_, _, failed, _) in suite_runs.items() if failed}
+    figures.update(peers_way(figures, {label: times for label, (_, times, _, _) in suite_runs.items()}, workers))
+    # Where each warm experiment's time went: the floor of one whose time is mostly the
+    # guest's own (the kernel noticing, systemd's stop jobs) is the guest's, not the lab's.
+    figures["warm_phases_s"] = suite_runs["warm_serial"][3]
     return figures
 
 
@@ -329,6 +341,11 @@ def render(figures: dict) -> str:
     for name, pair in figures["experiment_s"].items():
         speedup = f"   {pair['speedup']:>5.1f} x" if "speedup" in pair else ""
         out.append(f"    {name:<32} {pair['cold']:>6.1f} s / {pair['warm']:>5.1f} s{speedup}")
+    if figures.get("warm_phases_s"):
+        out.append("  where each warm experiment's time went (experiments.PHASES; * the guest's own):")
+        for name, phases in figures["warm_phases_s"].items():
+            out.append(f"    {name:<32} " + ", ".join(
+                f"{phase}{'*' if phase in GUESTS_OWN else ''} {seconds:.1f}" for phase, seconds in phases.items()))
     out.append("  whole incident suite:")
     for label, seconds in figures["suite_s"].items():
         failed = figures.get("suite_failures", {}).get(label, {})

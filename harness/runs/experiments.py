@@ -91,6 +91,7 @@ def run(lab: Lab, name: str, chain: str | None = None, fs: str | None = None, un
                         "run it without --chain-file (chains/ecs-docker.toml)")
     started = time.monotonic()
     instance = lab.acquire(chain=chain, fs=fs, units_dir=units_dir, remedy=remedy, **dict(experiment.boot))
+    marks = {"start": time.monotonic()}
     chain, fs = instance.variant.chain, instance.variant.fs
     watch = HealthWatch(instance).start()
     try:
@@ -111,8 +112,10 @@ def run(lab: Lab, name: str, chain: str | None = None, fs: str | None = None, un
         # Over once every check's verdict is final: unhealthy, or never detected a window
         # (health_watch.verdict_window) after the fault took whole effect (systemd settled).
         effect_at = (outcome.get("fault_detail") or {}).get("settled_at") if experiment.fault else None
+        marks["fault"] = time.monotonic()
         watch.wait(effect_at, fault=bool(experiment.fault or act))
         watch.stop()
+        marks["verdict_window"] = time.monotonic()
         outcome["health"] = watch.result()
         traffic = watch.workload_result()
         if traffic is not None:
@@ -127,6 +130,7 @@ def run(lab: Lab, name: str, chain: str | None = None, fs: str | None = None, un
         outcome["badness"] = timeline.badness(instance)
         verdict_at = time.time()
         observed = observe(instance) if instance.machine.running else terminated(instance)
+        marks["observe"] = time.monotonic()
         # One entry per declared check: what the load balancer saw, and what it says now.
         observed["checks"] = {name: {**outcome["health"][name], **seen}
                               for name, seen in observed["checks"].items()}
@@ -140,6 +144,7 @@ def run(lab: Lab, name: str, chain: str | None = None, fs: str | None = None, un
         t0 = instance.fault_log[-1]["at"] if instance.fault_log else verdict_at
         if instance.chain.has_agent and instance.machine.running:
             _after_the_verdict(instance, outcome, t0, verdict_at)
+        marks["after_verdict"] = time.monotonic()
         if experiment.fault and "fault_detail" in outcome:
             effect = faults.get(experiment.fault).took_effect(outcome["fault_detail"])
             if effect is not None:
@@ -158,6 +163,7 @@ def run(lab: Lab, name: str, chain: str | None = None, fs: str | None = None, un
                                   total=round(now - started, 1))
         if instance.machine.up_seconds is not None:
             outcome.seconds.vagrant_up = round(instance.machine.up_seconds, 1)
+        outcome.seconds.phases = phases(started, marks, outcome.fault_detail or {}, now)
         if lab.keep:
             outcome.artifacts = str(artifacts_dir() / instance.run_dir.name)
         # Written only if the run directory is kept (--keep-artifacts, or a failed test).
@@ -245,6 +251,42 @@ def describe(outcome: dict) -> str:
     return f"{outcome['experiment']} ({outcome['chain']}, {outcome['fs']})"
 
 
+# Where an experiment's time goes, in order (Seconds.phases). The fault's phases are the
+# guest's own behaviour (the kernel noticing, systemd's jobs), and so is the verdict window
+# while a check can still notice: the harness only waits there.
+PHASES = {
+    "start": "restore from the warm snapshot (or cold boot) to confirmed healthy",
+    "fault_to_kernel_word": "the fault injected until the kernel's word on it (the guest's own time)",
+    "to_settled": "then until systemd's job queue was empty for good (the guest's own time)",
+    "quiet_window": "the queue seen empty for 2 s more, so that its reaction is known to be over",
+    "fault": "the fault injected until its effect was whole (no kernel word expected)",
+    "verdict_window": "until every check's verdict is final (health_watch.verdict_window)",
+    "observe": "the verdict: the guest's reads, the timeline, the container test",
+    "after_verdict": "what came after it (the workload waking Docker, the deep check's next test)",
+    "rest": "the harness's own bookkeeping and teardown of the watch",
+}
+
+
+def phases(started: float, marks: dict[str, float], fault_detail: dict, now: float) -> dict[str, float]:
+    """Seconds per PHASES entry from the monotonic MARKS (each phase's end, in order) and the
+    fault's wall-clock moments in FAULT_DETAIL (injected at, the kernel's word, settled)."""
+    out, previous = {}, started
+    for name, end in marks.items():
+        out[name] = end - previous
+        previous = end
+    injected, word, settled, confirmed = (fault_detail.get(key) for key in (
+        "injected_at", "kernel_word_at", "settled_at", "settle_confirmed_at"))
+    if "fault" in out and injected and word and settled and confirmed:
+        fault = out.pop("fault")
+        out = {**{k: v for k, v in out.items() if k == "start"},
+               "fault_to_kernel_word": word - injected, "to_settled": max(settled - word, 0.0),
+               "quiet_window": confirmed - max(settled, word),
+               **{k: v for k, v in out.items() if k != "start"}}
+        out["rest"] = max(fault - (confirmed - injected), 0.0)
+    out["rest"] = out.get("rest", 0.0) + max(now - previous, 0.0)
+    return {name: round(seconds, 2) for name, seconds in out.items()}
+
+
 def inject_and_wait(instance: Instance, fault_name: str, fs: str, params: dict | None = None,
                     on_injected=None) -> dict:
     """Injects the fault, then waits for the kernel's word on it and for systemd to settle.
@@ -255,17 +297,19 @@ def inject_and_wait(instance: Instance, fault_name: str, fs: str, params: dict |
     if on_injected is not None:
         on_injected(record["at"])
     word = faults.get(fault_name).kernel_word.get(fs)
-    detail = {**record["detail"], "kernel_word": None, "settled": None}
+    detail = {**record["detail"], "injected_at": record["at"], "kernel_word": None, "settled": None}
     if not instance.machine.running:
         return _jsonable(detail)
     if word:
         try:
             detail["kernel_word"] = instance.wait_for_kernel_message(word, timeout=60)
+            detail["kernel_word_at"] = time.time()
         except GuestTimeout:
             pass  # The outcome says the kernel stayed silent; that is a finding, not an error.
     try:
         # When the fault's effect was whole: the load balancer's window counts from here.
         detail["settled_at"] = instance.wait_until_settled(timeout=60)
+        detail["settle_confirmed_at"] = time.time()
         detail["settled"] = True
     except GuestTimeout:
         detail["settled"] = False  # systemd keeps restarting something: also a finding.
