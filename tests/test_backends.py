@@ -219,5 +219,13 @@ def test_on_tcg_the_libvirtd_a_lab_starts_sees_no_kvm_and_the_host_still_does(fa
     assert seen.read_text().splitlines() == ["regular empty file 0", "namespaces = [ ]"]
     assert kvm.is_char_device()  # the host's own /dev/kvm is untouched
     libvirt_daemons.release()
-    assert libvirt_daemons._start_command("libvirtd", hide_kvm=False) == ["libvirtd", "-d"]
-    assert libvirt_daemons._start_command("virtlogd", hide_kvm=True) == ["virtlogd", "-d"]
+    assert libvirt_daemons._start_commands("libvirtd", hide_kvm=False) == [["libvirtd", "-d"]]
+    assert libvirt_daemons._start_commands("virtlogd", hide_kvm=True) == [["virtlogd", "-d"]]
+    assert libvirt_daemons._start_commands("libvirtd", hide_kvm=True)[-1] == ["libvirtd", "-d"]
+
+
+def test_a_daemon_that_will_not_start_is_a_user_error_not_a_traceback(fake_libvirt, tmp_path):
+    libvirtd = Path(shutil.which("libvirtd"))
+    libvirtd.write_text("#!/bin/sh\nexit 1\n")
+    with pytest.raises(UserError, match="libvirtd -d failed to start"):
+        libvirt_daemons.ensure(hide_kvm=True)

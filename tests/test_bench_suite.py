@@ -123,10 +123,11 @@ def test_an_experiments_phases_split_its_run_and_name_the_guests_own_time():
     assert phases["fault_to_kernel_word"] == 10.5 and phases["to_settled"] == 0 and phases["quiet_window"] == 2.1
     assert abs(sum(phases.values()) - 23.5) < 0.05  # nothing lost, nothing counted twice
     assert set(phases) <= set(experiments.PHASES)
-    # No kernel word expected (umount): the fault's phase stays whole.
+    # No kernel word expected (umount): systemd's reaction from the fault on.
     without = experiments.phases(100.0, marks, {"injected_at": 5000.3, "settled_at": 5010.5,
                                                 "settle_confirmed_at": 5012.9}, now=123.5)
-    assert without["fault"] == 12.8 and "fault_to_kernel_word" not in without
+    assert without["fault_to_settled"] == 10.2 and without["quiet_window"] == 2.4
+    assert "fault_to_kernel_word" not in without and abs(sum(without.values()) - 23.5) < 0.05
 
 
 def test_the_suite_keeps_each_experiments_phases_and_render_shows_them(monkeypatch):

@@ -40,8 +40,10 @@ def ensure(hide_kvm: bool = False) -> None:
         for name, pidfile in DAEMONS:
             if _daemon_pid(pidfile) is None:
                 # A daemon that kept our pipes open would hold run() up: give it none.
-                subprocess.run(_start_command(name, hide_kvm), check=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL, timeout=30)
+                if not any(subprocess.run(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                          stderr=subprocess.DEVNULL, timeout=30).returncode == 0
+                           for command in _start_commands(name, hide_kvm)):
+                    raise UserError(f"{name} -d failed to start", f"run '{name} -v' by hand to see why")
                 pid = _wait_for_pidfile(name, pidfile)
                 started[name] = pid
         (STATE_DIR / "started").write_text("".join(f"{name} {pid}\n" for name, pid in started.items()))
@@ -91,9 +93,12 @@ class _locked:
 # both say "no KVM", the capabilities stay cached (0.02 s a lookup), and no domain can
 # reach a KVM that hangs. Its qemu.conf there adds `namespaces = []`: libvirt moves every
 # mount under /dev into each domain's own /dev, and cannot move a file's.
-def _start_command(name: str, hide_kvm: bool) -> list[str]:
+def _start_commands(name: str, hide_kvm: bool) -> list[list[str]]:
+    """How to start daemon NAME, in order of preference: where a mount namespace cannot be
+    made (no CAP_SYS_ADMIN), libvirtd starts as before, only slower."""
+    plain = [name, "-d"]
     if name != "libvirtd" or not hide_kvm or not Path("/dev/kvm").exists():
-        return [name, "-d"]
+        return [plain]
     no_kvm, qemu_conf = STATE_DIR / "no-kvm", STATE_DIR / "qemu.conf"
     no_kvm.touch()
     no_kvm.chmod(0)
@@ -103,7 +108,8 @@ def _start_command(name: str, hide_kvm: bool) -> list[str]:
         kept = [line for line in host_conf.read_text().splitlines() if not line.strip().startswith("namespaces")]
         qemu_conf.write_text("\n".join(kept + ["namespaces = [ ]", ""]))
         mounts.append(f"mount --bind {qemu_conf} {host_conf}")
-    return ["unshare", "--mount", "--propagation", "private", "sh", "-c", " && ".join(mounts + [f"exec {name} -d"])]
+    return [["unshare", "--mount", "--propagation", "private", "sh", "-c", " && ".join(mounts + [f"exec {name} -d"])],
+            plain]
 
 
 def _read_started() -> dict[str, int]:

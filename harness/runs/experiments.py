@@ -258,8 +258,9 @@ PHASES = {
     "start": "restore from the warm snapshot (or cold boot) to confirmed healthy",
     "fault_to_kernel_word": "the fault injected until the kernel's word on it (the guest's own time)",
     "to_settled": "then until systemd's job queue was empty for good (the guest's own time)",
+    "fault_to_settled": "the fault injected until that, where no kernel word is expected (the guest's own time)",
     "quiet_window": "the queue seen empty for 2 s more, so that its reaction is known to be over",
-    "fault": "the fault injected until its effect was whole (no kernel word expected)",
+    "fault": "the fault until its effect was whole, where there is nothing to split (none, or an FIS template's actions)",
     "verdict_window": "until every check's verdict is final (health_watch.verdict_window)",
     "observe": "the verdict: the guest's reads, the timeline, the container test",
     "after_verdict": "what came after it (the workload waking Docker, the deep check's next test)",
@@ -276,11 +277,12 @@ def phases(started: float, marks: dict[str, float], fault_detail: dict, now: flo
         previous = end
     injected, word, settled, confirmed = (fault_detail.get(key) for key in (
         "injected_at", "kernel_word_at", "settled_at", "settle_confirmed_at"))
-    if "fault" in out and injected and word and settled and confirmed:
+    if "fault" in out and injected and settled and confirmed:
         fault = out.pop("fault")
-        out = {**{k: v for k, v in out.items() if k == "start"},
-               "fault_to_kernel_word": word - injected, "to_settled": max(settled - word, 0.0),
-               "quiet_window": confirmed - max(settled, word),
+        guests = {"fault_to_kernel_word": word - injected} if word else {}
+        guests["to_settled" if word else "fault_to_settled"] = max(settled - (word or injected), 0.0)
+        guests["quiet_window"] = confirmed - max(settled, word or injected)
+        out = {**{k: v for k, v in out.items() if k == "start"}, **guests,
                **{k: v for k, v in out.items() if k != "start"}}
         out["rest"] = max(fault - (confirmed - injected), 0.0)
     out["rest"] = out.get("rest", 0.0) + max(now - previous, 0.0)
