@@ -251,9 +251,8 @@ def describe(outcome: dict) -> str:
     return f"{outcome['experiment']} ({outcome['chain']}, {outcome['fs']})"
 
 
-# Where an experiment's time goes, in order (Seconds.phases). The fault's phases are the
-# guest's own behaviour (the kernel noticing, systemd's jobs), and so is the verdict window
-# while a check can still notice: the harness only waits there.
+# Where an experiment's time goes, in order (Seconds.phases). GUESTS_OWN are the guest's own
+# behaviour (the kernel noticing, systemd's jobs): an experiment's floor, not the lab's.
 PHASES = {
     "start": "restore from the warm snapshot (or cold boot) to confirmed healthy",
     "fault_to_kernel_word": "the fault injected until the kernel's word on it (the guest's own time)",
@@ -266,6 +265,7 @@ PHASES = {
     "after_verdict": "what came after it (the workload waking Docker, the deep check's next test)",
     "rest": "the harness's own bookkeeping and teardown of the watch",
 }
+GUESTS_OWN = ("fault_to_kernel_word", "to_settled", "fault_to_settled", "fault")
 
 
 def phases(started: float, marks: dict[str, float], fault_detail: dict, now: float) -> dict[str, float]:
