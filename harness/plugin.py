@@ -265,6 +265,7 @@ def pytest_runtest_makereport(item, call):
 
 
 def pytest_xdist_auto_num_workers(config):
-    """`-n auto`: one worker per core, but no more VMs than free memory holds."""
-    from .capacity import max_parallel_vms
-    return max_parallel_vms()
+    """`-n auto`: as many workers as the host has cores for their guests and free memory
+    holds (capacity.max_parallel_tests)."""
+    from .capacity import max_parallel_tests
+    return max_parallel_tests()

@@ -157,6 +157,40 @@ class FakeInstance:
     def kernel_lines(self):
         return []
 
+    container_budget = 20.0
+
+    def starts_held_by_a_gone_device(self):
+        return None
+
+    def end_container_start(self):
+        self.asked.append("end the docker run")
+
+
+class UnpluggedInstance(FakeInstance):
+    """After an unplug: the workload's `docker run` wakes docker.service, whose start waits
+    for the mount's, which waits for a device that is gone; it returns only when ended."""
+
+    def __init__(self):
+        super().__init__({"via": "deep check's container test", "ok": False, "dockerd": False,
+                          "error": "dockerd is not running (no live pid in /var/run/docker.pid)"},
+                         dockerd_running=False)
+        self.ended = threading.Event()
+        self.polls = 0
+
+    def workload(self):
+        self.asked.append("workload")
+        assert self.ended.wait(10), "the lab waited for the workload's budget"
+        return {"via": "docker", "ok": False, "error": "docker run did not finish within 30 s"}
+
+    def starts_held_by_a_gone_device(self):
+        self.polls += 1
+        return None if self.polls < 2 else {"waiting": ["docker.service", "var-lib-docker.mount"],
+                                            "device": "dev-vdb.device", "gives_up_after": "1min 30s"}
+
+    def end_container_start(self):
+        super().end_container_start()
+        self.ended.set()
+
 
 @pytest.fixture
 def quiet_fs_error(monkeypatch):
@@ -362,3 +396,56 @@ def test_a_failed_docker_run_says_why_even_without_stderr():
             return type("R", (), {"ok": False, "status": 125, "stdout": "", "stderr": ""})()
     fake = type("F", (), {"machine": Machine(), "metadata_status": lambda self: None, "container_budget": 20.0})()
     assert Instance.start_container(fake) == {"via": "docker", "ok": False, "error": "exit 125: no output"}
+
+
+def test_after_an_unplug_the_workload_ends_once_systemd_can_only_wait_for_the_gone_device(monkeypatch):
+    instance = UnpluggedInstance()
+    monkeypatch.setattr(experiments.timeline, "systemd_since", lambda i, since: [])
+    began = time.monotonic()
+    after = experiments.aftermath(instance, time.time(), instance.unit_states(), listed=False)
+    assert time.monotonic() - began < 5
+    assert instance.asked == ["workload", "end the docker run"]
+    assert after["ok"] is False and after["changed"] == {} and after["remounted"] is False
+    assert after["held_by"]["device"] == "dev-vdb.device"
+    assert after["error"] == ("it waits: the start of docker.service, var-lib-docker.mount waits for dev-vdb.device, "
+                              "which is gone (systemd gives up after 1min 30s)")
+    out = Outcome.from_json(experiments._jsonable({"experiment": "unplug", "chain": "bindsto", "fs": "xfs",
+                                                   "fault": "unplug", "after_verdict": after}))
+    assert out.after_verdict.held_by == after["held_by"]
+    assert findings.after_verdict(out) == "docker run via docker.sock: no container: it waits for dev-vdb.device, which is gone"
+
+
+def test_a_workload_that_ends_by_itself_is_not_ended_and_nothing_holds_it(monkeypatch):
+    outcome, instance = stop_mount_outcome(monkeypatch)
+    assert "end the docker run" not in instance.asked
+    assert outcome["after_verdict"]["held_by"] is None
+
+
+class JobsMachine:
+    """systemctl's answers in a bookworm guest after an unplug, once `docker run` woke Docker."""
+
+    def __init__(self, device_state: str, jobs: str):
+        self.device_state, self.jobs = device_state, jobs
+
+    def run(self, command, timeout=30):
+        out = self.jobs if "list-jobs" in command else \
+            f"JobRunningTimeoutUSec=1min 30s\nActiveState={self.device_state}\nId=dev-vdb.device\n"
+        return type("R", (), {"stdout": out, "ok": True})()
+
+
+UNPLUG_JOBS = ("144 docker.service       start waiting\n180 dev-vdb.device       start running\n"
+               "178 var-lib-docker.mount start waiting\n")
+
+
+@pytest.mark.parametrize("device_state, jobs, held", [
+    ("inactive", UNPLUG_JOBS, {"waiting": ["docker.service", "var-lib-docker.mount"], "device": "dev-vdb.device",
+                               "gives_up_after": "1min 30s"}),
+    ("active", UNPLUG_JOBS, None),          # the device is there: its job can still finish
+    ("inactive", "180 dev-vdb.device start running\n", None),  # nothing waits for it
+    ("inactive", "", None),
+])
+def test_start_jobs_are_held_only_by_a_running_device_job_whose_device_is_gone(device_state, jobs, held):
+    from harness.lab.guest_questions import GuestQuestions
+    questions = GuestQuestions()
+    questions.machine = JobsMachine(device_state, jobs)
+    assert questions.starts_held_by_a_gone_device() == held

@@ -266,3 +266,13 @@ def test_acquire_refuses_a_remedy_the_image_cannot_carry_even_on_a_variant_passe
     with pytest.raises(UserError, match="healer-bindsto cannot apply"):
         a_lab.acquire(remedy="healer-bindsto", started=False)
     assert a_lab.instances == []
+
+
+@pytest.mark.parametrize("cores, free_mb, workers", [(2, 20000, 1), (4, 20000, 2), (8, 20000, 4),
+                                                     (1, 20000, 1), (8, 3000, 1)])
+def test_pytest_n_auto_gives_each_guest_its_vcpus_worth_of_cores_within_free_memory(monkeypatch, cores, free_mb, workers):
+    """Two guests on 2 cores time a restored guest's container start out (2026-12-01)."""
+    from harness import capacity, plugin
+    monkeypatch.setattr(os, "cpu_count", lambda: cores)
+    monkeypatch.setattr(capacity, "available_memory_mb", lambda: free_mb)
+    assert plugin.pytest_xdist_auto_num_workers(None) == workers

@@ -91,7 +91,10 @@ def after_verdict(out: Outcome) -> str:
     if after is None:
         return "-"
     woke = after.woke()
-    started = "a container started" if after.ok else f"no container: {str(after.error)[:50]}"
+    if after.held_by:
+        started = f"no container: it waits for {after.held_by['device']}, which is gone"
+    else:
+        started = "a container started" if after.ok else f"no container: {str(after.error)[:50]}"
     return f"{after.action}: {woke + '; ' if woke else ''}{started}"
 
 

@@ -142,6 +142,9 @@ class Aftermath(_Plain):
     changed: dict[str, str] = field(default_factory=dict)  # unit -> "inactive -> active", from the verdict's state
     remounted: bool = False             # the volume's mount, gone at the verdict, listed again
     systemd: list[dict] = field(default_factory=list)     # systemd's lines after the verdict, in order: {"t", "event"}
+    # what held it up, when systemd could only wait for a device that is gone:
+    # {"waiting": [units], "device": "dev-vdb.device", "gives_up_after": "1min 30s"}
+    held_by: dict | None = None
 
     def woke(self) -> str:
         """One line: what the action brought back ("" when nothing changed)."""

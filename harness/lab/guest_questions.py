@@ -114,6 +114,31 @@ class GuestQuestions:
         __tracebackhide__ = True
         self.machine.wait_for_port(guest_port, timeout)
 
+    def starts_held_by_a_gone_device(self) -> dict | None:
+        """systemd's start jobs that can only wait, because the one they wait for is a
+        device's that the kernel no longer has. After an unplug, whatever pulls the volume's
+        mount in (a `docker run` waking docker.socket, then docker.service) queues a start
+        job for the mount, which waits for the device's; that one runs until the device's job
+        timeout (90 s by default) and nothing else can end it. Seen in a bookworm guest
+        (2026-12-02): the three jobs queued within 5 s of the `docker run` and unchanged 30 s
+        later. {"waiting": units whose start job waits, in queue order, "device": the device
+        unit, "gives_up_after": its job timeout as systemd writes it}, or None."""
+        jobs = [line.split() for line in self.machine.run("systemctl list-jobs --no-legend --no-pager").stdout.splitlines()]
+        jobs = sorted((job for job in jobs if len(job) >= 4 and job[0].isdigit() and job[2] == "start"),
+                      key=lambda job: int(job[0]))
+        devices = [job[1] for job in jobs if job[1].endswith(".device") and job[3] == "running"]
+        waiting = [job[1] for job in jobs if job[3] == "waiting"]
+        if not devices or not waiting:
+            return None
+        shown = self.machine.run("systemctl show -p Id -p ActiveState -p JobRunningTimeoutUSec "
+                                 + " ".join(map(shlex.quote, devices))).stdout
+        for block in shown.strip().split("\n\n"):
+            unit = dict(line.split("=", 1) for line in block.splitlines() if "=" in line)
+            if unit.get("ActiveState") == "inactive":  # the kernel has no such device
+                return {"waiting": waiting, "device": unit.get("Id"),
+                        "gives_up_after": unit.get("JobRunningTimeoutUSec") or "never"}
+        return None
+
     def units_matching(self, pattern: str) -> list[str]:
         """The active units whose names match PATTERN (a systemctl glob: 'chaos-burncpu-*')."""
         out = self.machine.succeed(f"systemctl list-units {shlex.quote(pattern)} --state=active --no-legend --plain")

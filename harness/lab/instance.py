@@ -4,6 +4,7 @@ checks get, whether the workload, e.g. starting a container, still succeeds)."""
 import http.client
 import json
 import re
+import shlex
 import shutil
 import socket
 import subprocess
@@ -32,6 +33,9 @@ VERSION_KEYS = ("kernel", "systemd", "packages")
 AGENT_PORT = 51678
 HEALTH_PORT = 51680
 AGENT_PORTS = (AGENT_PORT, HEALTH_PORT)
+# start_container's `docker run` when the agent is gone, as a user would type it; one
+# command line, so that end_container_start can find it.
+DOCKER_RUN = "docker run --rm --pull never --network none amazon/amazon-ecs-agent:latest"
 # The incident's guest says "metadata=200 agent=active"; a chain without the agent
 # "unit=redis-server.service state=active" (vm/guest/usr/local/sbin/unitchaos-ready).
 BOOTED = r"unitchaos: booted (?:metadata=(\d+) agent=(\S+)|unit=(\S+) state=(\S+))"
@@ -444,13 +448,17 @@ class Instance(GuestQuestions):
         # -k: on SIGTERM `docker run` passes the signal to the container and goes on waiting.
         seconds = int(timeouts.scaled(timeout))
         result = self.machine.run(
-            f"timeout -k 5 {seconds} docker run --rm --pull never --network none amazon/amazon-ecs-agent:latest "
-            "python3 -c 'print(\"task ran\")'", timeout=timeout + 10)
+            f"timeout -k 5 {seconds} {DOCKER_RUN} python3 -c 'print(\"task ran\")'", timeout=timeout + 10)
         timed_out = result.status in (124, 137) and "task ran" not in result.stdout
         ok = result.ok and "task ran" in result.stdout
         said = result.stderr.strip()[-500:] or f"exit {result.status}: {result.stdout.strip()[-200:] or 'no output'}"
         return {"via": "docker", "ok": ok,
                 "error": f"docker run did not finish within {seconds} s" if timed_out else None if ok else said}
+
+    def end_container_start(self) -> None:
+        """Ends start_container's `docker run` if it still waits in the guest (else its own
+        timeout ends it at the budget), so that start_container returns at once."""
+        self.machine.run(f"pkill -KILL -f {shlex.quote('^' + DOCKER_RUN)}")
 
     def containers_start(self) -> dict:
         """Can this instance start containers, by the deep check's own definition and time
