@@ -449,3 +449,16 @@ def test_start_jobs_are_held_only_by_a_running_device_job_whose_device_is_gone(d
     questions = GuestQuestions()
     questions.machine = JobsMachine(device_state, jobs)
     assert questions.starts_held_by_a_gone_device() == held
+
+
+def test_ctrl_c_while_the_workload_waits_does_not_wait_for_its_budget(monkeypatch):
+    instance = UnpluggedInstance()
+
+    def interrupted():
+        raise KeyboardInterrupt
+    instance.starts_held_by_a_gone_device = interrupted
+    began = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        experiments.aftermath(instance, time.time(), instance.unit_states(), listed=False)
+    assert time.monotonic() - began < 2
+    instance.ended.set()  # the guest going away ends the workload's command

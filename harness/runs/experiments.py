@@ -239,14 +239,19 @@ def _workload_unless_held(instance: Instance) -> tuple[dict, dict | None]:
     there instead of at its budget, since that state ends only at the device's job timeout.
     After a warm bookworm unplug (2026-12-02) the jobs stood unchanged from 5 s on, and the
     30 s until the budget ran out were a third of the experiment."""
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        work = pool.submit(instance.workload)
+    pool = ThreadPoolExecutor(max_workers=1)
+    work = pool.submit(instance.workload)
+    try:
         held = wait_until(lambda: None if work.done() else instance.starts_held_by_a_gone_device(),
                           instance.container_budget + 20, "the workload to end or wait for a device that is gone",
                           done=lambda found: found is not None or work.done(), interval=1)
         if held is not None:
             instance.end_container_start()
         return work.result(), held
+    finally:
+        # On Ctrl-C or a timeout, teardown must not wait for the workload's own budget:
+        # its command ends when the guest goes.
+        pool.shutdown(wait=False)
 
 
 def deep_catch_up(instance: Instance, start: dict, t0: float) -> dict:
