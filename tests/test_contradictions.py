@@ -422,15 +422,17 @@ def test_a_workload_that_ends_by_itself_is_not_ended_and_nothing_holds_it(monkey
 
 
 class JobsMachine:
-    """systemctl's answers in a bookworm guest after an unplug, once `docker run` woke Docker."""
+    """A guest's command channel with systemctl's answers in a bookworm guest after an
+    unplug, once `docker run` woke Docker."""
 
     def __init__(self, device_state: str, jobs: str):
         self.device_state, self.jobs = device_state, jobs
 
-    def run(self, command, timeout=30):
-        out = self.jobs if "list-jobs" in command else \
-            f"JobRunningTimeoutUSec=1min 30s\nActiveState={self.device_state}\nId=dev-vdb.device\n"
-        return type("R", (), {"stdout": out, "ok": True})()
+    def run(self, command, timeout):
+        if "list-jobs" in command:
+            return 0, self.jobs, ""
+        assert command.rstrip().endswith(" dev-vdb.device"), command  # only the device is asked about
+        return 0, f"JobRunningTimeoutUSec=1min 30s\nActiveState={self.device_state}\nId=dev-vdb.device\n", ""
 
 
 UNPLUG_JOBS = ("144 docker.service       start waiting\n180 dev-vdb.device       start running\n"
@@ -443,11 +445,14 @@ UNPLUG_JOBS = ("144 docker.service       start waiting\n180 dev-vdb.device      
     ("active", UNPLUG_JOBS, None),          # the device is there: its job can still finish
     ("inactive", "180 dev-vdb.device start running\n", None),  # nothing waits for it
     ("inactive", "", None),
+    ("inactive", "144 docker.service start waiting\n", None),  # waiting, but on no device's job
 ])
 def test_start_jobs_are_held_only_by_a_running_device_job_whose_device_is_gone(device_state, jobs, held):
     from harness.lab.guest_questions import GuestQuestions
-    questions = GuestQuestions()
-    questions.machine = JobsMachine(device_state, jobs)
+    from harness.machines.commands import GuestCommands
+    questions, machine = GuestQuestions(), GuestCommands()
+    machine.channel, machine.run_dir = JobsMachine(device_state, jobs), None
+    questions.machine = machine
     assert questions.starts_held_by_a_gone_device() == held
 
 

@@ -122,7 +122,7 @@ class GuestQuestions:
         timeout (90 s by default) and nothing else can end it. Seen in a bookworm guest
         (2026-12-02): the three jobs queued within 5 s of the `docker run` and unchanged 30 s
         later. {"waiting": units whose start job waits, in queue order, "device": the device
-        unit, "gives_up_after": its job timeout as systemd writes it}, or None."""
+        unit, "gives_up_after": its job timeout as systemd writes it, None for never}, or None."""
         jobs = [line.split() for line in self.machine.run("systemctl list-jobs --no-legend --no-pager").stdout.splitlines()]
         jobs = sorted((job for job in jobs if len(job) >= 4 and job[0].isdigit() and job[2] == "start"),
                       key=lambda job: int(job[0]))
@@ -130,13 +130,11 @@ class GuestQuestions:
         waiting = [job[1] for job in jobs if job[3] == "waiting"]
         if not devices or not waiting:
             return None
-        shown = self.machine.run("systemctl show -p Id -p ActiveState -p JobRunningTimeoutUSec "
-                                 + " ".join(map(shlex.quote, devices))).stdout
-        for block in shown.strip().split("\n\n"):
-            unit = dict(line.split("=", 1) for line in block.splitlines() if "=" in line)
-            if unit.get("ActiveState") == "inactive":  # the kernel has no such device
-                return {"waiting": waiting, "device": unit.get("Id"),
-                        "gives_up_after": unit.get("JobRunningTimeoutUSec") or "never"}
+        for device, shown in self.machine.unit_properties(devices, ["ActiveState", "JobRunningTimeoutUSec"]).items():
+            if shown.get("ActiveState") == "inactive":  # the kernel has no such device
+                timeout = shown.get("JobRunningTimeoutUSec")
+                return {"waiting": waiting, "device": device,
+                        "gives_up_after": None if timeout in (None, "", "infinity") else timeout}
         return None
 
     def units_matching(self, pattern: str) -> list[str]:

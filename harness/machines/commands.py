@@ -97,12 +97,18 @@ class GuestCommands:
 
     def unit_states(self, units: list[str]) -> dict[str, str]:
         """Each unit's ActiveState, from one systemctl call."""
-        out = self.succeed("systemctl show -p Id -p ActiveState " + " ".join(map(shlex.quote, units)))
-        states = {}
+        shown = self.unit_properties(units, ["ActiveState"])
+        return {unit: shown[unit].get("ActiveState", "unknown") for unit in units}
+
+    def unit_properties(self, units: list[str], names: list[str]) -> dict[str, dict[str, str]]:
+        """The properties NAMES of each unit (as `systemctl show` writes them), from one call."""
+        out = self.succeed(f"systemctl show -p Id {' '.join(f'-p {name}' for name in names)} "
+                           + " ".join(map(shlex.quote, units)))
+        shown = {}
         for block in out.strip().split("\n\n"):
             fields = dict(line.split("=", 1) for line in block.splitlines() if "=" in line)
-            states[fields.get("Id", "")] = fields.get("ActiveState", "unknown")
-        return {unit: states.get(unit, "unknown") for unit in units}
+            shown[fields.get("Id", "")] = fields
+        return {unit: shown.get(unit, {}) for unit in units}
 
     def wait_for_port(self, guest_port: int, timeout: float = 60) -> None:
         """Waits until something in the guest listens on GUEST_PORT."""

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from typing import NamedTuple
 
 from ..images import image
 from .. import progress, units
@@ -125,10 +126,16 @@ def split_medians(splits: list[dict[str, float]]) -> dict[str, float]:
             for name in dict.fromkeys(name for s in splits for name in s)}
 
 
-def run_suite(cold: bool, workers: int) -> tuple[float, dict[str, float], dict[str, str], dict[str, dict]]:
-    """Wall time of the whole incident suite, each experiment's own wall time, why any
-    experiment failed (a figure with a failure in it is reported as such, not dropped), and
-    where each experiment's time went inside its run (its outcome's seconds.phases)."""
+class SuiteRun(NamedTuple):
+    """One run of the whole incident suite."""
+    wall: float                   # the suite's wall time
+    times: dict[str, float]       # each experiment's own wall time
+    failed: dict[str, str]        # why an experiment failed (a figure with a failure in it is reported, not dropped)
+    phases: dict[str, dict]       # where each experiment's time went inside its run (seconds.phases)
+
+
+def run_suite(cold: bool, workers: int) -> SuiteRun:
+    """The whole incident suite, each experiment a `unitchaos run --json` of its own."""
     def one(row):
         name, chain, fs = row
         argv = [sys.executable, "-m", "harness", "run", name, "--chain", chain, "--fs", fs, "--json"]
@@ -146,9 +153,9 @@ def run_suite(cold: bool, workers: int) -> tuple[float, dict[str, float], dict[s
     started = time.monotonic()
     with ThreadPoolExecutor(max_workers=workers) as pool:
         results = list(pool.map(one, INCIDENT_SUITE))
-    return (time.monotonic() - started, {name: seconds for name, seconds, _, _ in results},
-            {name: error for name, _, error, _ in results if error},
-            {name: phases for name, _, _, phases in results if phases})
+    return SuiteRun(time.monotonic() - started, {name: seconds for name, seconds, _, _ in results},
+                    {name: error for name, _, error, _ in results if error},
+                    {name: phases for name, _, _, phases in results if phases})
 
 
 def run(runs: int = 3, workers: int | None = None, suites: bool = True, cold_suites: bool = True) -> dict:
@@ -184,12 +191,12 @@ def run(runs: int = 3, workers: int | None = None, suites: bool = True, cold_sui
             label = f"{'cold' if cold_run else 'warm'}_{'serial' if parallel == 1 else f'parallel_{parallel}'}"
             with progress.step(f"bench: incident suite, {label}"):
                 suite_runs[label] = run_suite(cold_run, parallel)
-    figures["suite_s"] = {label: round(wall, 1) for label, (wall, _, _, _) in suite_runs.items()}
-    figures["suite_failures"] = {label: failed for label, (_, _, failed, _) in suite_runs.items() if failed}
-    figures.update(peers_way(figures, {label: times for label, (_, times, _, _) in suite_runs.items()}, workers))
+    figures["suite_s"] = {label: round(suite.wall, 1) for label, suite in suite_runs.items()}
+    figures["suite_failures"] = {label: suite.failed for label, suite in suite_runs.items() if suite.failed}
+    figures.update(peers_way(figures, {label: suite.times for label, suite in suite_runs.items()}, workers))
     # Where each warm experiment's time went: the floor of one whose time is mostly the
     # guest's own (the kernel noticing, systemd's stop jobs) is the guest's, not the lab's.
-    figures["warm_phases_s"] = suite_runs["warm_serial"][3]
+    figures["warm_phases_s"] = suite_runs["warm_serial"].phases
     return figures
 
 

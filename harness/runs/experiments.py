@@ -224,7 +224,7 @@ def aftermath(instance: Instance, t0: float, states: dict[str, str], listed: boo
     now = instance.unit_states()
     error = work.get("error")
     if held:
-        gives_up = "never" if held["gives_up_after"] == "infinity" else f"after {held['gives_up_after']}"
+        gives_up = f"after {held['gives_up_after']}" if held["gives_up_after"] else "never"
         error = (f"it waits: the start of {', '.join(held['waiting'])} waits for {held['device']}, which is gone "
                  f"(systemd gives up {gives_up})")
     return {"action": "docker run via docker.sock" if work.get("via") == "docker" else "a task through the agent",
